@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One-time (and idempotent) set-up of Airlock on a fresh machine: OS tools, the CPU build of torch, the package.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-python3}"
+say() { printf 'airlock setup: %s\n' "$*"; }
+
+# git, ssh-keygen (SSH commit and approval signatures) and gpg are the gates' own crypto tools.
+missing=()
+command -v git >/dev/null || missing+=(git)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v gpg >/dev/null || missing+=(gnupg)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing ${missing[*]} with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    say "missing ${missing[*]}: install them with your package manager, then run ./setup.sh again" >&2
+    exit 1
+  fi
+fi
+
+# torch first, and the CPU build: a plain `torch` requirement on a machine without torch pulls a multi-GB CUDA build.
+# Set AIRLOCK_TORCH_INDEX to a CPU wheel index where `pip install torch==2.13.0` would not find a CPU build.
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  say "installing the CPU build of torch 2.13.0"
+  if [ -n "${AIRLOCK_TORCH_INDEX:-}" ]; then
+    "$PY" -m pip install -q torch==2.13.0 --index-url "$AIRLOCK_TORCH_INDEX"
+  else
+    "$PY" -m pip install -q torch==2.13.0
+  fi
+fi
+
+say "installing airlock and its test tools"
+"$PY" -m pip install -q -e ".[test]" 2>&1 | grep -v "Running pip as the 'root' user" || true
+"$PY" -c "import flows.cli" || { say "the install failed: see the pip output above" >&2; exit 1; }
+# pyenv only exposes a newly installed console script after a rehash.
+if command -v pyenv >/dev/null; then pyenv rehash || true; fi
+say "ready: run 'airlock demo' or 'python3 -m pytest -q'"
