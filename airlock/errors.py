@@ -1,0 +1,56 @@
+"""Precise exception types. Every Airlock error carries one line saying what is wrong and one saying what to do.
+
+The CLI prints ``airlock: <what> — <hint>`` and exits non-zero; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class AirlockError(Exception):
+    """Base class: a refusal or a user error, reported in one line."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, hint: str = "") -> None:
+        super().__init__(what)
+        self.what = " ".join(str(what).split())
+        self.hint = " ".join(str(hint).split())
+
+    def one_line(self) -> str:
+        return f"{self.what} — {self.hint}" if self.hint else self.what
+
+
+class PolicyError(AirlockError):
+    """airlock.toml is missing, unparseable, or a value is out of range."""
+
+
+class TrustRootError(AirlockError):
+    """A trust file (allowed signers, approvers, public key) is missing, malformed, or judged by itself."""
+
+
+class DataError(AirlockError):
+    """A dataset file cannot be read or has the wrong shape."""
+
+
+class LedgerError(AirlockError):
+    """The tamper-evident log is broken: an entry was edited, removed or reordered."""
+
+    exit_code = 3
+
+
+class RegistryError(AirlockError):
+    """A registry object, signature or approval does not verify, or a write failed."""
+
+    exit_code = 3
+
+
+class ApprovalError(AirlockError):
+    """An approval cannot be made or was refused."""
+
+    exit_code = 3
+
+
+class GateFailed(AirlockError):
+    """A gate refused: the pipeline stops and nothing is promoted."""
+
+    exit_code = 1
