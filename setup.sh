@@ -32,8 +32,10 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 
 say "installing airlock and its test tools"
-"$PY" -m pip install -q -e ".[test]" 2>&1 | grep -v "Running pip as the 'root' user" || true
-"$PY" -c "import flows.cli" || { say "the install failed: see the pip output above" >&2; exit 1; }
+if ! "$PY" -m pip install -q --root-user-action=ignore -e ".[test]"; then
+  say "pip could not install airlock: see its output above" >&2
+  exit 1
+fi
 # pyenv only exposes a newly installed console script after a rehash.
 if command -v pyenv >/dev/null; then pyenv rehash || true; fi
 say "ready: run 'airlock demo' or 'python3 -m pytest -q'"

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 
 class AirlockError(Exception):
-    """Base class: a refusal or a user error, reported in one line."""
+    """Base class: a refusal or a user error, reported in one line.
+
+    Exit codes (stable, documented in the README): 1 = refused (a gate, a signature, an approval, a tampered
+    registry or ledger); 2 = usage or configuration error (fix the command or airlock.toml).
+    """
 
     exit_code = 2
 
@@ -35,19 +39,19 @@ class DataError(AirlockError):
 class LedgerError(AirlockError):
     """The tamper-evident log is broken: an entry was edited, removed or reordered."""
 
-    exit_code = 3
+    exit_code = 1
 
 
 class RegistryError(AirlockError):
     """A registry object, signature or approval does not verify, or a write failed."""
 
-    exit_code = 3
+    exit_code = 1
 
 
 class ApprovalError(AirlockError):
     """An approval cannot be made or was refused."""
 
-    exit_code = 3
+    exit_code = 1
 
 
 class GateFailed(AirlockError):

@@ -1,7 +1,276 @@
-"""The `airlock` command line (placeholder until the flow lands)."""
+"""The ``airlock`` command line. Names, options and exit codes are stable (other tooling drives them).
+
+Exit codes: 0 success; 1 refused (a gate, signature, approval, or a tampered registry/ledger); 2 usage or
+configuration error. Every failure is one line on stderr saying what is wrong and what to do; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
 import sys
+import time
+from pathlib import Path
+
+from airlock.errors import AirlockError
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
-def main(argv=None) -> int:
-    print("airlock: not built yet", file=sys.stderr)
-    return 2
+def _prefect_env(verbose: bool = False, home: Path | None = None) -> None:
+    """Prefect reads its settings at import: set them before anything imports prefect."""
+    if home is not None:
+        os.environ["PREFECT_HOME"] = str(home)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+
+def _err(msg: str) -> None:
+    print(f"airlock: {msg}", file=sys.stderr, flush=True)
+
+
+class Printer:
+    """Progress output for a run: one line per step and verdict (to stderr with --json)."""
+
+    def __init__(self, stream=sys.stdout) -> None:
+        self.stream = stream
+        self.verdicts: dict[str, str] = {}
+        self.events: dict[str, dict] = {}
+
+    def __call__(self, event: str, data: dict) -> None:
+        out = self.stream
+        if event == "start":
+            print(f"run {data['run_id']}  (work dir {data['run_dir']})", file=out, flush=True)
+        elif event == "gate":
+            r = data["result"]
+            self.verdicts[r.gate] = r.verdict.value
+            print(f"  {r.verdict.value.upper():8} {r.gate:14} {r.reason}", file=out, flush=True)
+        elif event == "approval":
+            r = data["result"]
+            print(f"  {'ACCEPTED' if r.passed else 'REFUSED':8} {'approval':14} {r.reason}", file=out, flush=True)
+        elif event == "progress":
+            print(f"  {'':8} {data['step']:14} {data['message']}", file=out, flush=True)
+        elif event == "staged":
+            print(f"  {'SIGNED':8} {'staging':14} {data['digest']}", file=out, flush=True)
+        elif event == "awaiting":
+            print(f"  {'PAUSED':8} {'approval':14} waiting for {data['quorum']} approvals of {data['digest']}\n"
+                  f"           approve with: {data['command']}", file=out, flush=True)
+        elif event == "failed":
+            print(f"  {'STOPPED':8} {'':14} {data['reason']}", file=out, flush=True)
+        elif event == "promoted":
+            print(f"  {'PROMOTED':8} {'production':14} {data['model_digest']}", file=out, flush=True)
+        self.events[event] = data
+
+
+# -- commands --------------------------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from airlock import policy
+
+    pol = policy.load(args.config)            # validate before Prefect starts: a bad key fails in a second
+    _prefect_env(args.verbose)
+    from flows import _report
+    from flows.retrain import retrain
+
+    printer = Printer()
+    _report.LISTENERS.append(printer)
+    state = retrain(str(pol.source), return_state=True)
+    return EXIT_OK if state.is_completed() else EXIT_REFUSED
+
+
+def cmd_approve(args) -> int:
+    from airlock import policy, sshsig
+    from airlock.ledger import Ledger
+    from gates import approval
+    from registry import Registry
+
+    pol = policy.load(args.config)
+    reg = Registry(pol.registry.path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
+    # Show what is being approved from the registry, verified with the trusted key: not from the unauthenticated API.
+    staged = reg.staged_for_run(args.run_id)
+    prov = staged.provenance
+    print(f"run {args.run_id}\nmodel {staged.digest} (signature verified)")
+    c = prov.get("commit", {})
+    print(f"commit {c.get('commit', '?')[:12]} signed by {c.get('signer')} — {c.get('subject', '')}")
+    for g in prov.get("gates", []):
+        print(f"  {g['verdict'].upper():8} {g['gate']:14} {g['reason']}")
+    principal = args.as_
+    if not principal:
+        keytype, blob = sshsig.public_key_of(args.key)
+        names = sshsig.principals_for(pol.trust.approvers, keytype, blob)
+        if not names:
+            raise approval.Refused(f"key {sshsig.fingerprint(keytype, blob)} is not listed in the approvers file",
+                                   "ask the trust-root owners to add your key, or pass --as NAME")
+        principal = names[0]
+    decision = "reject" if args.reject else "approve"
+    statement = approval.make_statement(args.run_id, staged.digest, principal, decision, args.reason or "")
+    signed = approval.sign(args.key, statement)
+    if args.print_only:
+        print(json.dumps(signed.to_dict()))
+        return EXIT_OK
+
+    _prefect_env(args.verbose)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.retrain import verdict_key
+
+    with get_client(sync_client=True) as client:
+        try:
+            fr = client.read_flow_run(args.run_id)
+        except (ObjectNotFound, ValueError):
+            raise approval.Refused(f"no flow run {args.run_id} on this Prefect API",
+                                   "check the run id and PREFECT_API_URL / PREFECT_HOME") from None
+        if not (fr.state and fr.state.is_paused()):
+            raise approval.Refused(f"run {args.run_id} is not waiting for approval (state {fr.state and fr.state.name})",
+                                   "approve only runs that 'airlock run' left paused")
+        print(f"submitting {decision} as {principal} ...", flush=True)
+        try:
+            resume_flow_run(args.run_id, run_input=signed.to_dict())
+        except Exception as e:  # noqa: BLE001 - NotPausedError, schema rejection, API errors
+            raise approval.Refused(f"the run did not accept the input: {type(e).__name__}: {' '.join(str(e).split())[:200]}",
+                                   "check that the run is still paused") from None
+        key = verdict_key(statement)
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            if arts:
+                verdict = json.loads(arts[0].description or "{}")
+                if verdict.get("accepted"):
+                    print(f"accepted: {verdict.get('reason')}")
+                    return EXIT_OK
+                _err(f"approval refused by the flow: {verdict.get('reason')}")
+                return EXIT_REFUSED
+            time.sleep(0.5)
+    _err(f"no verdict from run {args.run_id} within {args.wait} s — check the run in Prefect; the flow may not be running")
+    return EXIT_REFUSED
+
+
+def cmd_verify(args) -> int:
+    from airlock import policy
+    from airlock.ledger import Ledger
+    from registry import Registry
+
+    pol = policy.load(args.config)
+    reg_path = Path(args.registry) if args.registry else pol.registry.path
+    reg = Registry(reg_path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
+    model, verdict = reg.verify_stage(args.stage, pol.approval.quorum, pol.approval.forbid_self_approval)
+    print(f"{args.stage} model {model.digest} verified: signature by the trusted key, digest over every file"
+          + (f", {verdict.reason}, ledger anchor present" if verdict else ""))
+    return EXIT_OK
+
+
+def cmd_ledger_verify(args) -> int:
+    from airlock.ledger import Ledger
+
+    if args.path:
+        path = Path(args.path)
+    else:
+        from airlock import policy
+
+        path = policy.load(args.config).ledger.path
+    count, head = Ledger(path).verify()
+    print(f"ledger {path}: {count} entries, chain intact, head {head[:16]}…")
+    return EXIT_OK
+
+
+def cmd_data_manifest(args) -> int:
+    from airlock import manifest
+
+    m = manifest.build(args.dir, args.dataset)
+    manifest.write(args.out, m)
+    print(f"wrote {args.out}: {len(m['files'])} files, {m['root_digest']}")
+    return EXIT_OK
+
+
+def cmd_audit(args) -> int:
+    from gates import deploy_audit
+
+    return deploy_audit.run_cli(args.paths)
+
+
+def cmd_demo(args) -> int:
+    from flows import demo
+
+    return demo.main(args)
+
+
+# -- parser ----------------------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        _err(f"{message} — see 'airlock {self.prog.split(' ', 1)[-1] if ' ' in self.prog else ''} --help'".replace("  ", " "))
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="airlock", description="Gated, signed, dual-approved retraining.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own logs")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="self-contained end-to-end run: signed repo, keys, data, two approvers")
+    d.add_argument("--workdir", type=Path, help="directory to create the demo in (default: a new temporary one)")
+    d.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="run the gated pipeline on the repository named by the policy")
+    r.add_argument("--config", default="airlock.toml")
+    r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("approve", help="sign and submit an approval (or rejection) for a paused run")
+    a.add_argument("run_id")
+    a.add_argument("--key", required=True, help="your SSH private key (as for ssh-keygen -Y sign)")
+    a.add_argument("--reject", action="store_true", help="reject instead of approve (ends the run)")
+    a.add_argument("--reason", default="", help="free text recorded with the decision")
+    a.add_argument("--config", default="airlock.toml")
+    a.add_argument("--as", dest="as_", metavar="PRINCIPAL", help="approver name (default: looked up from your key)")
+    a.add_argument("--print-only", action="store_true", help="print the signed approval as JSON (to paste into the Prefect UI)")
+    a.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the flow's verdict")
+    a.set_defaults(func=cmd_approve)
+
+    v = sub.add_parser("verify", help="verify a stage's model, signature and approvals (exit 0 only if all verify)")
+    v.add_argument("--stage", choices=["production", "staging"], default="production")
+    v.add_argument("--registry", help="registry directory (default: registry.path from the policy)")
+    v.add_argument("--config", default="airlock.toml")
+    v.set_defaults(func=cmd_verify)
+
+    lg = sub.add_parser("ledger", help="the tamper-evident log")
+    lsub = lg.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)
+    lv = lsub.add_parser("verify", help="detect an edited, removed or reordered entry")
+    lv.add_argument("--path", help="ledger file (default: ledger.path from --config)")
+    lv.add_argument("--config", default="airlock.toml")
+    lv.set_defaults(func=cmd_ledger_verify)
+
+    da = sub.add_parser("data", help="dataset manifests")
+    dsub = da.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    dm = dsub.add_parser("manifest", help="write the manifest of a dataset directory (commit it with the code)")
+    dm.add_argument("dir", type=Path)
+    dm.add_argument("--dataset", required=True)
+    dm.add_argument("--out", type=Path, required=True)
+    dm.set_defaults(func=cmd_data_manifest)
+
+    au = sub.add_parser("audit", help="check Kubernetes manifests against the secure baseline")
+    au.add_argument("paths", nargs="+")
+    au.set_defaults(func=cmd_audit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AirlockError as e:
+        _err(e.one_line())
+        return e.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted — nothing was promoted by this command")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

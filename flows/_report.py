@@ -1,0 +1,72 @@
+"""Reporting for the flow: every verdict goes to the ledger, to a Prefect artifact and to whoever listens (the CLI).
+
+Kept apart from flows/retrain.py so that the flow reads as the security checklist.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from airlock.errors import GateFailed
+from airlock.ledger import Ledger
+from gates._result import GateResult, Verdict
+
+# In-process listeners (the CLI prints progress and collects verdicts for --json).
+LISTENERS: list[Callable[[str, dict[str, Any]], None]] = []
+
+
+def emit(event: str, **data: Any) -> None:
+    for listener in list(LISTENERS):
+        listener(event, data)
+
+
+def artifact_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:60] or "report"
+
+
+def gate_markdown(r: GateResult) -> str:
+    icon = {"pass": "✅ PASS", "fail": "❌ FAIL", "advisory": "ℹ️ ADVISORY"}[r.verdict.value]
+    lines = [f"## Gate `{r.gate}`: {icon}", "", f"**Reason:** {r.reason}", ""]
+    if r.metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in r.metrics.items()]
+        lines.append("")
+    lines += ["<details><summary>Evidence</summary>", "", "```json",
+              json.dumps(r.evidence, indent=2, sort_keys=True, default=str)[:20000], "```", "</details>"]
+    return "\n".join(lines)
+
+
+def summary_markdown(results: list[GateResult], title: str) -> str:
+    rows = ["| gate | verdict | reason |", "|---|---|---|"]
+    rows += [f"| {r.gate} | {r.verdict.value.upper()} | {r.reason.replace('|', '/')} |" for r in results]
+    return f"# {title}\n\n" + "\n".join(rows)
+
+
+class RunRecorder:
+    """Records each gate result: ledger entry, evidence file, Prefect artifact, listeners; raises GateFailed on FAIL."""
+
+    def __init__(self, ledger: Ledger, run_id: str, evidence_dir: Path) -> None:
+        self.ledger, self.run_id, self.evidence_dir = ledger, run_id, evidence_dir
+        self.results: list[GateResult] = []
+
+    def record(self, result: GateResult, publish: bool = True) -> GateResult:
+        self.results.append(result)
+        self.ledger.append("gate.verdict", result.to_dict(), run_id=self.run_id)
+        self.evidence_dir.mkdir(parents=True, exist_ok=True)
+        name = artifact_key(result.gate)
+        (self.evidence_dir / f"{name}.json").write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        if publish:
+            publish_markdown(f"gate-{name}", gate_markdown(result), f"{result.gate}: {result.verdict.value}")
+        emit("gate", result=result)
+        if result.verdict is Verdict.FAIL:
+            raise GateFailed(f"{result.gate} gate refused: {result.reason}")
+        return result
+
+
+def publish_markdown(key: str, markdown: str, description: str) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(key=artifact_key(key), markdown=markdown, description=description)

@@ -1,0 +1,243 @@
+"""A filesystem model registry that verifies what it is asked to hold.
+
+Layout under the registry root::
+
+    staging/<hex>/model/...        the signed model directory (weights, metadata, provenance, gate evidence)
+    staging/<hex>/model.sig        its model_signing bundle (kept outside the directory it signs)
+    staging/runs/<run_id>.json     which model a run staged
+    production/<hex>/...           the same, plus approvals.json (the signed approvals)
+    production/CURRENT             {"digest", "run_id", "promoted_at", "ledger_anchor"}: the production pointer
+
+Rules:
+* Nothing enters staging unless its signature verifies with the trusted model-signing key and its digest (over
+  every file, see :mod:`airlock.hashing`) is recomputed.
+* Promotion re-verifies, from the trust files and never from the model: the signature, the digest, and a quorum of
+  distinct authorised approvals bound to this run and this digest. The registry does not trust its caller.
+* Promotion is crash-safe: the production object is written under a temporary name, verified, renamed into place,
+  and only then is CURRENT replaced atomically (``os.replace``). A crash leaves the old or the new production model,
+  never a mix.
+* Every write goes to the tamper-evident ledger; CURRENT keeps the ledger anchor written just before the move, so a
+  truncated ledger is detected by ``airlock verify``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from airlock import modelsign
+from airlock.errors import RegistryError
+from airlock.hashing import hash_tree
+from airlock.ledger import Anchor, Ledger
+from gates import approval as _approval
+from gates._result import GateResult
+
+STAGES = ("staging", "production")
+
+
+@dataclass(frozen=True)
+class StagedModel:
+    digest: str
+    path: Path          # the object directory
+    provenance: dict
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def signature(self) -> Path:
+        return self.path / "model.sig"
+
+
+def _hex(digest: str) -> str:
+    if not digest.startswith("sha256:") or len(digest) != 71 or not all(c in "0123456789abcdef" for c in digest[7:]):
+        raise RegistryError(f"malformed model digest {digest!r}", "digests look like sha256:<64 hex>")
+    return digest[7:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+class Registry:
+    def __init__(self, root: str | Path, ledger: Ledger, public_key: str | Path, approvers_file: str | Path) -> None:
+        self.root = Path(root)
+        self.ledger = ledger
+        self.public_key = Path(public_key)
+        self.approvers_file = Path(approvers_file)
+
+    # -- verification ------------------------------------------------------------------------------------------
+
+    def verify_object(self, obj: Path, digest: str | None = None) -> StagedModel:
+        """Signature by the trusted key, digest over every file, readable provenance. Raises RegistryError."""
+        model_dir, sig = obj / "model", obj / "model.sig"
+        if not model_dir.is_dir():
+            raise RegistryError(f"registry object {obj} has no model directory", "the registry was altered: re-run the pipeline")
+        # Swapped or altered model files: model_signing checks every file against the signed manifest.
+        modelsign.verify(model_dir, sig, self.public_key)
+        # Files model_signing does not cover (ignored git paths, links) are caught by our own digest over everything.
+        tree = hash_tree(model_dir)
+        if tree.symlinks or tree.special:
+            raise RegistryError(f"model in {obj} holds links or special files: {', '.join(tree.symlinks + tree.special)}",
+                                "the registry was altered: do not use this model")
+        actual = tree.root_digest
+        expected = digest or f"sha256:{obj.name}"
+        if actual != expected:
+            raise RegistryError(f"model in {obj} has digest {actual[:23]}…, expected {expected[:23]}…",
+                                "the model changed after it was registered: do not use it")
+        try:
+            provenance = json.loads((model_dir / "provenance.json").read_text())
+        except (OSError, ValueError):
+            raise RegistryError(f"model in {obj} has no readable provenance.json", "re-run the pipeline") from None
+        return StagedModel(actual, obj, provenance)
+
+    def _approval_context(self, model: StagedModel, forbid_self_approval: bool) -> _approval.Context:
+        # Bindings come from the signed provenance, judged against the trusted approvers file.
+        return _approval.Context(run_id=model.provenance.get("run_id", ""), model_digest=model.digest,
+                                 approvers_file=self.approvers_file,
+                                 commit_signer=model.provenance.get("commit", {}).get("signer"),
+                                 forbid_self_approval=forbid_self_approval)
+
+    # -- staging -----------------------------------------------------------------------------------------------
+
+    def stage(self, model_dir: Path, signature: Path, run_id: str) -> StagedModel:
+        digest = hash_tree(model_dir).root_digest
+        dest = self.root / "staging" / _hex(digest)
+        tmp = self.root / "staging" / f".{_hex(digest)}.{uuid.uuid4().hex}.tmp"
+        tmp.mkdir(parents=True)
+        shutil.copytree(model_dir, tmp / "model", symlinks=True)
+        shutil.copy2(signature, tmp / "model.sig")
+        _fsync_tree(tmp)
+        staged = self.verify_object(tmp, digest)   # verify what was written, not what was handed in
+        if dest.exists():
+            shutil.rmtree(tmp)
+            self.verify_object(dest, digest)
+        else:
+            os.rename(tmp, dest)
+        runs = self.root / "staging" / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        _write_atomic(runs / f"{_safe_run(run_id)}.json", json.dumps({"run_id": run_id, "digest": digest}).encode())
+        _write_atomic(self.root / "staging" / "LATEST", json.dumps({"run_id": run_id, "digest": digest}).encode())
+        self.ledger.append("registry.stage", {"digest": digest, "path": str(dest)}, run_id=run_id)
+        return StagedModel(digest, dest, staged.provenance)
+
+    def staged_for_run(self, run_id: str) -> StagedModel:
+        p = self.root / "staging" / "runs" / f"{_safe_run(run_id)}.json"
+        try:
+            digest = json.loads(p.read_text())["digest"]
+        except (OSError, ValueError, KeyError):
+            raise RegistryError(f"no model staged for run {run_id} in {self.root}",
+                                "check the run id and --config (registry.path)") from None
+        return self.verify_object(self.root / "staging" / _hex(digest), digest)
+
+    # -- production --------------------------------------------------------------------------------------------
+
+    def promote(self, digest: str, approvals: list[_approval.Approval], quorum: int,
+                forbid_self_approval: bool = True) -> dict:
+        staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
+        # Forged or insufficient approvals: the registry re-verifies them itself; it does not trust its caller.
+        verdict = _approval.check_quorum(approvals, self._approval_context(staged, forbid_self_approval), quorum)
+        if not verdict.passed:
+            self.ledger.append("registry.promote.refused", {"digest": digest, "reason": verdict.reason},
+                               run_id=staged.provenance.get("run_id"))
+            raise RegistryError(f"promotion refused: {verdict.reason}", "collect valid approvals and promote again")
+
+        run_id = staged.provenance.get("run_id")
+        begin = self.ledger.append("registry.promote.begin", {"digest": digest, "approvers": verdict.evidence["approvers"]},
+                                   run_id=run_id)
+        prod = self.root / "production"
+        prod.mkdir(parents=True, exist_ok=True)
+        dest = prod / _hex(digest)
+        if not dest.exists():
+            tmp = prod / f".{_hex(digest)}.{uuid.uuid4().hex}.tmp"
+            shutil.copytree(staged.path, tmp, symlinks=True)
+            (tmp / "approvals.json").write_text(json.dumps([a.to_dict() for a in approvals], indent=2) + "\n")
+            _fsync_tree(tmp)
+            self.verify_object(tmp, digest)
+            os.rename(tmp, dest)   # the object appears whole or not at all
+            _fsync_dir(prod)
+        else:
+            _write_atomic(dest / "approvals.json", (json.dumps([a.to_dict() for a in approvals], indent=2) + "\n").encode())
+        pointer = {
+            "digest": digest, "run_id": run_id,
+            "promoted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "approvers": verdict.evidence["approvers"],
+            "ledger_anchor": {"seq": begin["seq"], "hash": begin["hash"]},
+        }
+        previous = self.current_pointer("production")
+        _write_atomic(prod / "CURRENT", json.dumps(pointer, indent=2).encode())   # the one atomic switch
+        self.ledger.append("registry.promote", {"digest": digest, "previous": previous and previous.get("digest"),
+                                                "approvers": verdict.evidence["approvers"]}, run_id=run_id)
+        return pointer
+
+    def current_pointer(self, stage: str) -> dict | None:
+        name = "CURRENT" if stage == "production" else "LATEST"
+        p = self.root / stage / name
+        if not p.exists():
+            return None
+        try:
+            ptr = json.loads(p.read_text())
+            _hex(ptr["digest"])
+            return ptr
+        except (ValueError, KeyError, TypeError, RegistryError):
+            raise RegistryError(f"{p} is unreadable", "the registry was altered: restore it from a backup") from None
+
+    def verify_stage(self, stage: str, quorum: int, forbid_self_approval: bool = True) -> tuple[StagedModel, GateResult | None]:
+        """Everything `airlock verify` checks: signature, digest, and (production) the approvals and ledger anchor."""
+        if stage not in STAGES:
+            raise RegistryError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
+        ptr = self.current_pointer(stage)
+        if ptr is None:
+            raise RegistryError(f"no {stage} model in {self.root}", "run the pipeline (airlock run / airlock demo) first")
+        model = self.verify_object(self.root / stage / _hex(ptr["digest"]), ptr["digest"])
+        if stage == "staging":
+            return model, None
+        try:
+            raw = json.loads((model.path / "approvals.json").read_text())
+            approvals = [_approval.Approval(a["statement"], a["signature"]) for a in raw]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise RegistryError(f"production model {ptr['digest'][:23]}… has no readable approvals.json",
+                                "the registry was altered: do not use this model") from None
+        verdict = _approval.check_quorum(approvals, self._approval_context(model, forbid_self_approval), quorum)
+        if not verdict.passed:
+            raise RegistryError(f"production approvals do not verify: {verdict.reason}", "the registry was altered: do not use this model")
+        anchor = ptr.get("ledger_anchor") or {}
+        try:
+            self.ledger.verify([Anchor(int(anchor["seq"]), str(anchor["hash"]))])
+        except (KeyError, ValueError, TypeError):
+            raise RegistryError("production pointer has no ledger anchor", "the registry was altered") from None
+        return model, verdict
+
+
+def _safe_run(run_id: str) -> str:
+    if not run_id or not all(c.isalnum() or c in "-_" for c in run_id):
+        raise RegistryError(f"malformed run id {run_id!r}", "run ids are UUIDs as printed by 'airlock run'")
+    return run_id
