@@ -10,8 +10,10 @@ machines run training as another user or in its own pod (templates/k8s mounts no
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -46,9 +48,21 @@ def run(cmd: list[str], cwd: Path, home: Path, timeout: int, what: str, threads:
     tail: deque[str] = deque(maxlen=20)
     try:
         proc = subprocess.Popen(cmd, cwd=cwd, env=clean_env(home, threads), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace", stdin=subprocess.DEVNULL)
+                                stderr=subprocess.STDOUT, text=True, errors="replace", stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     except OSError as e:
         raise IsolatedRunError(f"cannot start the {what} ({cmd[0]}): {e.strerror}", "check training.command in airlock.toml") from None
+    timed_out = threading.Event()
+
+    def _kill() -> None:     # a silent hang produces no line to check the clock on: a timer stops it
+        timed_out.set()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)   # the whole process group: grandchildren hold the pipe too
+        except ProcessLookupError:
+            pass
+
+    timer = threading.Timer(timeout, _kill)
+    timer.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -56,14 +70,12 @@ def run(cmd: list[str], cwd: Path, home: Path, timeout: int, what: str, threads:
             tail.append(line)
             if on_line:
                 on_line(line)
-            if time.monotonic() - start > timeout:
-                raise subprocess.TimeoutExpired(cmd, timeout)
-        proc.wait(timeout=max(1.0, timeout - (time.monotonic() - start)))
-    except subprocess.TimeoutExpired:
-        proc.kill()
         proc.wait()
+    finally:
+        timer.cancel()
+    if timed_out.is_set():
         raise IsolatedRunError(f"the {what} ran longer than {timeout} s and was stopped",
-                               "raise training.timeout_seconds in airlock.toml or make it faster") from None
+                               "raise training.timeout_seconds in airlock.toml or make it faster")
     if proc.returncode != 0:
         last = next((l for l in reversed(tail) if l.strip()), "no output")
         raise IsolatedRunError(f"the {what} exited with code {proc.returncode}: {last.strip()[:200]}",

@@ -1,0 +1,115 @@
+"""Shared fixtures: real SSH keys, real git repositories, a real model-signing key. Nothing is mocked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from airlock import manifest, modelsign
+from airlock.datasets import write_digits
+from airlock.gitutil import isolated_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Prefect in tests: quiet, no telemetry, never a user's ~/.prefect.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
+
+
+@dataclass
+class Keys:
+    dir: Path
+    allowed_signers: Path
+    approvers: Path
+    model_key: Path
+    model_pub: Path
+
+    def key(self, name: str) -> Path:
+        return self.dir / name
+
+
+def ssh_key(path: Path, comment: str) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
+    return " ".join(path.with_name(path.name + ".pub").read_text().split()[:2])
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory) -> Keys:
+    d = tmp_path_factory.mktemp("keys")
+    pubs = {name: ssh_key(d / name, f"{name}@example.com") for name in ("dev", "evil", "alice", "bob", "carol")}
+    allowed = d / "allowed_signers"
+    allowed.write_text(f'dev@example.com namespaces="git" {pubs["dev"]}\n')
+    approvers = d / "approvers"
+    approvers.write_text(f'alice@example.com namespaces="airlock-approval" {pubs["alice"]}\n'
+                         f'bob@example.com namespaces="airlock-approval" {pubs["bob"]}\n'
+                         f'dev@example.com namespaces="airlock-approval" {pubs["dev"]}\n')
+    modelsign.generate_keypair(d / "model.key", d / "model.pub")
+    return Keys(d, allowed, approvers, d / "model.key", d / "model.pub")
+
+
+def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *args], env=isolated_env(), capture_output=True, text=True,
+                          check=check)
+
+
+def commit(repo: Path, message: str, key: Path | None, email: str = "dev@example.com") -> str:
+    cfg = ["-c", "user.name=Dev", "-c", f"user.email={email}", "-c", "gpg.format=ssh"]
+    if key is not None:
+        cfg += ["-c", f"user.signingkey={key}"]
+    git(repo, "add", "-A")
+    subprocess.run(["git", *cfg, "-C", str(repo), "commit", "-q", "--allow-empty",
+                    "-S" if key is not None else "--no-gpg-sign", "-m", message],
+                   env=isolated_env(), check=True, capture_output=True)
+    return git(repo, "rev-parse", "HEAD").stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("digits")
+    write_digits(d / "train", d / "golden")
+    return d
+
+
+@pytest.fixture
+def repo(tmp_path, keys, digits) -> Path:
+    """A training repository like a fork's: the example trainer and committed manifests, signed by dev."""
+    r = tmp_path / "repo"
+    (r / "training").mkdir(parents=True)
+    for name in ("__init__.py", "model.py", "train.py", "config.toml"):
+        shutil.copy2(ROOT / "training" / name, r / "training" / name)
+    for ds in ("train", "golden"):
+        manifest.write(r / "manifests" / f"{ds}.json", manifest.build(digits / ds, ds))
+    subprocess.run(["git", "init", "-q", "-b", "main", str(r)], check=True, env=isolated_env())
+    commit(r, "trainer and manifests", keys.key("dev"))
+    return r
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, digits) -> Path:
+    """The example trainer's output on the digits (real training, ~5 s, once per session)."""
+    out = tmp_path_factory.mktemp("trained") / "out"
+    subprocess.run([sys.executable, "-m", "training.train", "--data", str(digits / "train"), "--out", str(out)],
+                   cwd=ROOT, check=True, capture_output=True)
+    return out
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real `airlock` command in a separate process."""
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+
+
+def assert_one_line_refusal(res: subprocess.CompletedProcess, expect_code: int, *needles: str) -> None:
+    assert res.returncode == expect_code, (res.returncode, res.stdout, res.stderr)
+    err = res.stderr.strip()
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    assert err.startswith("airlock: "), err
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, (n, err)

@@ -1,0 +1,81 @@
+"""Policy validation and CLI behaviour: bad values reported by key, one line, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from airlock import policy
+from airlock.errors import PolicyError
+from tests.conftest import assert_one_line_refusal, run_cli
+
+BASE = """
+[repo]
+path = "repo"
+[trust]
+allowed_signers = "t/a"
+approvers = "t/b"
+model_signing_public_key = "t/c"
+[data.train]
+dir = "d"
+manifest = "m.json"
+[data.golden]
+dir = "g"
+manifest = "g.json"
+[registry]
+path = "reg"
+[ledger]
+path = "l.jsonl"
+"""
+
+
+def write(tmp_path, extra=""):
+    p = tmp_path / "airlock.toml"
+    p.write_text(BASE + extra)
+    return p
+
+
+def test_valid_policy_resolves_paths(tmp_path):
+    pol = policy.load(write(tmp_path))
+    assert pol.repo.path == tmp_path / "repo"
+    assert pol.data.train.manifest == tmp_path / "repo" / "m.json"      # manifests live in the repository
+    assert pol.trust.approvers == tmp_path / "t" / "b"
+    assert pol.approval.quorum == 2 and pol.digest.startswith("sha256:")
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("[evaluation]\nmin_test_accuracy = 1.5\n", "evaluation.min_test_accuracy"),
+    ("[evaluation]\nepsilon = 'big'\n", "evaluation.epsilon"),
+    ("[approval]\nquorum = 0\n", "approval.quorum"),
+    ("[approval]\nquorom = 2\n", "approval.quorom: unknown key"),
+    ("[training]\ntimeout_seconds = -1\n", "training.timeout_seconds"),
+])
+def test_bad_value_is_reported_by_key(tmp_path, extra, key):
+    with pytest.raises(PolicyError) as e:
+        policy.load(write(tmp_path, extra))
+    assert key in e.value.one_line()
+
+
+def test_missing_section_is_reported(tmp_path):
+    p = tmp_path / "airlock.toml"
+    p.write_text(BASE.replace("[ledger]\npath = \"l.jsonl\"\n", ""))
+    with pytest.raises(PolicyError, match="ledger: missing"):
+        policy.load(p)
+
+
+def test_cli_reports_policy_errors_in_one_line(tmp_path):
+    res = run_cli("run", "--config", str(write(tmp_path, "[approval]\nquorum = 'two'\n")))
+    assert_one_line_refusal(res, 2, "approval.quorum")
+
+
+def test_cli_reports_unparseable_policy(tmp_path):
+    p = tmp_path / "airlock.toml"
+    p.write_text("[repo\npath=")
+    assert_one_line_refusal(run_cli("verify", "--config", str(p)), 2, "not valid TOML")
+
+
+def test_cli_reports_missing_policy(tmp_path):
+    assert_one_line_refusal(run_cli("run", "--config", str(tmp_path / "none.toml")), 2, "cannot read policy")
+
+
+def test_cli_usage_error_is_one_line():
+    assert_one_line_refusal(run_cli("approve"), 2, "required")

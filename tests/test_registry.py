@@ -1,0 +1,195 @@
+"""Signing and the registry: a model changed after signing, a forged promotion, a tampered production model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from airlock import modelsign
+from airlock.errors import RegistryError
+from airlock.ledger import Ledger
+from gates import approval
+from registry import Registry, store
+from tests.conftest import assert_one_line_refusal, run_cli
+
+RUN = "0b7e9a52-0000-4000-8000-000000000002"
+
+
+@pytest.fixture
+def signed_model(tmp_path, trained, keys):
+    model = tmp_path / "run" / "model"
+    shutil.copytree(trained, model)
+    (model / "provenance.json").write_text(json.dumps({"run_id": RUN, "commit": {"signer": "dev@example.com"}}))
+    sig = tmp_path / "run" / "model.sig"
+    modelsign.sign(model, sig, keys.model_key)
+    return model, sig
+
+
+@pytest.fixture
+def reg(tmp_path, keys):
+    return Registry(tmp_path / "registry", Ledger(tmp_path / "ledger.jsonl"), keys.model_pub, keys.approvers)
+
+
+def approvals_for(keys, digest, who=("alice", "bob")):
+    return [approval.sign(keys.key(w), approval.make_statement(RUN, digest, f"{w}@example.com", "approve")) for w in who]
+
+
+def test_stage_and_promote(reg, signed_model, keys):
+    staged = reg.stage(*signed_model, RUN)
+    assert reg.staged_for_run(RUN).digest == staged.digest
+    pointer = reg.promote(staged.digest, approvals_for(keys, staged.digest), quorum=2)
+    assert pointer["digest"] == staged.digest
+    model, verdict = reg.verify_stage("production", quorum=2)
+    assert model.digest == staged.digest and verdict.passed
+    kinds = [e["kind"] for e in reg.ledger.entries()]
+    assert kinds == ["registry.stage", "registry.promote.begin", "registry.promote"]
+
+
+def test_model_changed_after_signing_is_not_staged(reg, signed_model):
+    model, sig = signed_model
+    (model / "training.json").write_text(json.dumps({"nb_classes": 10, "tampered": True}))
+    with pytest.raises(RegistryError, match="does not verify"):
+        reg.stage(model, sig, RUN)
+
+
+def test_file_added_after_signing_is_not_staged(reg, signed_model):
+    model, sig = signed_model
+    (model / "backdoor.py").write_text("print('hi')\n")
+    with pytest.raises(RegistryError, match="does not verify"):
+        reg.stage(model, sig, RUN)
+
+
+def test_signature_by_another_key_is_not_staged(reg, signed_model, tmp_path):
+    model, sig = signed_model
+    modelsign.generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
+    modelsign.sign(model, sig, tmp_path / "other.key")
+    with pytest.raises(RegistryError, match="does not verify"):
+        reg.stage(model, sig, RUN)
+
+
+def test_file_model_signing_ignores_is_still_caught(reg, signed_model, keys):
+    """model_signing skips .gitattributes/.github; Airlock's digest over every file does not."""
+    model, sig = signed_model
+    staged = reg.stage(model, sig, RUN)
+    (staged.model_dir / ".gitattributes").write_text("* filter=evil\n")
+    with pytest.raises(RegistryError, match="has digest .* expected"):
+        reg.staged_for_run(RUN)
+
+
+def test_promotion_without_quorum_is_refused(reg, signed_model, keys):
+    staged = reg.stage(*signed_model, RUN)
+    with pytest.raises(RegistryError, match="1 of 2 required approvals"):
+        reg.promote(staged.digest, approvals_for(keys, staged.digest, who=("alice",)), quorum=2)
+    assert reg.current_pointer("production") is None
+
+
+def test_promotion_with_forged_approval_is_refused(reg, signed_model, keys):
+    staged = reg.stage(*signed_model, RUN)
+    forged = approval.sign(keys.key("carol"), approval.make_statement(RUN, staged.digest, "bob@example.com", "approve"))
+    with pytest.raises(RegistryError, match="signature does not verify for bob"):
+        reg.promote(staged.digest, approvals_for(keys, staged.digest, who=("alice",)) + [forged], quorum=2)
+
+
+def test_crash_before_pointer_switch_keeps_old_production(reg, signed_model, keys, trained, tmp_path, monkeypatch):
+    first = reg.stage(*signed_model, RUN)
+    reg.promote(first.digest, approvals_for(keys, first.digest), quorum=2)
+    # A second model, promotion interrupted right before the atomic pointer switch.
+    model2 = tmp_path / "run2" / "model"
+    shutil.copytree(signed_model[0], model2)
+    (model2 / "training.json").write_text((trained / "training.json").read_text().replace("example", "second"))
+    modelsign.sign(model2, tmp_path / "run2" / "model.sig", keys.model_key)
+    second = reg.stage(model2, tmp_path / "run2" / "model.sig", RUN)
+
+    real = store._write_atomic
+
+    def crash(path, data):
+        if path.name == "CURRENT":
+            raise OSError("power loss")
+        return real(path, data)
+
+    monkeypatch.setattr(store, "_write_atomic", crash)
+    with pytest.raises(OSError):
+        reg.promote(second.digest, approvals_for(keys, second.digest), quorum=2)
+    monkeypatch.setattr(store, "_write_atomic", real)
+    model, _ = reg.verify_stage("production", quorum=2)
+    assert model.digest == first.digest                      # old model, whole and verified
+
+
+def test_crash_while_copying_leaves_no_half_object(reg, signed_model, keys, monkeypatch):
+    staged = reg.stage(*signed_model, RUN)
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "_fsync_tree", crash)
+    with pytest.raises(OSError):
+        reg.promote(staged.digest, approvals_for(keys, staged.digest), quorum=2)
+    prod = reg.root / "production"
+    assert not (prod / staged.digest[7:]).exists()           # only a temporary directory can be left behind
+    assert reg.current_pointer("production") is None
+
+
+def _policy(tmp_path: Path, keys, registry: Path, ledger: Path) -> Path:
+    p = tmp_path / "airlock.toml"
+    p.write_text(f"""
+[repo]
+path = "{tmp_path}"
+[trust]
+allowed_signers = "{keys.allowed_signers}"
+approvers = "{keys.approvers}"
+model_signing_public_key = "{keys.model_pub}"
+[data.train]
+dir = "x"
+manifest = "x.json"
+[data.golden]
+dir = "y"
+manifest = "y.json"
+[registry]
+path = "{registry}"
+[ledger]
+path = "{ledger}"
+""")
+    return p
+
+
+def test_cli_verify_fails_when_production_model_changes(reg, signed_model, keys, tmp_path):
+    staged = reg.stage(*signed_model, RUN)
+    reg.promote(staged.digest, approvals_for(keys, staged.digest), quorum=2)
+    cfg = _policy(tmp_path, keys, reg.root, reg.ledger.path)
+    ok = run_cli("verify", "--config", str(cfg))
+    assert ok.returncode == 0, ok.stderr
+    assert "2 of 2 approvals" in ok.stdout
+    weights = reg.root / "production" / staged.digest[7:] / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    bad = run_cli("verify", "--config", str(cfg))
+    assert_one_line_refusal(bad, 1, "does not verify")
+
+
+def test_cli_verify_fails_when_approvals_are_swapped(reg, signed_model, keys, tmp_path):
+    staged = reg.stage(*signed_model, RUN)
+    reg.promote(staged.digest, approvals_for(keys, staged.digest), quorum=2)
+    path = reg.root / "production" / staged.digest[7:] / "approvals.json"
+    one = json.loads(path.read_text())
+    path.write_text(json.dumps([one[0], one[0]]))
+    bad = run_cli("verify", "--config", str(_policy(tmp_path, keys, reg.root, reg.ledger.path)))
+    assert_one_line_refusal(bad, 1, "already approved")
+
+
+def test_cli_verify_fails_when_ledger_is_truncated(reg, signed_model, keys, tmp_path):
+    staged = reg.stage(*signed_model, RUN)
+    reg.promote(staged.digest, approvals_for(keys, staged.digest), quorum=2)
+    lines = reg.ledger.path.read_text().splitlines(keepends=True)
+    reg.ledger.path.write_text("".join(lines[:1]))
+    bad = run_cli("verify", "--config", str(_policy(tmp_path, keys, reg.root, reg.ledger.path)))
+    assert_one_line_refusal(bad, 1, "truncated")
+
+
+def test_cli_verify_with_nothing_promoted(tmp_path, keys):
+    res = run_cli("verify", "--config", str(_policy(tmp_path, keys, tmp_path / "reg", tmp_path / "l.jsonl")))
+    assert_one_line_refusal(res, 1, "no production model")
