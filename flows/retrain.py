@@ -5,7 +5,7 @@
 3. Training        - the team's trainer runs on a snapshot of exactly what was verified, with no secrets.
    Artifact gate   - it produced safetensors weights and plain metadata, nothing else (no pickle, no extras).
 4. Evaluation gate - clean, golden-set and PGD robust accuracy meet the policy (team code runs sandboxed).
-5. Signing         - the model directory (weights, metadata, provenance, evidence) is signed; staged.
+5. Signing         - the model directory (weights, metadata, provenance, AIBOM, evidence) is signed; staged.
 6. Dual approval   - the run pauses until a quorum of distinct approvers sign statements bound to this run
                      and this model digest; every input is verified here (Prefect's API has no auth).
 7. Promotion       - the registry re-verifies signature and approvals, then moves production atomically.
@@ -31,7 +31,7 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from airlock import gitutil, isolation, modelsign
+from airlock import aibom, gitutil, isolation, manifest, modelsign
 from airlock import policy as _policy
 from airlock.errors import AirlockError, GateFailed
 from airlock.ledger import Ledger
@@ -74,7 +74,7 @@ def retrain(config: str):
         rec.record(evaluate(pol, src, out, run_dir))
 
         # 5. Signing: provenance + evidence + weights signed together, then staged (the registry verifies).
-        staged = sign_and_stage(pol, run_id, run_dir, out, c, datasets, rec, ledger)
+        staged = sign_and_stage(pol, run_id, run_dir, src, out, c, datasets, rec, ledger)
 
         # 6. Dual approval: pause until a quorum of distinct approvers signs for this run and this model digest.
         approvals = collect_approvals(pol, run_id, staged.digest, c.evidence.get("signer"), rec, ledger)
@@ -175,7 +175,8 @@ def evaluate(pol, src: Path, out: Path, run_dir: Path) -> GateResult:
 
 
 @task(name="sign-and-stage")
-def sign_and_stage(pol, run_id, run_dir, out, c: GateResult, datasets: dict, rec: RunRecorder, ledger: Ledger):
+def sign_and_stage(pol, run_id, run_dir, src: Path, out, c: GateResult, datasets: dict, rec: RunRecorder,
+                   ledger: Ledger):
     model_dir = run_dir / "model"
     for name in ("model.safetensors", "training.json"):
         shutil.copy2(out / name, model_dir / name)
@@ -191,6 +192,10 @@ def sign_and_stage(pol, run_id, run_dir, out, c: GateResult, datasets: dict, rec
         "gates": [r.to_dict() | {"evidence": None} for r in rec.results],
     }
     (model_dir / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    # AI bill of materials: data hashes, preprocessing, hyperparameters, commit, packages (signed with the model).
+    committed = {name: manifest.load(src / r.evidence["manifest_in_commit"]) for name, r in datasets.items()}
+    metrics = {k: v for r in rec.results if r.gate == "evaluation" for k, v in r.metrics.items()}
+    aibom.write(model_dir, provenance, committed, metrics)
     key = pol.signing.private_key or _env_key()
     sig = run_dir / "model.sig"
     modelsign.sign(model_dir, sig, key)
