@@ -149,7 +149,8 @@ def train(pol, src: Path, run_dir: Path) -> Path:
     if out.exists():
         shutil.rmtree(out)
     cmd = [*pol.training.command, "--data", str(run_dir / "data" / "train"), "--out", str(out)]
-    emit("progress", step="train", message=f"training: {' '.join(pol.training.command)} (no secrets in its environment)")
+    shown = " ".join("python" if c == "{python}" else c for c in pol.training.command)
+    emit("progress", step="train", message=f"training: {shown} (no secrets in its environment)")
     seconds = isolation.run(cmd, cwd=src, home=run_dir / "home-train", timeout=pol.training.timeout_seconds,
                             what="trainer", threads=pol.training.threads,
                             on_line=lambda l: emit("progress", step="train", message=f"  trainer | {l}"))
