@@ -113,12 +113,26 @@ def cmd_approve(args) -> int:
         return EXIT_OK
 
     _prefect_env(args.verbose)
+    import httpx
+
+    try:
+        return _submit_approval(args, signed, statement, principal, decision)
+    except (httpx.HTTPError, OSError) as e:
+        from prefect.settings import PREFECT_API_URL
+
+        where = PREFECT_API_URL.value() or "the embedded server of PREFECT_HOME"
+        raise approval.Refused(f"cannot reach the Prefect API at {where}: {type(e).__name__}",
+                               "set PREFECT_API_URL (or PREFECT_HOME) to where the run is paused") from None
+
+
+def _submit_approval(args, signed, statement: str, principal: str, decision: str) -> int:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.exceptions import ObjectNotFound
     from prefect.flow_runs import resume_flow_run
 
     from flows.retrain import verdict_key
+    from gates import approval
 
     with get_client(sync_client=True) as client:
         try:
@@ -270,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted — nothing was promoted by this command")
         return 130
+    except Exception as e:  # noqa: BLE001 - an unexpected failure still fails closed, in one line
+        if args.verbose:
+            raise
+        detail = " ".join(str(e).split())[:300]
+        _err(f"unexpected {type(e).__name__}: {detail} — nothing was promoted; run with -v for the traceback")
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ def retrain(config: str):
 
         # 5. Signing: provenance + evidence + weights signed together, then staged (the registry verifies).
         staged = sign_and_stage(pol, run_id, run_dir, src, out, c, datasets, rec, ledger)
+        rec.evidence_dir = run_dir / "evidence-after-signing"     # the signed directory is never touched again
 
         # 6. Dual approval: pause until a quorum of distinct approvers signs for this run and this model digest.
         approvals = collect_approvals(pol, run_id, staged.digest, c.evidence.get("signer"), rec, ledger)
@@ -248,8 +249,8 @@ def collect_approvals(pol, run_id: str, digest: str, commit_signer: str | None, 
     final = approval.check_quorum([v.approval for v in accepted], ctx, pol.approval.quorum)
     if not final.passed:
         ledger.append("approval.timeout", {"accepted": [v.approver for v in accepted]}, run_id=run_id)
-        raise GateFailed(f"approval gate refused: {final.reason} before the approval window closed — nothing was "
-                         "promoted; start a new run")
+        raise GateFailed(f"approval gate refused: {final.reason} before the approval window closed (or "
+                         f"{pol.approval.max_attempts} submissions were used up) — nothing was promoted; start a new run")
     rec.record(final)
     return [v.approval for v in accepted]
 
