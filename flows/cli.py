@@ -113,7 +113,7 @@ def cmd_approve(args) -> int:
         return EXIT_OK
 
     _prefect_env(args.verbose)
-    import httpx
+    import httpx  # Prefect's HTTP client
 
     try:
         return _submit_approval(args, signed, statement, principal, decision)
