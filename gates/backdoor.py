@@ -1,0 +1,377 @@
+"""Backdoor gate: reverse-engineer, per class, the smallest trigger that flips inputs to that class (Neural Cleanse).
+
+Attack it blocks: data poisoning with a backdoor (BadNets). Whoever controls a small part of the training data
+stamps a trigger on a few images and relabels them to a target class. The model keeps its clean accuracy (measured:
+0.977 -> 0.974-0.979 on the golden set), so accuracy gates cannot see it, but the trigger turns any input into the
+target class. A backdoored class is reachable from every other class with a much SMALLER input change than before:
+Neural Cleanse (Wang et al., IEEE S&P 2019) finds, for each class, the smallest mask m and pattern p such that
+``(1 - m) * x + m * p`` is classified as that class, and the L1 norm of m measures how close the class is.
+
+Decision, differential: an absolute anomaly index false-alarms on small clean models (clean models reach 2.0-2.9
+against the paper's threshold of 2), so the gate compares each class's trigger size with the same class in a
+REFERENCE model - the production model (its norms are cached at promotion) - and fails when some class shrank below
+``ratio`` times the reference. The ratio is calibrated on clean and poisoned retrains (see BENCHMARKS.md).
+
+No production model yet: the reference ("golden stand-in") is the per-class MEAN of the norms of
+``stand_in_models`` (5) models trained by the SAME trainer and hyperparameters on the known-clean golden set, with
+trainer seeds config.seed, config.seed + 1, ... (:func:`stand_in_reference` = :func:`train_reference` +
+:func:`reverse_engineer` + :func:`combine`). They have seen no attacker-controlled sample, so they cannot carry the
+backdoor. Trained on 300 instead of 1,137 samples their triggers differ a little in overall size - the decision
+normalises each model's norms by their own median (see :func:`relative_ratios`) - and one such model is a noisy
+reference, hence the average of five and a separately calibrated ``ratio_no_production``.
+
+Split in two so that production's norms can be cached and reused:
+* :func:`reverse_engineer` (model -> per-class norms, ~seconds);
+* :func:`check` (candidate norms, reference norms -> GateResult, instant).
+
+ART's NeuralCleanse is Keras-only (NotImplementedError for PyTorch, ART issue #871): this is a torch version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gates._result import GateResult
+from gates.stats import seeded
+
+GATE = "backdoor"
+
+
+@dataclass(frozen=True)
+class BackdoorParams:
+    # Fail when some class's (median-normalised) trigger norm falls below ``ratio`` x the reference's. Calibrated
+    # (BENCHMARKS.md, 10 seeds each): clean retrains' smallest ratio 0.830-0.915, 1%-poisoned 0.396-0.688 ->
+    # the middle of the gap.
+    ratio: float = 0.76
+    # Same, when the reference is the golden-set stand-in (no production model yet): clean 0.753-0.865,
+    # 1%-poisoned 0.336-0.672 -> the middle of the gap.
+    ratio_no_production: float = 0.71
+    # The stand-in averages the norms of this many golden-set models (trainer seeds config.seed, +1, ...): one
+    # 300-sample model is a noisy reference (calibration: clean/poisoned gap 0.03-0.09 with one, 0.10 with five).
+    stand_in_models: int = 5
+    # Neural Cleanse optimisation. Norms are comparable only between runs with the same values here and the same
+    # images: :func:`check` refuses to compare otherwise.
+    images: int = 200
+    steps: int = 150
+    batch_size: int = 64  # images per class per step
+    learning_rate: float = 0.1
+    init_cost: float = 1e-3
+    cost_multiplier: float = 1.5
+    patience: int = 5
+    success_threshold: float = 0.99
+    seed: int = 0
+    threads: int = 1
+
+    def optimisation(self) -> dict[str, Any]:
+        """The parameters that change the norms (not the decision ratios)."""
+        d = asdict(self)
+        for k in ("ratio", "ratio_no_production", "stand_in_models"):
+            d.pop(k)
+        return d
+
+
+def _fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _select(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic, class-balanced subset of at most n images."""
+    if len(x) <= n:
+        return x, y
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    classes = np.unique(y)
+    per = int(np.ceil(n / len(classes)))
+    picked = np.concatenate([order[y[order] == c][:per] for c in classes])
+    picked = np.sort(picked)[:n] if len(picked) > n else np.sort(picked)
+    return x[picked], y[picked]
+
+
+def reverse_engineer(model, meta: dict, x: np.ndarray, y: np.ndarray, params: BackdoorParams = BackdoorParams()
+                     ) -> dict[str, Any]:
+    """Neural Cleanse in torch: per class, the L1 norm of the smallest mask that flips other-class images to it.
+
+    ``x``, ``y`` are CLEAN images (the golden set); the same images and params must be used for the candidate and
+    the reference. All classes are optimised at once (independent masks, one summed loss: Adam is per-parameter, so
+    the classes do not interact). Returns a JSON-serialisable dict::
+
+        {"norms": [float per class], "attack_success": [float per class], "reached": [bool per class],
+         "images_sha256": str, "images": int, "params": {...}, "seconds": float}
+
+    ``norms[k]`` is the smallest mask L1 norm seen with attack success >= ``success_threshold`` (if never reached,
+    the final mask's norm and ``reached[k] = False``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    nb_classes = int(meta["nb_classes"])
+    lo, hi = (float(v) for v in meta.get("clip_values", (0.0, 1.0)))
+    xs, ys = _select(np.asarray(x, np.float32), np.asarray(y, np.int64), params.images, params.seed)
+    t0 = time.perf_counter()
+    model.eval()
+    with seeded(params.seed, params.threads):
+        X = torch.from_numpy(np.ascontiguousarray(xs))
+        Y = torch.from_numpy(np.ascontiguousarray(ys))
+        _, c, h, w = X.shape
+        K = nb_classes
+        gen = torch.Generator().manual_seed(params.seed)
+        # tanh parametrisation as in the paper: mask in [0, 1] (one per pixel), pattern in the clip range.
+        mask_p = (torch.rand(K, 1, h, w, generator=gen) * 0.2 - 2.0).requires_grad_(True)  # mask ~ 0.02
+        pat_p = (torch.rand(K, c, h, w, generator=gen) * 2 - 1).requires_grad_(True)
+        opt = torch.optim.Adam([mask_p, pat_p], lr=params.learning_rate, betas=(0.5, 0.9))
+        cost = torch.zeros(K)  # 0 until a class first reaches the success threshold (as in the paper)
+        cost_set = torch.zeros(K, dtype=torch.bool)
+        up = torch.zeros(K)
+        down = torch.zeros(K)
+        best = torch.full((K,), float("inf"))
+        targets = torch.arange(K).repeat_interleave(params.batch_size)
+        flags = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        try:
+            last_success = torch.zeros(K)
+            for step in range(params.steps):
+                # Per class, a batch of images of OTHER classes.
+                batch = []
+                for k in range(K):
+                    pool = torch.nonzero(Y != k).flatten()
+                    batch.append(pool[torch.randint(len(pool), (params.batch_size,), generator=gen)])
+                xb = X[torch.stack(batch)]  # (K, B, c, h, w)
+                mask = (torch.tanh(mask_p) + 1) / 2
+                pattern = lo + (torch.tanh(pat_p) + 1) / 2 * (hi - lo)
+                xa = (1 - mask[:, None]) * xb + (mask * pattern)[:, None]
+                logits = model(xa.reshape(-1, c, h, w))
+                ce = F.cross_entropy(logits, targets, reduction="none").reshape(K, -1).mean(1)
+                l1 = mask.reshape(K, -1).sum(1)
+                loss = (ce + cost * l1).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    success = (logits.argmax(1) == targets).float().reshape(K, -1).mean(1)
+                    last_success = success
+                    ok = success >= params.success_threshold
+                    best = torch.where(ok & (l1 < best), l1.detach(), best)
+                    # Adaptive cost (Neural Cleanse): raise it while the trigger works, lower it when it stops.
+                    first = ok & ~cost_set
+                    cost = torch.where(first, torch.full_like(cost, params.init_cost), cost)
+                    cost_set |= first
+                    up = torch.where(cost_set & ok, up + 1, torch.zeros_like(up))
+                    down = torch.where(cost_set & ~ok, down + 1, torch.zeros_like(down))
+                    raise_ = up >= params.patience
+                    lower = down >= params.patience
+                    cost = torch.where(raise_, cost * params.cost_multiplier, cost)
+                    cost = torch.where(lower, cost / params.cost_multiplier ** 1.5, cost)
+                    up = torch.where(raise_, torch.zeros_like(up), up)
+                    down = torch.where(lower, torch.zeros_like(down), down)
+            final = ((torch.tanh(mask_p) + 1) / 2).reshape(K, -1).sum(1).detach()
+        finally:
+            for p, flag in zip(model.parameters(), flags):
+                p.requires_grad_(flag)
+        reached = torch.isfinite(best)
+        norms = torch.where(reached, best, final)
+    return {
+        "norms": [round(float(v), 6) for v in norms],
+        "attack_success": [round(float(v), 4) for v in last_success],
+        "reached": [bool(v) for v in reached],
+        "images_sha256": _fingerprint(xs, ys),
+        "images": int(len(xs)),
+        "params": params.optimisation(),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def anomaly_index(norms) -> list[float]:
+    """Neural Cleanse's MAD anomaly index of each class (reported only: clean small models reach 2-3)."""
+    v = np.asarray(norms, dtype=float)
+    med = np.median(v)
+    mad = 1.4826 * np.median(np.abs(v - med))
+    return [float((med - n) / mad) if mad > 0 else 0.0 for n in v]
+
+
+def relative_ratios(candidate_norms, reference_norms) -> list[float]:
+    """Per class: (candidate norm / candidate median) / (reference norm / reference median)."""
+    c = np.asarray(candidate_norms, dtype=float)
+    r = np.asarray(reference_norms, dtype=float)
+    return [float(v) for v in (c / np.median(c)) / (r / np.median(r))]
+
+
+def check(candidate: dict[str, Any], reference: dict[str, Any] | None, params: BackdoorParams = BackdoorParams(),
+          reference_kind: str | None = None) -> GateResult:
+    """Compare the candidate's per-class trigger norms with the reference's.
+
+    ``candidate`` and ``reference`` are :func:`reverse_engineer` outputs (the reference may come from the registry's
+    cache) or, for the stand-in, a :func:`stand_in_reference` / :func:`combine` output. ``reference_kind`` is
+    ``"production"`` or ``"golden-stand-in"`` (selects ``ratio`` or ``ratio_no_production``); by default it is
+    ``reference["kind"]`` if present, else ``"production"``. ``reference=None`` FAILS: the gate never passes
+    without a reference; when nothing is in production, use :func:`stand_in_reference`.
+    """
+    if reference_kind is None:
+        reference_kind = (reference or {}).get("kind", "production")
+    metrics: dict[str, float] = {}
+    evidence: dict[str, Any] = {"candidate": candidate, "reference": reference, "reference_kind": reference_kind}
+    if reference is None:
+        # Fail-closed: a backdoor gate with nothing to compare against would silently pass a poisoned first model.
+        return GateResult.fail(GATE, "no reference trigger sizes: compute them on a golden-set reference "
+                                     "(gates.backdoor.train_reference) or on the production model, then rerun",
+                               metrics=metrics, evidence=evidence)
+    # Norms computed on other images or with other optimisation params are not comparable (e.g. a stale cache).
+    for key in ("images_sha256", "params"):
+        if candidate.get(key) != reference.get(key):
+            return GateResult.fail(GATE, f"reference trigger sizes were computed with a different {key.replace('_', ' ')} "
+                                         "than the candidate's: recompute the reference norms with the same golden set "
+                                         "and BackdoorParams", metrics=metrics, evidence=evidence)
+    cn, rn = candidate["norms"], reference["norms"]
+    if len(cn) != len(rn):
+        return GateResult.fail(GATE, f"candidate has {len(cn)} classes, reference {len(rn)}: compare models of the "
+                                     "same task", metrics=metrics, evidence=evidence)
+    threshold = params.ratio if reference_kind == "production" else params.ratio_no_production
+    ratios = relative_ratios(cn, rn)
+    k = int(np.argmin(ratios))
+    ai = anomaly_index(cn)
+    metrics.update({
+        "min_trigger_ratio": ratios[k],
+        "min_trigger_ratio_class": float(k),
+        "threshold": float(threshold),
+        "candidate_min_norm": float(min(cn)),
+        "candidate_median_norm": float(np.median(cn)),
+        "reference_median_norm": float(np.median(rn)),
+        "candidate_max_anomaly_index": float(max(ai)),
+    })
+    evidence["ratios"] = [round(r, 4) for r in ratios]
+    evidence["anomaly_index"] = [round(a, 3) for a in ai]
+    flagged = [i for i, r in enumerate(ratios) if r < threshold]
+    # Backdoor (BadNets-style data poisoning): a class became reachable with a much smaller trigger than in the
+    # reference model.
+    if flagged:
+        return GateResult.fail(
+            GATE,
+            f"class {k}'s reverse-engineered trigger shrank to {ratios[k]:.2f}x the {reference_kind} reference "
+            f"(threshold {threshold}): possible backdoor to class(es) {flagged} - audit the training samples "
+            "recently labelled as those classes (see the spectral-signature report) before retrying",
+            metrics=metrics, evidence=evidence)
+    return GateResult.ok(GATE, f"smallest trigger ratio {ratios[k]:.2f}x (class {k}) vs the {reference_kind} "
+                               f"reference, threshold {threshold}", metrics=metrics, evidence=evidence)
+
+
+def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Average several :func:`reverse_engineer` results (the golden stand-in's models) into one reference."""
+    if not results:
+        raise ValueError("no reference results to combine")
+    for r in results[1:]:
+        if r["images_sha256"] != results[0]["images_sha256"] or r["params"] != results[0]["params"]:
+            raise ValueError("reference results were computed on different images or params")
+    out = dict(results[0])
+    out["norms"] = [round(float(v), 6) for v in np.mean([r["norms"] for r in results], axis=0)]
+    out["attack_success"] = [round(float(v), 4) for v in np.mean([r["attack_success"] for r in results], axis=0)]
+    out["reached"] = [bool(all(r["reached"][k] for r in results)) for k in range(len(out["norms"]))]
+    out["members"] = [r["norms"] for r in results]
+    out["seconds"] = round(sum(r["seconds"] for r in results), 3)
+    return out
+
+
+def _default_config(trainer_module: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(trainer_module)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"cannot find the trainer module {trainer_module}")
+    return Path(spec.origin).with_name("config.toml")
+
+
+def train_reference(golden_x: np.ndarray, golden_y: np.ndarray, out_dir: Path, config: Path | None = None,
+                    models: int = BackdoorParams.stand_in_models, trainer_module: str = "training.train",
+                    timeout: float = 600.0) -> list[Path]:
+    """Train the no-production stand-in: the project's trainer, same hyperparameters, on the known-clean golden set.
+
+    Writes ``golden`` as the ``train`` split of a temporary dataset directory and runs, for i in 0..models-1,
+    ``python -m <trainer_module> --data DIR --out out_dir/seed-<s> --config CFG`` where CFG is ``config`` (default:
+    the trainer's config.toml) with ``seed = config.seed + i``. Subprocesses, because the trainer pins threads and
+    deterministic algorithms process-wide. Deterministic: same golden set and config, same weights. Returns the
+    output directories (model.safetensors + training.json each).
+    """
+    import tomllib
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = Path(config) if config is not None else _default_config(trainer_module)
+    hp = tomllib.loads(config.read_text())
+    outs = []
+    with tempfile.TemporaryDirectory(prefix="airlock-golden-ref-") as tmp:
+        data = Path(tmp)
+        np.save(data / "train_x.npy", np.asarray(golden_x, dtype=np.float32), allow_pickle=False)
+        np.save(data / "train_y.npy", np.asarray(golden_y, dtype=np.int64), allow_pickle=False)
+        env = dict(os.environ)
+        root = _module_root(trainer_module)
+        if root:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
+        for i in range(int(models)):
+            seed = int(hp.get("seed", 0)) + i
+            cfg = data / f"config-{seed}.toml"
+            cfg.write_text("".join(f"{k} = {json.dumps(seed if k == 'seed' else v)}\n" for k, v in hp.items()))
+            out = out_dir / f"seed-{seed}"
+            cmd = [sys.executable, "-m", trainer_module, "--data", str(data), "--out", str(out), "--config", str(cfg)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+            if proc.returncode != 0:
+                tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-1:])
+                raise RuntimeError(f"reference training failed ({proc.returncode}): {tail}")
+            outs.append(out)
+    return outs
+
+
+def load_trained(out_dir: Path):
+    """Load a trainer output directory (model.safetensors + training.json) as an eval-mode module, using the
+    ``architecture`` ("module:function") recorded in training.json. Returns (model, meta)."""
+    import importlib
+
+    from safetensors.torch import load_file
+
+    meta = json.loads((Path(out_dir) / "training.json").read_text())
+    module, func = meta["architecture"].split(":")
+    model = getattr(importlib.import_module(module), func)(meta["hyperparameters"])
+    model.load_state_dict(load_file(str(Path(out_dir) / "model.safetensors")))
+    model.eval()
+    return model, meta
+
+
+def stand_in_reference(golden_x: np.ndarray, golden_y: np.ndarray, workdir: Path,
+                       params: BackdoorParams = BackdoorParams(), config: Path | None = None,
+                       loader=load_trained) -> dict[str, Any]:
+    """All of the no-production path: :func:`train_reference` + ``loader`` + :func:`reverse_engineer` on the golden
+    set + :func:`combine`. Use the result as ``reference`` with ``reference_kind="golden-stand-in"``."""
+    dirs = train_reference(golden_x, golden_y, workdir, config=config, models=params.stand_in_models)
+    results = []
+    for d in dirs:
+        model, meta = loader(d)
+        results.append(reverse_engineer(model, meta, golden_x, golden_y, params))
+    ref = combine(results)
+    ref["kind"] = "golden-stand-in"
+    return ref
+
+
+def _module_root(module: str) -> str | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec(module.split(".")[0])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(list(spec.submodule_search_locations)[0]).parent)
+
+
+def dumps(result: dict[str, Any]) -> str:
+    """Canonical JSON for caching a :func:`reverse_engineer` result (e.g. production's, at promotion)."""
+    return json.dumps(result, sort_keys=True)
