@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 from airlock.errors import AirlockError
@@ -21,13 +22,13 @@ class GitError(AirlockError):
     pass
 
 
-def pinned_config(allowed_signers: Path | None = None) -> list[str]:
+def pinned_config(allowed_signers: Path | None = None, revoked_keys: Path | None = None) -> list[str]:
     cfg = {
         "gpg.format": "ssh",
         "gpg.ssh.program": "ssh-keygen",
         "gpg.program": "gpg",
         "gpg.ssh.allowedSignersFile": str(allowed_signers) if allowed_signers else "/dev/null",
-        "gpg.ssh.revocationFile": "/dev/null",
+        "gpg.ssh.revocationFile": str(revoked_keys) if revoked_keys else "/dev/null",
         "gpg.minTrustLevel": "fully",
         "core.fsmonitor": "false",
         "core.hooksPath": "/dev/null",
@@ -41,20 +42,26 @@ def pinned_config(allowed_signers: Path | None = None) -> list[str]:
     return args
 
 
-def isolated_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+def isolated_env(gnupg_home: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "GNUPGHOME"}
     env.update(GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0",
                GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
+    if gnupg_home is not None:
+        env["GNUPGHOME"] = str(gnupg_home)
     return env
 
 
-def git(repo: str | Path, *args: str, allowed_signers: Path | None = None, check: bool = True,
-        binary: bool = False) -> subprocess.CompletedProcess:
-    cmd = ["git", *pinned_config(allowed_signers), "-C", str(repo), *args]
-    try:
-        res = subprocess.run(cmd, env=isolated_env(), capture_output=True, text=not binary, timeout=300)
-    except FileNotFoundError:
-        raise GitError("git is not installed", "run ./setup.sh") from None
+def git(repo: str | Path, *args: str, allowed_signers: Path | None = None, revoked_keys: Path | None = None,
+        gnupg_home: Path | None = None, check: bool = True, binary: bool = False) -> subprocess.CompletedProcess:
+    """Run git with pinned config. Signature checks use only the given trust roots: the allowed signers, the
+    revocation file and a dedicated GnuPG home (never the user's ~/.gnupg: without one, an empty home is used)."""
+    cmd = ["git", *pinned_config(allowed_signers, revoked_keys), "-C", str(repo), *args]
+    with tempfile.TemporaryDirectory(prefix="airlock-gnupg-") as empty:
+        home = gnupg_home if gnupg_home is not None else Path(empty)
+        try:
+            res = subprocess.run(cmd, env=isolated_env(home), capture_output=True, text=not binary, timeout=300)
+        except FileNotFoundError:
+            raise GitError("git is not installed", "run ./setup.sh") from None
     if check and res.returncode != 0:
         err = res.stderr if isinstance(res.stderr, str) else res.stderr.decode(errors="replace")
         raise GitError(f"git {' '.join(args[:2])} failed in {repo}: {err.strip().splitlines()[-1] if err.strip() else res.returncode}",

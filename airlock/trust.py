@@ -1,0 +1,139 @@
+"""Trust roots: who may sign training commits, who may approve, which key verifies models.
+
+Security rules:
+* Trust roots never come from what they judge. They are read either from a *protected ref* of the training
+  repository named by the policy (``trust.ref``, e.g. ``origin/main``: a branch only reviewed merges reach), or from
+  paths outside the repository. Never from the commit under test: a commit that adds its own key to an
+  allowed-signers file in its own tree is not thereby trusted.
+* The policy file itself is a trust root: it must lie outside the repository under test.
+* What was read is copied into the run's directory and its sha256 recorded, so every later step (approvals,
+  promotion) judges by exactly the same roots.
+
+A protected ref is only as protected as the forge makes it: CI must fetch it fresh from the forge's protected
+branch; a local branch anyone can move is no trust root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from airlock.errors import TrustRootError
+from airlock.gitutil import GitError, git, toplevel
+
+
+@dataclass(frozen=True)
+class TrustRoots:
+    allowed_signers: Path
+    approvers: Path
+    model_signing_public_key: Path
+    revoked_keys: Path | None = None
+    gpg_home: Path | None = None
+    gpg_fingerprints: frozenset[str] = frozenset()
+    source: str = "files"
+    digests: dict[str, str] = field(default_factory=dict)
+
+    def evidence(self) -> dict:
+        return {"source": self.source, "sha256": self.digests, "gpg_fingerprints": sorted(self.gpg_fingerprints)}
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def resolve(pol, dest: Path) -> TrustRoots:
+    """Read the policy's trust roots into `dest` and return their paths there."""
+    t = pol.trust
+    try:
+        top = toplevel(pol.repo.path)
+    except GitError as e:
+        if t.ref:
+            raise TrustRootError(f"trust.ref needs the training repository: {e.what}", e.hint) from None
+        top = None      # no repository here (e.g. `airlock verify` on a serving host): nothing to be inside of
+    # A policy inside the repository under test could point the gates anywhere: it must live outside.
+    if top is not None and _inside(pol.source, top):
+        raise TrustRootError(f"the policy {pol.source} lies inside the repository under test",
+                             "keep airlock.toml outside the training repository (it is a trust root)")
+    if t.gpg_home is not None and top is not None and _inside(t.gpg_home, top):
+        raise TrustRootError(f"trust.gpg_home {t.gpg_home} lies inside the repository under test",
+                             "keep the GnuPG home outside the training repository")
+    dest.mkdir(parents=True, exist_ok=True)
+    names = {"allowed_signers": t.allowed_signers, "approvers": t.approvers,
+             "model_signing_public_key": t.model_signing_public_key, "revoked_keys": t.revoked_keys}
+    out: dict[str, Path | None] = {}
+    if t.ref:
+        try:
+            sha = git(top, "rev-parse", "--verify", "--end-of-options", f"{t.ref}^{{commit}}").stdout.strip()
+        except GitError:
+            raise TrustRootError(f"trust.ref {t.ref!r} does not name a commit in {top}",
+                                 "fetch the protected branch first (git fetch origin main)") from None
+        source = f"ref {t.ref} @ {sha}"
+        for key, rel in names.items():
+            if rel is None:
+                out[key] = None
+                continue
+            res = git(top, "show", f"{sha}:{Path(rel).as_posix()}", binary=True, check=False)
+            if res.returncode != 0:
+                raise TrustRootError(f"trust.{key} {rel} is not in {t.ref} ({sha[:12]})",
+                                     "commit it to the protected branch, or fix the path in airlock.toml")
+            (dest / key).write_bytes(res.stdout)
+            out[key] = dest / key
+    else:
+        source = "files outside the repository"
+        for key, path in names.items():
+            if path is None:
+                out[key] = None
+                continue
+            # Self-vouching commit: a trust file inside the repository would be judged by itself.
+            if top is not None and _inside(path, top):
+                raise TrustRootError(f"trust file trust.{key} = {path} lies inside the repository under test",
+                                     "keep trust files outside the training repository, or read them from a "
+                                     "protected ref (trust.ref)")
+            if not Path(path).is_file():
+                raise TrustRootError(f"cannot read trust.{key} = {path}", "fix the path in airlock.toml")
+            shutil.copyfile(path, dest / key)
+            out[key] = dest / key
+    gpg_home = None
+    if t.gpg_home is not None:
+        if not t.gpg_home.is_dir():
+            raise TrustRootError(f"trust.gpg_home {t.gpg_home} is not a directory", "point it at a GnuPG home")
+        gpg_home = dest / "gnupg"
+        if gpg_home.exists():
+            shutil.rmtree(gpg_home)
+        # A private copy: gpg writes into its home, and agent sockets must not be copied.
+        shutil.copytree(t.gpg_home, gpg_home, ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*"))
+        gpg_home.chmod(stat.S_IRWXU)
+    digests = {k: _sha(v) for k, v in out.items() if v is not None}
+    return TrustRoots(
+        allowed_signers=out["allowed_signers"], approvers=out["approvers"],
+        model_signing_public_key=out["model_signing_public_key"], revoked_keys=out["revoked_keys"],
+        gpg_home=gpg_home, gpg_fingerprints=frozenset(t.gpg_fingerprints), source=source, digests=digests,
+    )
+
+
+def pin(pol, roots: TrustRoots):
+    """The policy with its trust section pointing at the resolved copies: every later step judges by them."""
+    from airlock.policy import TrustPolicy
+
+    trust = TrustPolicy(ref=None, allowed_signers=roots.allowed_signers, approvers=roots.approvers,
+                        model_signing_public_key=roots.model_signing_public_key, revoked_keys=roots.revoked_keys,
+                        gpg_home=roots.gpg_home, gpg_fingerprints=sorted(roots.gpg_fingerprints))
+    return pol.model_copy(update={"trust": trust})
+
+
+def signer_policy(pol):
+    from gates.commit import SignerPolicy
+
+    t = pol.trust
+    return SignerPolicy(t.allowed_signers, t.revoked_keys, t.gpg_home, frozenset(t.gpg_fingerprints))
