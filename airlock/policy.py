@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from airlock.errors import PolicyError
 
@@ -28,12 +28,23 @@ class _Strict(BaseModel):
 
 class RepoPolicy(_Strict):
     path: Path = Field(description="the training repository (git work tree)")
+    base_commit: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{7,64}$",
+        description="history start when nothing is in production yet (default: the repository's whole history)")
 
 
 class TrustPolicy(_Strict):
+    ref: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9._/-]+$",
+        description="read the trust files from this protected git ref of the training repository (e.g. origin/main); "
+                    "else they are paths outside the repository")
     allowed_signers: Path = Field(description="OpenSSH allowed_signers file of who may sign training commits")
     approvers: Path = Field(description="OpenSSH allowed_signers file of who may approve a promotion")
     model_signing_public_key: Path = Field(description="PEM public key that verifies model signatures")
+    revoked_keys: Path | None = Field(default=None, description="OpenSSH revocation file (KRL or public keys)")
+    gpg_home: Path | None = Field(default=None, description="dedicated GnuPG home holding the trusted public keys")
+    gpg_fingerprints: list[Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{40}$")]] = Field(
+        default_factory=list, description="allow-list of primary-key fingerprints of GPG commit signers")
 
 
 class SigningPolicy(_Strict):
@@ -41,9 +52,49 @@ class SigningPolicy(_Strict):
         default=None, description="PEM EC private key for model signing; else $AIRLOCK_SIGNING_KEY")
 
 
+class ValidationPolicy(_Strict):
+    """Content checks of a dataset by the data gate (gates/data_validation.py). Each is off unless declared."""
+
+    splits: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] | None = Field(
+        default=None, min_length=1, description="splits to check (default: every <split>_x.npy/<split>_y.npy pair)")
+    x_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, min_length=1, description="shape of one sample, e.g. [1, 8, 8] for x of shape (N, 1, 8, 8)")
+    x_dtype: str | None = Field(default=None, description="numpy dtype of x, e.g. float32")
+    x_min: float | None = Field(default=None, allow_inf_nan=False, description="smallest allowed x value")
+    x_max: float | None = Field(default=None, allow_inf_nan=False, description="largest allowed x value")
+    labels: list[int] | None = Field(default=None, min_length=1, description="the allowed label set")
+    max_label_shift: Fraction | None = Field(
+        default=None, description="largest total-variation distance between a split's label distribution and the "
+                                  "previous manifest version's")
+
+    @field_validator("x_dtype")
+    @classmethod
+    def _known_dtype(cls, v: str | None) -> str | None:
+        if v is not None:
+            import numpy as np
+
+            try:
+                v = np.dtype(v).name
+            except TypeError:
+                raise ValueError(f"not a numpy dtype name: {v!r}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> "ValidationPolicy":
+        if self.x_min is not None and self.x_max is not None and self.x_min > self.x_max:
+            raise ValueError(f"x_min {self.x_min} is above x_max {self.x_max}")
+        return self
+
+
 class DatasetPolicy(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     dir: Path
     manifest: Path  # relative to the training repository: manifests are committed and signed with the code
+    # Golden set swapped together with its manifest in a signed commit: the policy (a trust root, outside the
+    # repository) pins the root digest the dataset's manifest must have.
+    pinned_root_digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    validation: ValidationPolicy = Field(default=ValidationPolicy(), alias="validate")
 
 
 class DataPolicy(_Strict):
@@ -60,11 +111,49 @@ class TrainingPolicy(_Strict):
 class EvaluationPolicy(_Strict):
     min_test_accuracy: Fraction = 0.90
     min_golden_accuracy: Fraction = 0.90
-    epsilon: float = Field(default=0.1, gt=0.0, le=1.0)
-    min_robust_accuracy: Fraction = 0.30
-    pgd_steps: int = Field(default=10, ge=1, le=1000)
-    robust_samples: int = Field(default=360, ge=10)
     seed: int = 0
+
+
+# The model-gate sections mirror the parameter dataclasses of gates/robustness.py, gates/backdoor.py,
+# gates/golden_regression.py and gates/advisory.py (defaults are the calibrated values in BENCHMARKS.md; a test keeps
+# them equal). They are spelled out here so that a bad value is refused at start, by its key.
+Epsilon = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class RobustnessPolicy(_Strict):
+    epsilons: list[Epsilon] = Field(default=[0.025, 0.05, 0.1, 0.15, 0.2, 0.3], min_length=1)
+    gating_epsilon: Epsilon = 0.05
+    min_robust_accuracy: Fraction = 0.70
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    samples: int = Field(default=360, ge=10)
+    pgd_steps: int = Field(default=10, ge=1, le=1000)
+    apgd_steps: int = Field(default=20, ge=1, le=1000)
+    apgd_restarts: int = Field(default=1, ge=1, le=20)
+    regression_alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
+    regression_margin: Fraction = 0.03
+
+
+class BackdoorPolicy(_Strict):
+    ratio: float = Field(default=0.76, gt=0.0, le=1.0)
+    ratio_no_production: float = Field(default=0.71, gt=0.0, le=1.0)
+    stand_in_models: int = Field(default=5, ge=1, le=50)
+    images: int = Field(default=200, ge=10)
+    steps: int = Field(default=150, ge=1, le=10000)
+
+
+class GoldenRegressionPolicy(_Strict):
+    alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
+    method: str = Field(default="midp", pattern=r"^(midp|exact)$")
+    margin: Fraction = 0.0
+
+
+class AdvisoryPolicy(_Strict):
+    enabled: bool = True
+    mia_samples: int = Field(default=360, ge=10)
+    extraction_budgets: list[Annotated[int, Field(ge=1)]] = Field(
+        default=[25, 50, 100, 150, 200, 300, 400, 600, 800], min_length=1)
+    extraction_agreement: Fraction = 0.90
+    spectral_top: int = Field(default=20, ge=1)
 
 
 class ApprovalPolicy(_Strict):
@@ -94,6 +183,10 @@ class Policy(_Strict):
     data: DataPolicy
     training: TrainingPolicy = TrainingPolicy()
     evaluation: EvaluationPolicy = EvaluationPolicy()
+    robustness: RobustnessPolicy = RobustnessPolicy()
+    backdoor: BackdoorPolicy = BackdoorPolicy()
+    golden_regression: GoldenRegressionPolicy = GoldenRegressionPolicy()
+    advisory: AdvisoryPolicy = AdvisoryPolicy()
     approval: ApprovalPolicy = ApprovalPolicy()
     registry: RegistryPolicy
     ledger: LedgerPolicy
@@ -103,12 +196,6 @@ class Policy(_Strict):
     source: Path = Path("airlock.toml")
     digest: str = ""
 
-    def trust_files(self) -> dict[str, Path]:
-        return {
-            "trust.allowed_signers": self.trust.allowed_signers,
-            "trust.approvers": self.trust.approvers,
-            "trust.model_signing_public_key": self.trust.model_signing_public_key,
-        }
 
 
 def _resolve(p: Path | None, base: Path) -> Path | None:
@@ -128,6 +215,20 @@ def _describe(err: dict) -> str:
     got = err.get("input")
     got_s = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f", got {got!r}"
     return f"{key}: {msg}{got_s}"
+
+
+_TRUST_FILES = ("allowed_signers", "approvers", "model_signing_public_key", "revoked_keys")
+
+
+def _resolve_trust(t: TrustPolicy, base: Path) -> TrustPolicy:
+    """On a protected ref, trust files are paths inside that ref (kept as written); else paths on disk."""
+    values = t.model_dump()
+    for key in _TRUST_FILES:
+        if values[key] is not None:
+            values[key] = Path(values[key]) if t.ref else _resolve(values[key], base)
+    values["gpg_home"] = _resolve(t.gpg_home, base)
+    values["gpg_fingerprints"] = [f.upper() for f in t.gpg_fingerprints]
+    return TrustPolicy(**values)
 
 
 def load(path: str | Path) -> Policy:
@@ -152,10 +253,10 @@ def load(path: str | Path) -> Policy:
     repo = _resolve(pol.repo.path, base)
     updates = {
         "repo": RepoPolicy(path=repo),
-        "trust": TrustPolicy(**{k: _resolve(v, base) for k, v in pol.trust.model_dump().items()}),
+        "trust": _resolve_trust(pol.trust, base),
         "signing": SigningPolicy(private_key=_resolve(pol.signing.private_key, base)),
         "data": DataPolicy(**{
-            name: DatasetPolicy(dir=_resolve(ds.dir, base), manifest=_resolve(ds.manifest, repo))
+            name: ds.model_copy(update={"dir": _resolve(ds.dir, base), "manifest": _resolve(ds.manifest, repo)})
             for name, ds in (("train", pol.data.train), ("golden", pol.data.golden))
         }),
         "registry": RegistryPolicy(path=_resolve(pol.registry.path, base)),

@@ -52,7 +52,7 @@ class RunRecorder:
         self.ledger, self.run_id, self.evidence_dir = ledger, run_id, evidence_dir
         self.results: list[GateResult] = []
 
-    def record(self, result: GateResult, publish: bool = True) -> GateResult:
+    def record(self, result: GateResult, publish: bool = True, raise_on_fail: bool = True) -> GateResult:
         self.results.append(result)
         self.ledger.append("gate.verdict", result.to_dict(), run_id=self.run_id)
         self.evidence_dir.mkdir(parents=True, exist_ok=True)
@@ -61,12 +61,38 @@ class RunRecorder:
         if publish:
             publish_markdown(f"gate-{name}", gate_markdown(result), f"{result.gate}: {result.verdict.value}")
         emit("gate", result=result)
-        if result.verdict is Verdict.FAIL:
+        if raise_on_fail and result.verdict is Verdict.FAIL:
             raise GateFailed(f"{result.gate} gate refused: {result.reason}")
         return result
+
+    def record_all(self, results: list[GateResult]) -> list[GateResult]:
+        """Record every result (so reviewers see them all), then refuse on the first failure."""
+        for r in results:
+            self.record(r, raise_on_fail=False)
+        failed = [r for r in results if r.verdict is Verdict.FAIL]
+        if failed:
+            more = f" (and {len(failed) - 1} more gate(s) failed)" if len(failed) > 1 else ""
+            raise GateFailed(f"{failed[0].gate} gate refused: {failed[0].reason}{more}")
+        return results
 
 
 def publish_markdown(key: str, markdown: str, description: str) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(key=artifact_key(key), markdown=markdown, description=description)
+
+
+def publish_curve(png: Path, result: GateResult) -> None:
+    """The robustness curve as a picture (markdown artifact, PNG inlined) and as a table."""
+    import base64
+
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    data = base64.b64encode(png.read_bytes()).decode()
+    create_markdown_artifact(key="robustness-curve", markdown=f"![robustness curve](data:image/png;base64,{data})",
+                             description="accuracy against epsilon, candidate vs production")
+    ref = {p["epsilon"]: p["accuracy"] for p in (result.evidence.get("reference_curve") or [])}
+    rows = [{"epsilon": p["epsilon"], "candidate": round(p["accuracy"], 4),
+             "production": round(ref[p["epsilon"]], 4) if p["epsilon"] in ref else None}
+            for p in result.evidence.get("curve") or []]
+    create_table_artifact(key="robustness-table", table=rows, description="PGD accuracy against epsilon")

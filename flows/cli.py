@@ -28,6 +28,21 @@ def _prefect_env(verbose: bool = False, home: Path | None = None) -> None:
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 
+_TRUST_DIRS: list = []
+
+
+def _trusted_policy(config: str):
+    """Load the policy and pin its trust roots (from the protected ref or outside the repo) for this command."""
+    import tempfile
+
+    from airlock import policy, trust
+
+    pol = policy.load(config)
+    d = tempfile.TemporaryDirectory(prefix="airlock-trust-")
+    _TRUST_DIRS.append(d)          # removed when the command ends
+    return trust.pin(pol, trust.resolve(pol, Path(d.name)))
+
+
 def _err(msg: str) -> None:
     print(f"airlock: {msg}", file=sys.stderr, flush=True)
 
@@ -82,12 +97,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_approve(args) -> int:
-    from airlock import policy, sshsig
+    from airlock import sshsig
     from airlock.ledger import Ledger
     from gates import approval
     from registry import Registry
 
-    pol = policy.load(args.config)
+    pol = _trusted_policy(args.config)
     reg = Registry(pol.registry.path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
     # Show what is being approved from the registry, verified with the trusted key: not from the unauthenticated API.
     staged = reg.staged_for_run(args.run_id)
@@ -166,11 +181,10 @@ def _submit_approval(args, signed, statement: str, principal: str, decision: str
 
 
 def cmd_verify(args) -> int:
-    from airlock import policy
     from airlock.ledger import Ledger
     from registry import Registry
 
-    pol = policy.load(args.config)
+    pol = _trusted_policy(args.config)
     reg_path = Path(args.registry) if args.registry else pol.registry.path
     reg = Registry(reg_path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
     model, verdict = reg.verify_stage(args.stage, pol.approval.quorum, pol.approval.forbid_self_approval)
@@ -199,6 +213,97 @@ def cmd_data_manifest(args) -> int:
     m = manifest.build(args.dir, args.dataset)
     manifest.write(args.out, m)
     print(f"wrote {args.out}: {len(m['files'])} files, {m['root_digest']}")
+    return EXIT_OK
+
+
+def _dataset_policy(pol, name: str):
+    from airlock.errors import PolicyError
+
+    names = list(type(pol.data).model_fields)
+    if name not in names:
+        raise PolicyError(f"no dataset {name!r} in {pol.source}", f"use one of: {', '.join(names)}")
+    return getattr(pol.data, name)
+
+
+def cmd_data_ingest(args) -> int:
+    from airlock import ingest, policy
+    from airlock.ledger import Ledger
+
+    pol = policy.load(args.config)
+    ds = _dataset_policy(pol, args.dataset)
+    r = ingest.ingest(args.dataset, args.src, data_dir=ds.dir, manifest_path=ds.manifest, ledger=Ledger(pol.ledger.path),
+                      source=args.source, note=args.note or "", repo=pol.repo.path)
+    replaced = f", replaced: {', '.join(r.replaced[:10])}" + (f" (+{len(r.replaced) - 10} more)" if len(r.replaced) > 10 else "") \
+        if r.replaced else ""
+    print(f"ingested batch {r.batch} into dataset '{r.dataset}': {len(r.files)} file{'s' * (len(r.files) != 1)}{replaced}")
+    print(f"version {r.version}  {r.root_digest}  parent {r.parent or '-'}")
+    print(f"wrote {r.manifest} and {r.history}; ledger entry seq {r.ledger_seq}")
+    print("commit both with the code (signed): the data gate reads them from the verified commit")
+    if ds.pinned_root_digest and ds.pinned_root_digest != r.root_digest:
+        print(f"note: data.{args.dataset}.pinned_root_digest in {pol.source} is {ds.pinned_root_digest}: the data gate "
+              f"refuses this version until the trust-root owners pin {r.root_digest}")
+    return EXIT_OK
+
+
+def cmd_data_log(args) -> int:
+    from airlock import ingest, policy
+    from airlock.ledger import Ledger
+
+    pol = policy.load(args.config)
+    ds = _dataset_policy(pol, args.dataset)
+    versions = ingest.lineage(args.dataset, ds.manifest, Ledger(pol.ledger.path))
+    cur = versions[-1]
+    print(f"dataset {args.dataset}: {len(versions)} version{'s' * (len(versions) != 1)}, current v{cur.version} "
+          f"{cur.root_digest} ({ds.manifest})")
+    for v in versions:
+        print(f"v{v.version}  {v.root_digest}  {v.files} files  parent {v.parent or '-'}")
+        if v.batch is None:
+            print("    no batch record (manifest written by 'airlock data manifest', not ingested)")
+            continue
+        b = v.batch
+        n = len(b["files"])
+        replaced = f", replaced {', '.join(sorted(b.get('replaced') or {}))}" if b.get("replaced") else ""
+        ledger = f"ledger seq {v.ledger_seq}" if v.ledger_seq is not None else "NOT IN LEDGER"
+        print(f"    batch {v.batch_id}: {n} file{'s' * (n != 1)}{replaced}, digest {b.get('root_digest')}")
+        print(f"    source {b['source']} — by {b.get('who')} at {b.get('time')} — {ledger}")
+        if b.get("note"):
+            print(f"    note: {b['note']}")
+    unlogged = [v for v in versions if v.batch is not None and v.ledger_seq is None]
+    if unlogged:
+        raise ingest.LineageError(
+            f"version{'s' * (len(unlogged) > 1)} {', '.join(f'v{v.version}' for v in unlogged)} of '{args.dataset}' "
+            f"{'have' if len(unlogged) > 1 else 'has'} no matching data.ingest entry in {pol.ledger.path}",
+            "treat those versions as not ingested through Airlock: investigate before training on them")
+    return EXIT_OK
+
+
+def cmd_data_trace(args) -> int:
+    from airlock import ingest
+    from airlock.ledger import Ledger
+    from registry import Registry
+
+    pol = _trusted_policy(args.config)
+    reg = Registry(pol.registry.path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
+    # The provenance is read from the signed model, after the registry verified signature, digest (and approvals).
+    model, _ = reg.verify_stage(args.stage, pol.approval.quorum, pol.approval.forbid_self_approval)
+    prov = model.provenance
+    rows = ingest.trace_rows(prov)
+    if args.json:
+        print(json.dumps({"stage": args.stage, "model_digest": model.digest, "run_id": prov.get("run_id"),
+                          "commit": (prov.get("commit") or {}).get("commit"), "files": rows}, indent=2))
+        return EXIT_OK
+    c = prov.get("commit") or {}
+    print(f"{args.stage} model {model.digest} (signature verified) — run {prov.get('run_id')}, "
+          f"commit {str(c.get('commit'))[:12]} signed by {c.get('signer')}")
+    for name, ds in sorted((prov.get("datasets") or {}).items()):
+        print(f"dataset {name} v{ds.get('version')} {ds.get('root_digest')} ({ds.get('manifest')}): "
+              f"{ds.get('file_count', len(ds.get('files') or {}))} files")
+    table = [("DATASET", "FILE", "SHA256", "BATCH", "SOURCE")] + [
+        (r["dataset"], r["path"], r["sha256"], r["batch"] or "-", r["source"] or "unrecorded (no ingest record)")
+        for r in rows]
+    widths = [max(len(t[i]) for t in table) for i in range(4)]
+    for t in table:
+        print("  ".join(v.ljust(w) for v, w in zip(t[:4], widths)) + "  " + t[4])
     return EXIT_OK
 
 
@@ -260,13 +365,29 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--config", default="airlock.toml")
     lv.set_defaults(func=cmd_ledger_verify)
 
-    da = sub.add_parser("data", help="dataset manifests")
+    da = sub.add_parser("data", help="dataset manifests, ingestion, lineage, tracing")
     dsub = da.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     dm = dsub.add_parser("manifest", help="write the manifest of a dataset directory (commit it with the code)")
     dm.add_argument("dir", type=Path)
     dm.add_argument("--dataset", required=True)
     dm.add_argument("--out", type=Path, required=True)
     dm.set_defaults(func=cmd_data_manifest)
+    di = dsub.add_parser("ingest", help="add a batch to a dataset: copy, hash, new manifest version, ledger entry")
+    di.add_argument("src", type=Path, help="directory (or file) holding the new batch")
+    di.add_argument("--dataset", required=True, help="dataset name in the policy (train, golden)")
+    di.add_argument("--source", required=True, help="where the batch came from (URI, ticket, supplier)")
+    di.add_argument("--note", default="", help="free text: what the batch is, transformations applied upstream")
+    di.add_argument("--config", default="airlock.toml")
+    di.set_defaults(func=cmd_data_ingest)
+    dl = dsub.add_parser("log", help="lineage of a dataset: every version and batch, its source and digest")
+    dl.add_argument("dataset")
+    dl.add_argument("--config", default="airlock.toml")
+    dl.set_defaults(func=cmd_data_log)
+    dt = dsub.add_parser("trace", help="every file that went into a registered model, with its batch and source")
+    dt.add_argument("--stage", choices=["production", "staging"], default="production")
+    dt.add_argument("--config", default="airlock.toml")
+    dt.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    dt.set_defaults(func=cmd_data_trace)
 
     au = sub.add_parser("audit", help="check Kubernetes manifests against the secure baseline")
     au.add_argument("paths", nargs="+")

@@ -25,10 +25,11 @@ import threading
 import time
 from pathlib import Path
 
-from airlock import manifest, modelsign
+from airlock import modelsign
 from airlock.datasets import write_digits
 from airlock.errors import AirlockError
 from airlock.gitutil import isolated_env
+from airlock.ingest import ingest
 from airlock.ledger import Ledger
 
 COMMITTER = "dev@airlock.demo"
@@ -71,19 +72,31 @@ def build(workdir: Path) -> dict[str, Path]:
     (trust / "approvers").write_text("".join(lines))
     modelsign.generate_keypair(keys / "model_signing.key", trust / "model_signing.pub")
 
-    write_digits(workdir / "data" / "train", workdir / "data" / "golden")
     import training
 
     for name in TRAINER_FILES:
         shutil.copy2(Path(training.__file__).parent / name, repo / "training" / name)
-    for ds in ("train", "golden"):
-        manifest.write(repo / "manifests" / f"{ds}.json", manifest.build(workdir / "data" / ds, ds))
+    # The data arrives as one batch per dataset, ingested like any batch: copied, hashed, manifest version 1 (+ its
+    # history), a data.ingest entry in the ledger.
+    import sklearn
+
+    incoming = workdir / "incoming"
+    write_digits(incoming / "train", incoming / "golden")
+    roots = {}
+    for ds, note in (("train", "train/test splits of the 1,797 digits minus the golden set, stratified, seed 0, "
+                               "pixels scaled to [0, 1]"),
+                     ("golden", "300 digits held out before the train/test split, stratified, seed 0, known-clean")):
+        roots[ds] = ingest(ds, incoming / ds, data_dir=workdir / "data" / ds, manifest_path=repo / "manifests" / f"{ds}.json",
+                           ledger=Ledger(workdir / "ledger.jsonl"), note=note,
+                           source=f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__}, bundled)").root_digest
+    shutil.rmtree(incoming)
     (repo / ".gitignore").write_text("__pycache__/\n")
     (repo / "README.md").write_text("# Demo training repository\n\nThe example trainer and the committed data manifests.\n")
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=isolated_env())
     signed_commit(repo, keys / "committer", COMMITTER, "Example digits trainer and data manifests")
 
-    (workdir / "airlock.toml").write_text(POLICY)
+    # Written last: it pins the golden set's root digest, known only once the golden set is ingested.
+    (workdir / "airlock.toml").write_text(POLICY.replace("@GOLDEN_ROOT_DIGEST@", roots["golden"]))
     return {"workdir": workdir, "policy": workdir / "airlock.toml", "repo": repo, "keys": keys, "trust": trust,
             "registry": workdir / "registry", "ledger": workdir / "ledger.jsonl", "prefect_home": workdir / "prefect"}
 
@@ -105,9 +118,25 @@ private_key = "keys/model_signing.key"
 dir = "data/train"
 manifest = "manifests/train.json"
 
+[data.train.validate]   # content rules checked by the data gate (docs/policy.md)
+x_shape = [1, 8, 8]
+x_dtype = "float32"
+x_min = 0.0
+x_max = 1.0
+labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+max_label_shift = 0.10  # total-variation distance of each split's labels from the previous version
+
 [data.golden]
 dir = "data/golden"
 manifest = "manifests/golden.json"
+pinned_root_digest = "@GOLDEN_ROOT_DIGEST@"   # a golden set swapped with its manifest is refused
+
+[data.golden.validate]
+x_shape = [1, 8, 8]
+x_dtype = "float32"
+x_min = 0.0
+x_max = 1.0
+labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 
 [training]
 command = ["{python}", "-m", "training.train"]
@@ -117,10 +146,23 @@ threads = 1
 [evaluation]
 min_test_accuracy = 0.90
 min_golden_accuracy = 0.90
-epsilon = 0.1
-min_robust_accuracy = 0.30
-pgd_steps = 10
-robust_samples = 360
+
+[robustness]             # ART PGD sweep + APGD-CE/DLR; decided on the Wilson 95% lower bound
+epsilons = [0.025, 0.05, 0.1, 0.15, 0.2, 0.3]
+gating_epsilon = 0.05
+min_robust_accuracy = 0.70
+samples = 360
+
+[backdoor]               # Neural Cleanse trigger sizes against production (or a golden-set stand-in)
+ratio = 0.76
+ratio_no_production = 0.71
+stand_in_models = 5
+
+[golden_regression]      # McNemar, candidate vs production on the golden set
+alpha = 0.01
+
+[advisory]               # membership inference, extraction effort, spectral signatures: reported, never blocking
+enabled = true
 
 [approval]
 quorum = 2
@@ -204,10 +246,11 @@ def main(args) -> int:
 
     verified = False
     if ok:
-        from airlock import policy
+        from airlock import policy, trust
         from registry import Registry
 
-        pol = policy.load(paths["policy"])
+        loaded = policy.load(paths["policy"])
+        pol = trust.pin(loaded, trust.resolve(loaded, paths["workdir"] / "runs" / "verify-trust"))
         reg = Registry(pol.registry.path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
         model, verdict = reg.verify_stage("production", pol.approval.quorum)
         verified = True

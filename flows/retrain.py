@@ -1,10 +1,13 @@
 """The gated retrain. Read top to bottom, this is the security checklist a model passes to reach production.
 
-1. Commit gate     - the training code is HEAD of the repo, signed by an allowed signer; the tree is clean.
-2. Data gate       - training and golden data are byte-for-byte what their committed manifests say.
+0. Trust roots     - allowed signers, approvers and keys come from a protected ref or outside the repository.
+1. Commit gate     - every commit since production's training commit is signed by an allowed signer; clean tree.
+2. Data gate       - training and golden data are byte-for-byte what their committed manifests say; their
+                     content is as declared (shape, labels, label shift); the golden set is pinned.
 3. Training        - the team's trainer runs on a snapshot of exactly what was verified, with no secrets.
    Artifact gate   - it produced safetensors weights and plain metadata, nothing else (no pickle, no extras).
-4. Evaluation gate - clean, golden-set and PGD robust accuracy meet the policy (team code runs sandboxed).
+4. Model gates     - accuracy, robustness (statistical), backdoor and golden regression vs production
+                     (team code runs sandboxed); advisory privacy/extraction metrics recorded.
 5. Signing         - the model directory (weights, metadata, provenance, AIBOM, evidence) is signed; staged.
 6. Dual approval   - the run pauses until a quorum of distinct approvers sign statements bound to this run
                      and this model digest; every input is verified here (Prefect's API has no auth).
@@ -31,15 +34,19 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from airlock import aibom, gitutil, isolation, manifest, modelsign
+from airlock import aibom, gitutil, isolation, manifest, modelsign, trust
 from airlock import policy as _policy
 from airlock.errors import AirlockError, GateFailed
+from airlock.ingest import provenance_entry
 from airlock.ledger import Ledger
 from flows import _report
 from flows._report import RunRecorder, emit
-from gates import approval, artifact, commit, data
-from gates._result import GateResult
+from gates import approval, artifact, commit, data, data_validation
+from gates._result import GateResult, Verdict
 from registry import Registry
+
+
+MODEL_METRIC_GATES = ("evaluation", "robustness", "backdoor", "golden_regression")
 
 
 class ApprovalInput(RunInput):
@@ -59,8 +66,13 @@ def retrain(config: str):
     ledger.append("run.start", {"config": str(pol.source), "policy_digest": pol.digest}, run_id=run_id)
     emit("start", run_id=run_id, run_dir=str(run_dir))
     try:
-        # 1. Commit gate: signed by a trusted person, verified with git config nobody under test can change.
-        c = rec.record(commit_gate(pol))
+        # 0. Trust roots: from a protected ref or from outside the repository, never from the commit under test.
+        roots = trust_roots(pol, run_dir)
+        pol = trust.pin(pol, roots)
+
+        # 1. Commit gate: every commit since production's signed by a trusted person, with git config nobody
+        #    under test can change.
+        c = rec.record(commit_gate(pol, history_base(pol, ledger), roots))
         src = snapshot_code(pol, c.evidence["commit"], run_dir)
 
         # 2. Data gate: each dataset matches the manifest committed in the verified commit, then is snapshotted.
@@ -70,8 +82,10 @@ def retrain(config: str):
         out = train(pol, src, run_dir)
         rec.record(artifact.check(out))
 
-        # 4. Evaluation: accuracy, golden set and adversarial robustness, the model loaded in a sandbox.
-        rec.record(evaluate(pol, src, out, run_dir))
+        # 4. Model gates, the team's model loaded only in a sandbox: accuracy (test + golden), robustness (ART PGD
+        #    sweep + APGD, Wilson lower bound, regression vs production), backdoor (Neural Cleanse vs production or a
+        #    golden-set stand-in), golden-set regression (McNemar); advisories recorded, never blocking.
+        rec.record_all(model_gates(pol, src, out, run_dir, ledger))
 
         # 5. Signing: provenance + evidence + weights signed together, then staged (the registry verifies).
         staged = sign_and_stage(pol, run_id, run_dir, src, out, c, datasets, rec, ledger)
@@ -103,9 +117,27 @@ def task(name: str):
     return _task(name=name, cache_policy=NO_CACHE, retries=0)
 
 
+@task(name="trust-roots")
+def trust_roots(pol, run_dir: Path) -> trust.TrustRoots:
+    roots = trust.resolve(pol, run_dir / "trust")
+    emit("progress", step="trust", message=f"trust roots from {roots.source}")
+    return roots
+
+
+def history_base(pol, ledger: Ledger) -> str | None:
+    """Where the signed history must start: production's training commit (from its verified, signed provenance),
+    else the policy's base commit, else the root."""
+    ptr = _registry(pol, ledger).current_pointer("production")
+    if ptr is None:
+        return pol.repo.base_commit
+    prod = _registry(pol, ledger).verify_object(pol.registry.path / "production" / ptr["digest"][7:], ptr["digest"])
+    return prod.provenance.get("commit", {}).get("commit") or pol.repo.base_commit
+
+
 @task(name="commit-gate")
-def commit_gate(pol) -> GateResult:
-    return commit.check(pol.repo.path, pol.trust.allowed_signers, pol.trust_files())
+def commit_gate(pol, base: str | None, roots: trust.TrustRoots) -> GateResult:
+    r = commit.check(pol.repo.path, trust.signer_policy(pol), base=base)
+    return GateResult(r.gate, r.verdict, r.reason, r.metrics, {**r.evidence, "trust_roots": roots.evidence()})
 
 
 @task(name="snapshot-code")
@@ -141,7 +173,15 @@ def data_gate(pol, name: str, src: Path, run_dir: Path) -> GateResult:
         return GateResult.fail(again.gate, f"dataset '{name}' changed while it was copied: {again.reason}",
                                evidence=again.evidence)
     evidence = dict(result.evidence, snapshot=str(dest), manifest_in_commit=str(rel))
-    return GateResult.ok(result.gate, result.reason, metrics=result.metrics, evidence=evidence)
+    # Content, judged on the snapshot training reads: shape, dtype, value range and label set as the policy declares;
+    # label shift against the previous version (from the history committed beside the manifest); the pinned root
+    # digest (a golden set swapped together with its manifest in a signed commit).
+    v = data_validation.check_manifest(name, dest, manifest, ds.validation, ds.pinned_root_digest)
+    evidence["validation"] = v.evidence
+    metrics = {**result.metrics, **v.metrics}
+    if not v.passed:
+        return GateResult.fail(result.gate, v.reason, metrics=metrics, evidence=evidence)
+    return GateResult.ok(result.gate, f"{result.reason}; {v.reason}", metrics=metrics, evidence=evidence)
 
 
 @task(name="train")
@@ -159,21 +199,75 @@ def train(pol, src: Path, run_dir: Path) -> Path:
     return out
 
 
-@task(name="evaluation-gate")
-def evaluate(pol, src: Path, out: Path, run_dir: Path) -> GateResult:
-    e = pol.evaluation
-    thresholds = {"min_test_accuracy": e.min_test_accuracy, "min_golden_accuracy": e.min_golden_accuracy,
-                  "epsilon": e.epsilon, "min_robust_accuracy": e.min_robust_accuracy, "pgd_steps": e.pgd_steps,
-                  "robust_samples": e.robust_samples, "seed": e.seed}
-    result_file = run_dir / "evaluation.json"
-    emit("progress", step="evaluate", message="evaluating: accuracy, golden set, ART PGD (sandboxed)")
-    isolation.run(["{python}", "-P", "-m", "flows._evaluate", "--src", str(src), "--model", str(out),
-                   "--test", str(run_dir / "data" / "train"), "--golden", str(run_dir / "data" / "golden"),
-                   "--thresholds", json.dumps(thresholds), "--threads", str(pol.training.threads),
-                   "--out", str(result_file)],
-                  cwd=run_dir, home=run_dir / "home-eval", timeout=pol.training.timeout_seconds, what="evaluation",
-                  threads=pol.training.threads)
-    return GateResult.from_dict(json.loads(result_file.read_text()))
+@task(name="model-gates")
+def model_gates(pol, src: Path, out: Path, run_dir: Path, ledger: Ledger) -> list[GateResult]:
+    """Accuracy, robustness, backdoor, golden regression and advisories, computed in the sandbox."""
+    req = {
+        "src": str(src), "model": str(out), "workdir": str(run_dir / "model-gates"),
+        "train_dir": str(run_dir / "data" / "train"), "golden_dir": str(run_dir / "data" / "golden"),
+        "threads": pol.training.threads, "seed": pol.evaluation.seed,
+        "params": {name: getattr(pol, name).model_dump() for name in
+                   ("evaluation", "robustness", "backdoor", "golden_regression", "advisory")},
+    }
+    prod = production_reference(pol, run_dir, ledger)
+    if prod:
+        req.update(prod)
+    Path(req["workdir"]).mkdir(parents=True, exist_ok=True)
+    request, result_file = run_dir / "model-gates" / "request.json", run_dir / "model-gates" / "results.json"
+    request.write_text(json.dumps(req, indent=2))
+    against = f"production {prod['prod_digest'][:19]}…" if prod else "a golden-set stand-in (nothing in production)"
+    emit("progress", step="model-gates", message=f"accuracy, robustness, backdoor, golden regression against {against} "
+                                                 "(sandboxed)")
+    isolation.run(["{python}", "-P", "-m", "flows._evaluate", str(request), str(result_file)],
+                  cwd=run_dir, home=run_dir / "home-eval", timeout=pol.training.timeout_seconds, what="model gates",
+                  threads=pol.training.threads,
+                  on_line=lambda l: emit("progress", step="model-gates", message=f"  sandbox | {l}"))
+    out_json = json.loads(result_file.read_text())
+    results = [GateResult.from_dict(d) for d in out_json["results"]]
+    curve = out_json.get("plots", {}).get("robustness")
+    if curve and Path(curve).exists():
+        shutil.copy2(curve, run_dir / "model" / "evidence" / "robustness-curve.png")
+        robust = next((r for r in results if r.gate == "robustness"), None)
+        if robust is not None:
+            _report.publish_curve(Path(curve), robust)
+    return [_trace_suspicious(r, src, pol) for r in results]
+
+
+def production_reference(pol, run_dir: Path, ledger: Ledger) -> dict | None:
+    """Production's model (verified), the export of its training commit, and its cached backdoor norms."""
+    registry = _registry(pol, ledger)
+    ptr = registry.current_pointer("production")
+    if ptr is None:
+        return None
+    prod = registry.verify_object(pol.registry.path / "production" / ptr["digest"][7:], ptr["digest"])
+    prod_src = run_dir / "src-production"
+    if prod_src.exists():
+        shutil.rmtree(prod_src)
+    gitutil.export_commit(pol.repo.path, prod.provenance["commit"]["commit"], prod_src)
+    cached = None
+    bd = prod.model_dir / "evidence" / "backdoor.json"
+    if bd.exists():
+        cached = json.loads(bd.read_text()).get("evidence", {}).get("candidate")   # signed with production
+    return {"prod_model": str(prod.model_dir), "prod_src": str(prod_src), "prod_backdoor": cached,
+            "prod_digest": prod.digest}
+
+
+def _trace_suspicious(result: GateResult, src: Path, pol) -> GateResult:
+    """Spectral signatures name rows of train_x.npy: trace each to its manifest file and provenance (batch)."""
+    suspicious = result.evidence.get("suspicious") if isinstance(result.evidence, dict) else None
+    if not suspicious:
+        return result
+    try:
+        top = gitutil.toplevel(pol.repo.path)
+        m = manifest.load(src / pol.data.train.manifest.resolve().relative_to(top))
+    except Exception:  # noqa: BLE001 - advisory: report untraced rather than fail
+        return result
+    entry = m["files"].get("train_x.npy", {})
+    batch = entry.get("batch")
+    source = (m.get("batches") or {}).get(batch, {}).get("source") if batch else None
+    traced = [dict(s, file="train_x.npy", row=s.get("index"), sha256=entry.get("sha256"), batch=batch, source=source,
+                   manifest_root_digest=m["root_digest"]) for s in suspicious]
+    return GateResult(result.gate, result.verdict, result.reason, result.metrics, {**result.evidence, "suspicious": traced})
 
 
 @task(name="sign-and-stage")
@@ -188,15 +282,17 @@ def sign_and_stage(pol, run_id, run_dir, src: Path, out, c: GateResult, datasets
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "policy": {"path": str(pol.source), "digest": pol.digest},
         "commit": {k: c.evidence.get(k) for k in ("commit", "signer", "key_fingerprint", "author", "subject", "repo")},
-        "datasets": {name: {"root_digest": r.evidence["expected_root_digest"], "files": r.evidence["files"],
-                            "manifest": r.evidence["manifest_in_commit"]} for name, r in datasets.items()},
+        # Which files, from where: each file's sha256 and batch, each batch's source (read by `airlock data trace`).
+        "datasets": {name: provenance_entry(manifest.load(src / r.evidence["manifest_in_commit"]),
+                                            r.evidence["manifest_in_commit"]) for name, r in datasets.items()},
         "trainer": {"command": pol.training.command, "metadata": "training.json"},
         "gates": [r.to_dict() | {"evidence": None} for r in rec.results],
     }
     (model_dir / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     # AI bill of materials: data hashes, preprocessing, hyperparameters, commit, packages (signed with the model).
     committed = {name: manifest.load(src / r.evidence["manifest_in_commit"]) for name, r in datasets.items()}
-    metrics = {k: v for r in rec.results if r.gate == "evaluation" for k, v in r.metrics.items()}
+    metrics = {f"{r.gate}:{k}": v for r in rec.results if r.gate in MODEL_METRIC_GATES or r.verdict is Verdict.ADVISORY
+               for k, v in r.metrics.items()}
     aibom.write(model_dir, provenance, committed, metrics)
     key = pol.signing.private_key or _env_key()
     sig = run_dir / "model.sig"

@@ -1,4 +1,4 @@
-"""Evaluation gate with real torch and real ART: a model below threshold is refused."""
+"""Evaluation gate with real torch: a model below the accuracy thresholds is refused."""
 
 from __future__ import annotations
 
@@ -21,16 +21,14 @@ def loaded(trained):
     return model, meta
 
 
-T = evaluation.EvalThresholds(min_test_accuracy=0.9, min_golden_accuracy=0.9, epsilon=0.1, min_robust_accuracy=0.3,
-                              pgd_steps=10, robust_samples=200)
+T = evaluation.EvalThresholds(min_test_accuracy=0.9, min_golden_accuracy=0.9)
 
 
 def test_trained_model_passes(loaded, digits):
     model, meta = loaded
     r = evaluation.check(model, meta, load_split(digits / "train", "test"), load_split(digits / "golden", "golden"), T)
     assert r.verdict is Verdict.PASS, r.reason
-    assert r.metrics["test_accuracy"] > 0.95
-    assert 0.3 < r.metrics["robust_accuracy"] < r.metrics["test_accuracy"]   # the attack really bites
+    assert r.metrics["test_accuracy"] > 0.95 and r.metrics["golden_accuracy"] > 0.95
 
 
 def test_untrained_model_is_refused(loaded, digits):
@@ -42,10 +40,12 @@ def test_untrained_model_is_refused(loaded, digits):
     assert "test accuracy" in r.reason and "golden accuracy" in r.reason
 
 
-def test_model_below_robustness_threshold_is_refused(loaded, digits):
+def test_golden_set_alone_can_refuse(loaded, digits):
+    """A test split swapped along with poisoned training data can look fine; the separate golden set must pass too."""
     model, meta = loaded
-    strict = evaluation.EvalThresholds(0.9, 0.9, epsilon=0.2, min_robust_accuracy=0.5, pgd_steps=10, robust_samples=200)
-    r = evaluation.check(model, meta, load_split(digits / "train", "test"), load_split(digits / "golden", "golden"), strict)
+    x_go, y_go = load_split(digits / "golden", "golden")
+    x_te, y_te = load_split(digits / "train", "test")
+    shifted = (y_go + 1) % 10                      # a golden set the model disagrees with
+    r = evaluation.check(model, meta, (x_te, y_te), (x_go, shifted), T)
     assert r.verdict is Verdict.FAIL
-    assert "PGD robust accuracy" in r.reason and "eps=0.2" in r.reason
-    assert "test accuracy" not in r.reason        # only the failing check is named
+    assert "golden accuracy" in r.reason and "test accuracy" not in r.reason

@@ -19,6 +19,7 @@ import pytest
 
 from airlock.ledger import Ledger
 from flows import demo
+from airlock.gitutil import isolated_env
 from tests.conftest import ROOT, commit
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,17 @@ def prefect_api():
 
 @pytest.fixture
 def work(tmp_path):
-    return demo.build(tmp_path / "demo")
+    """The demo's work directory, with cheaper model-gate settings (the gates' own tests use calibrated ones)."""
+    paths = demo.build(tmp_path / "demo")
+    text = paths["policy"].read_text()
+    for old, new in (("stand_in_models = 5", "stand_in_models = 1\nimages = 100\nsteps = 60"),
+                     ("ratio_no_production = 0.71", "ratio_no_production = 0.5"),
+                     ("[advisory]               # membership inference, extraction effort, spectral signatures: "
+                      "reported, never blocking\nenabled = true", "[advisory]\nenabled = false")):
+        assert old in text, old
+        text = text.replace(old, new)
+    paths["policy"].write_text(text)
+    return paths
 
 
 def set_policy(paths, section: str, key: str, value) -> None:
@@ -64,13 +75,14 @@ def approve(paths, api: str, run_id: str, key: Path, *extra: str) -> subprocess.
                           timeout=180)
 
 
-def wait_for_pause(paths, proc: subprocess.Popen, timeout: float = 240) -> str:
+def wait_for_pause(paths, proc: subprocess.Popen, timeout: float = 240, after: str | None = None) -> str:
+    """The run id of the first approval request (of a run other than `after`)."""
     ledger = Ledger(paths["ledger"])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ledger.path.exists():
             for e in ledger.entries():
-                if e["kind"] == "approval.requested":
+                if e["kind"] == "approval.requested" and e["run_id"] != after:
                     return e["run_id"]
         if proc.poll() is not None:
             raise AssertionError(f"run ended before pausing: {proc.stdout.read()} {proc.stderr.read()}")
@@ -106,6 +118,23 @@ def test_poisoned_data_stops_the_run(work, prefect_api):
     res = run_to_end(work, prefect_api)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "data:train gate refused" in res.stdout and "changed: train_y.npy" in res.stdout
+    assert nothing_staged_or_promoted(work)
+
+
+def test_golden_set_swapped_with_its_manifest_in_a_signed_commit_stops_the_run(work, prefect_api, tmp_path):
+    """Swapped through the official path (ingested, manifest committed and signed): the policy's pin still refuses."""
+    from airlock.ingest import ingest
+
+    golden = work["workdir"] / "data" / "golden"
+    swap = tmp_path / "swap"
+    swap.mkdir()
+    np.save(swap / "golden_y.npy", (np.load(golden / "golden_y.npy") + 1) % 10)   # every golden label wrong
+    new = ingest("golden", swap, data_dir=golden, manifest_path=work["repo"] / "manifests" / "golden.json",
+                 ledger=Ledger(work["ledger"]), source="s3://attacker/golden").root_digest
+    commit(work["repo"], "refresh golden set", key=work["keys"] / "committer", email=demo.COMMITTER)
+    res = run_to_end(work, prefect_api)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "data:golden gate refused" in res.stdout and f"has root digest {new}, not the pinned" in res.stdout
     assert nothing_staged_or_promoted(work)
 
 
@@ -181,8 +210,10 @@ def test_demo_end_to_end_with_approvals_from_separate_processes(tmp_path):
     out = json.loads(res.stdout)
     assert out["promoted"] and out["verified"]
     assert out["approver_exit_codes"] == {"alice": 0, "bob": 0}
-    assert set(out["verdicts"].values()) == {"pass"}
-    assert {"commit", "data:train", "data:golden", "artifact", "evaluation", "approval"} <= set(out["verdicts"])
+    assert set(out["verdicts"].values()) == {"pass", "advisory"}
+    assert {"commit", "data:train", "data:golden", "artifact", "evaluation", "robustness", "backdoor",
+            "golden_regression", "approval"} <= {g for g, v in out["verdicts"].items() if v == "pass"}
+    assert {"membership_inference", "extraction_effort", "spectral_signatures"} <= set(out["verdicts"])
     cfg = out["paths"]["policy"]
     verify = subprocess.run([sys.executable, "-m", "flows.cli", "verify", "--config", cfg], cwd=ROOT,
                             capture_output=True, text=True)
@@ -194,3 +225,52 @@ def test_demo_end_to_end_with_approvals_from_separate_processes(tmp_path):
     approvers = [e["data"]["evidence"]["approver"] for e in entries if e["kind"] == "approval.received"]
     assert approvers == ["alice@airlock.demo", "bob@airlock.demo"]
     assert [e["kind"] for e in entries][-2:] == ["registry.promote", "run.promoted"]
+
+
+def test_after_a_promotion_every_commit_since_production_must_be_signed(work, prefect_api):
+    """Promote once; then an unsigned commit slipped under a trusted signed HEAD is refused, named by the gate."""
+    proc = start_run(work, prefect_api)
+    try:
+        run_id = wait_for_pause(work, proc)
+        for who in ("alice", "bob"):
+            res = approve(work, prefect_api, run_id, work["keys"] / who)
+            assert res.returncode == 0, res.stdout + res.stderr
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out + err
+    production_commit = next(e for e in Ledger(work["ledger"]).entries()
+                             if e["kind"] == "gate.verdict" and e["data"]["gate"] == "commit")["data"]["evidence"]["commit"]
+
+    cfg = work["repo"] / "training" / "config.toml"
+    cfg.write_text(cfg.read_text() + "# sneaky\n")
+    sneaky = commit(work["repo"], "sneaky unsigned tweak", key=None)
+    cfg.write_text(cfg.read_text() + "# reviewed\n")
+    commit(work["repo"], "reviewed change", key=work["keys"] / "committer", email=demo.COMMITTER)
+    res = run_to_end(work, prefect_api)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"commit {sneaky[:12]} (1 of 2 since base {production_commit[:12]}" in res.stdout
+    assert "is not signed" in res.stdout
+
+    # A clean, signed retrain on top of production: the model gates now compare against production, and the
+    # backdoor gate reuses production's trigger sizes cached in its signed evidence.
+    subprocess.run(["git", "-C", str(work["repo"]), "reset", "-q", "--hard", production_commit], check=True,
+                   env=isolated_env())
+    cfg.write_text(cfg.read_text().replace("seed = 1234", "seed = 99"))
+    commit(work["repo"], "retrain with another seed", key=work["keys"] / "committer", email=demo.COMMITTER)
+    proc = start_run(work, prefect_api)
+    try:
+        res = approve(work, prefect_api, wait_for_pause(work, proc, after=run_id), work["keys"] / "alice", "--reject",
+                      "--reason", "test over")
+        assert res.returncode == 0, res.stdout + res.stderr
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    verdicts = {e["data"]["gate"]: e["data"] for e in Ledger(work["ledger"]).entries()
+                if e["kind"] == "gate.verdict" and e["run_id"] != run_id}
+    assert verdicts["backdoor"]["evidence"]["reference_kind"] == "production"
+    assert verdicts["backdoor"]["verdict"] == "pass"
+    assert "reference_robust_accuracy" in verdicts["robustness"]["metrics"]
+    assert "p=" in verdicts["golden_regression"]["reason"]

@@ -79,3 +79,20 @@ def test_cli_reports_missing_policy(tmp_path):
 
 def test_cli_usage_error_is_one_line():
     assert_one_line_refusal(run_cli("approve"), 2, "required")
+
+
+def test_model_gate_policy_defaults_are_the_calibrated_gate_defaults():
+    """The policy spells the model-gate parameters out (to validate them by key); they must not drift apart."""
+    from dataclasses import fields
+
+    from gates import advisory, backdoor, golden_regression, robustness
+
+    pairs = [(policy.RobustnessPolicy(), robustness.RobustnessParams()),
+             (policy.BackdoorPolicy(), backdoor.BackdoorParams()),
+             (policy.GoldenRegressionPolicy(), golden_regression.GoldenRegressionParams()),
+             (policy.AdvisoryPolicy(), advisory.AdvisoryParams())]
+    for pol_section, params in pairs:
+        for f in fields(params):
+            if f.name in type(pol_section).model_fields:
+                got, want = getattr(pol_section, f.name), getattr(params, f.name)
+                assert (tuple(got) if isinstance(got, list) else got) == want, (type(params).__name__, f.name)
