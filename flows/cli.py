@@ -62,21 +62,21 @@ class Printer:
         elif event == "gate":
             r = data["result"]
             self.verdicts[r.gate] = r.verdict.value
-            print(f"  {r.verdict.value.upper():8} {r.gate:14} {r.reason}", file=out, flush=True)
+            print(f"  {r.verdict.value.upper():8} {r.gate:20} {r.reason}", file=out, flush=True)
         elif event == "approval":
             r = data["result"]
-            print(f"  {'ACCEPTED' if r.passed else 'REFUSED':8} {'approval':14} {r.reason}", file=out, flush=True)
+            print(f"  {'ACCEPTED' if r.passed else 'REFUSED':8} {'approval':20} {r.reason}", file=out, flush=True)
         elif event == "progress":
-            print(f"  {'':8} {data['step']:14} {data['message']}", file=out, flush=True)
+            print(f"  {'':8} {data['step']:20} {data['message']}", file=out, flush=True)
         elif event == "staged":
-            print(f"  {'SIGNED':8} {'staging':14} {data['digest']}", file=out, flush=True)
+            print(f"  {'SIGNED':8} {'staging':20} {data['digest']}", file=out, flush=True)
         elif event == "awaiting":
-            print(f"  {'PAUSED':8} {'approval':14} waiting for {data['quorum']} approvals of {data['digest']}\n"
+            print(f"  {'PAUSED':8} {'approval':20} waiting for {data['quorum']} approvals of {data['digest']}\n"
                   f"           approve with: {data['command']}", file=out, flush=True)
         elif event == "failed":
-            print(f"  {'STOPPED':8} {'':14} {data['reason']}", file=out, flush=True)
+            print(f"  {'STOPPED':8} {'':20} {data['reason']}", file=out, flush=True)
         elif event == "promoted":
-            print(f"  {'PROMOTED':8} {'production':14} {data['model_digest']}", file=out, flush=True)
+            print(f"  {'PROMOTED':8} {'production':20} {data['model_digest']}", file=out, flush=True)
         self.events[event] = data
 
 
@@ -111,7 +111,7 @@ def cmd_approve(args) -> int:
     c = prov.get("commit", {})
     print(f"commit {c.get('commit', '?')[:12]} signed by {c.get('signer')} — {c.get('subject', '')}")
     for g in prov.get("gates", []):
-        print(f"  {g['verdict'].upper():8} {g['gate']:14} {g['reason']}")
+        print(f"  {g['verdict'].upper():8} {g['gate']:20} {g['reason']}")
     principal = args.as_
     if not principal:
         keytype, blob = sshsig.public_key_of(args.key)

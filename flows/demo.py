@@ -216,7 +216,7 @@ def main(args) -> int:
     print(f"airlock demo in {workdir}", file=log, flush=True)
     t0 = time.monotonic()
     paths = build(workdir.resolve())
-    print(f"  {'READY':8} {'setup':14} signed repo, keys for 1 committer + 2 approvers, digits data, policy "
+    print(f"  {'READY':8} {'setup':20} signed repo, keys for 1 committer + 2 approvers, digits data, policy "
           f"({time.monotonic() - t0:.1f} s)", file=log, flush=True)
 
     _prefect_env(getattr(args, "verbose", False), home=paths["prefect_home"])
@@ -254,7 +254,7 @@ def main(args) -> int:
         reg = Registry(pol.registry.path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
         model, verdict = reg.verify_stage("production", pol.approval.quorum)
         verified = True
-        print(f"  {'VERIFIED':8} {'production':14} {model.digest}: signature, digest, {verdict.reason}", file=log, flush=True)
+        print(f"  {'VERIFIED':8} {'production':20} {model.digest}: signature, digest, {verdict.reason}", file=log, flush=True)
     promoted = printer.events.get("promoted", {})
     started = printer.events.get("start", {})
     result = {
