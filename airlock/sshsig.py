@@ -40,8 +40,10 @@ def sign(key: str | Path, data: bytes, namespace: str) -> str:
         return (Path(d) / "statement.sig").read_text()
 
 
-def verify(allowed_signers: str | Path, principal: str, namespace: str, data: bytes, signature: str) -> str:
-    """Return the signing key's fingerprint, or raise ApprovalError with the reason."""
+def verify(allowed_signers: str | Path, principal: str, namespace: str, data: bytes, signature: str,
+           revoked_keys: str | Path | None = None) -> str:
+    """Return the signing key's fingerprint, or raise ApprovalError with the reason (a key listed in
+    `revoked_keys`, an OpenSSH KRL or public-key file, is refused)."""
     if not Path(allowed_signers).is_file():
         raise TrustRootError(f"cannot read signers file {allowed_signers}", "check trust.approvers in airlock.toml")
     if not principal or any(c in principal for c in "\n\r\0,*?!") or principal.startswith("-"):
@@ -49,8 +51,9 @@ def verify(allowed_signers: str | Path, principal: str, namespace: str, data: by
     with tempfile.TemporaryDirectory() as d:
         sig = Path(d) / "sig"
         sig.write_text(signature)
+        revocation = ["-r", str(revoked_keys)] if revoked_keys else []
         res = _run(["ssh-keygen", "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", namespace,
-                    "-s", str(sig)], stdin=data)
+                    "-s", str(sig), *revocation], stdin=data)
     out = res.stdout.decode(errors="replace").strip()
     m = _GOOD.match(out)
     if res.returncode != 0 or not m or m.group("principal") != principal or m.group("ns") != namespace:

@@ -98,12 +98,11 @@ def cmd_run(args) -> int:
 
 def cmd_approve(args) -> int:
     from airlock import sshsig
-    from airlock.ledger import Ledger
     from gates import approval
     from registry import Registry
 
     pol = _trusted_policy(args.config)
-    reg = Registry(pol.registry.path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
+    reg = Registry.from_policy(pol)
     # Show what is being approved from the registry, verified with the trusted key: not from the unauthenticated API.
     staged = reg.staged_for_run(args.run_id)
     prov = staged.provenance
@@ -181,12 +180,11 @@ def _submit_approval(args, signed, statement: str, principal: str, decision: str
 
 
 def cmd_verify(args) -> int:
-    from airlock.ledger import Ledger
     from registry import Registry
 
     pol = _trusted_policy(args.config)
     reg_path = Path(args.registry) if args.registry else pol.registry.path
-    reg = Registry(reg_path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
+    reg = Registry.from_policy(pol, root=reg_path)
     model, verdict = reg.verify_stage(args.stage, pol.approval.quorum, pol.approval.forbid_self_approval)
     print(f"{args.stage} model {model.digest} verified: signature by the trusted key, digest over every file"
           + (f", {verdict.reason}, ledger anchor present" if verdict else ""))
@@ -279,11 +277,10 @@ def cmd_data_log(args) -> int:
 
 def cmd_data_trace(args) -> int:
     from airlock import ingest
-    from airlock.ledger import Ledger
     from registry import Registry
 
     pol = _trusted_policy(args.config)
-    reg = Registry(pol.registry.path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
+    reg = Registry.from_policy(pol)
     # The provenance is read from the signed model, after the registry verified signature, digest (and approvals).
     model, _ = reg.verify_stage(args.stage, pol.approval.quorum, pol.approval.forbid_self_approval)
     prov = model.provenance

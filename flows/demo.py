@@ -251,7 +251,7 @@ def main(args) -> int:
 
         loaded = policy.load(paths["policy"])
         pol = trust.pin(loaded, trust.resolve(loaded, paths["workdir"] / "runs" / "verify-trust"))
-        reg = Registry(pol.registry.path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
+        reg = Registry.from_policy(pol)
         model, verdict = reg.verify_stage("production", pol.approval.quorum)
         verified = True
         print(f"  {'VERIFIED':8} {'production':20} {model.digest}: signature, digest, {verdict.reason}", file=log, flush=True)

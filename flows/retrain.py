@@ -308,6 +308,7 @@ def collect_approvals(pol, run_id: str, digest: str, commit_signer: str | None, 
                       ledger: Ledger) -> list[approval.Approval]:
     """The pause. Runs in the flow body (Prefect cannot pause inside a task)."""
     ctx = approval.Context(run_id=run_id, model_digest=digest, approvers_file=pol.trust.approvers,
+                           revoked_keys=pol.trust.revoked_keys,
                            commit_signer=commit_signer, forbid_self_approval=pol.approval.forbid_self_approval)
     command = f"airlock approve {run_id} --key ~/.ssh/id_ed25519 --config {pol.source}"
     description = (_report.summary_markdown(rec.results, f"Approve model {digest}?")
@@ -374,7 +375,7 @@ def verdict_key(statement: str) -> str:
 
 
 def _registry(pol, ledger: Ledger) -> Registry:
-    return Registry(pol.registry.path, ledger, pol.trust.model_signing_public_key, pol.trust.approvers)
+    return Registry.from_policy(pol, ledger)
 
 
 def _env_key() -> Path:

@@ -68,6 +68,7 @@ class Context:
     approvers_file: Path
     commit_signer: str | None = None
     forbid_self_approval: bool = True
+    revoked_keys: Path | None = None
 
 
 def make_statement(run_id: str, model_digest: str, approver: str, decision: str, reason: str = "") -> str:
@@ -115,7 +116,7 @@ class SignedByApprover:
     def verify(self, stmt, approval, ctx, accepted):
         try:
             return sshsig.verify(ctx.approvers_file, stmt["approver"], NAMESPACE, approval.statement.encode(),
-                                 approval.signature)
+                                 approval.signature, revoked_keys=ctx.revoked_keys)
         except AirlockError as e:
             raise Refused(f"approval by {stmt['approver']!r} refused: {e.what}") from None
 
@@ -140,8 +141,17 @@ class NotSelfApproval:
     """Self-approval: whoever signed the training commit cannot also approve its model."""
 
     def verify(self, stmt, approval, ctx, accepted):
-        if ctx.forbid_self_approval and ctx.commit_signer and stmt["approver"] == ctx.commit_signer:
+        if ctx.forbid_self_approval and ctx.commit_signer and \
+                _identity(stmt["approver"]) == _identity(ctx.commit_signer):
             raise Refused(f"{stmt['approver']} signed the training commit and cannot approve its own change")
+
+
+def _identity(name: str) -> str:
+    """An SSH principal ("alice@corp") or a GPG user id ("Alice <alice@corp>"), reduced to the address."""
+    name = name.strip()
+    if "<" in name and name.endswith(">"):
+        name = name[name.rindex("<") + 1:-1]
+    return name.lower()
 
 
 class Distinct:

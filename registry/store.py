@@ -88,11 +88,20 @@ def _fsync_tree(root: Path) -> None:
 
 
 class Registry:
-    def __init__(self, root: str | Path, ledger: Ledger, public_key: str | Path, approvers_file: str | Path) -> None:
+    def __init__(self, root: str | Path, ledger: Ledger, public_key: str | Path, approvers_file: str | Path,
+                 revoked_keys: str | Path | None = None) -> None:
         self.root = Path(root)
         self.ledger = ledger
         self.public_key = Path(public_key)
         self.approvers_file = Path(approvers_file)
+        self.revoked_keys = Path(revoked_keys) if revoked_keys else None
+
+    @classmethod
+    def from_policy(cls, pol, ledger: Ledger | None = None, root: str | Path | None = None) -> "Registry":
+        """The registry named by a policy whose trust roots were pinned (airlock.trust.pin)."""
+        t = pol.trust
+        return cls(root or pol.registry.path, ledger or Ledger(pol.ledger.path), t.model_signing_public_key,
+                   t.approvers, t.revoked_keys)
 
     # -- verification ------------------------------------------------------------------------------------------
 
@@ -122,7 +131,7 @@ class Registry:
     def _approval_context(self, model: StagedModel, forbid_self_approval: bool) -> _approval.Context:
         # Bindings come from the signed provenance, judged against the trusted approvers file.
         return _approval.Context(run_id=model.provenance.get("run_id", ""), model_digest=model.digest,
-                                 approvers_file=self.approvers_file,
+                                 approvers_file=self.approvers_file, revoked_keys=self.revoked_keys,
                                  commit_signer=model.provenance.get("commit", {}).get("signer"),
                                  forbid_self_approval=forbid_self_approval)
 

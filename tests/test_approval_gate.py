@@ -123,3 +123,21 @@ def test_a_valid_rejection_blocks_the_quorum(keys, ctx):
     r = approval.check_quorum([signed(keys, "alice"), signed(keys, "bob", decision="reject")], ctx, 2)
     assert r.verdict is Verdict.FAIL
     assert "bob@example.com rejected the model" in r.reason
+
+
+def test_revoked_approver_key_is_refused(keys, tmp_path):
+    revoked = tmp_path / "revoked_keys"
+    revoked.write_text(open(f"{keys.key('bob')}.pub").read())
+    c = approval.Context(RUN, DIGEST, keys.approvers, None, True, revoked_keys=revoked)
+    assert approval.verify_one(signed(keys, "alice"), c, [])[1] is not None
+    r, v = approval.verify_one(signed(keys, "bob"), c, [])
+    assert v is None
+    assert "signature does not verify for bob@example.com" in r.reason
+
+
+def test_gpg_committer_cannot_approve_under_the_same_address(keys):
+    """A GPG signer is a user id ("Name <address>"): self-approval is judged on the address."""
+    c = approval.Context(RUN, DIGEST, keys.approvers, commit_signer="Alice Example <Alice@example.com>")
+    r, v = approval.verify_one(signed(keys, "alice"), c, [])
+    assert v is None
+    assert "signed the training commit" in r.reason
