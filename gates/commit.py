@@ -85,7 +85,8 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
             if git(top, "merge-base", "--is-ancestor", base, sha, check=False).returncode != 0:
                 return GateResult.fail(GATE, f"base commit {base[:12]} is not an ancestor of HEAD {sha[:12]}: history "
                                              "was rewritten — rebuild the branch on top of it", evidence=evidence)
-        rng = [f"{base}..{sha}"] if base else [sha]
+        # HEAD == base (a scheduled retrain on new data, no new code): HEAD itself is checked again.
+        rng = [f"{base}..{sha}"] if base and base != sha else (["-1", sha] if base else [sha])
         # Pinned config: a repo-local gpg.ssh.program or allowedSignersFile cannot vouch for any commit.
         log = git(top, "log", f"--max-count={MAX_COMMITS}", "--format=%H%x00%G?%x00%GS%x00%GF%x00%GP%x00%s%x1e",
                   *rng, "--", **signers.git_kwargs()).stdout

@@ -143,6 +143,18 @@ def test_history_before_the_base_is_not_judged_again(repo, keys):
     assert r.metrics["commits_checked"] == 1
 
 
+def test_retrain_without_new_commits_checks_head_again(repo, keys):
+    """A scheduled retrain on new data (HEAD is production's commit) passes, and HEAD is still judged."""
+    head = git(repo, "rev-parse", "HEAD").stdout.strip()
+    r = commit.check(repo, keys.allowed_signers, base=head)
+    assert r.verdict is Verdict.PASS, r.reason
+    assert r.metrics["commits_checked"] == 1
+    change(repo, "unsigned")
+    unsigned = make_commit(repo, "unsigned", key=None)
+    r = commit.check(repo, keys.allowed_signers, base=unsigned)
+    assert r.verdict is Verdict.FAIL and "is not signed" in r.reason
+
+
 def test_rewritten_history_is_refused(repo, keys):
     change(repo, "production's")
     production = make_commit(repo, "trained into production", key=keys.key("dev"))
