@@ -90,7 +90,7 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
         # Pinned config: a repo-local gpg.ssh.program or allowedSignersFile cannot vouch for any commit.
         log = git(top, "log", f"--max-count={MAX_COMMITS}", "--format=%H%x00%G?%x00%GS%x00%GF%x00%GP%x00%s%x1e",
                   *rng, "--", **signers.git_kwargs()).stdout
-        status = git(top, "status", "--porcelain=v1", "--untracked-files=all", "--ignore-submodules=none").stdout
+        status = git(top, "status", "--porcelain=v1", "--untracked-files=all", "--ignore-submodules=all").stdout
     except GitError as e:
         return GateResult.fail(GATE, e.one_line(), evidence=evidence)
 
