@@ -48,18 +48,30 @@ def verify(allowed_signers: str | Path, principal: str, namespace: str, data: by
         raise TrustRootError(f"cannot read signers file {allowed_signers}", "check trust.approvers in airlock.toml")
     if not principal or any(c in principal for c in "\n\r\0,*?!") or principal.startswith("-"):
         raise ApprovalError(f"malformed approver name {principal!r}", "use the principal listed in the approvers file")
-    with tempfile.TemporaryDirectory() as d:
-        sig = Path(d) / "sig"
-        sig.write_text(signature)
-        revocation = ["-r", str(revoked_keys)] if revoked_keys else []
-        res = _run(["ssh-keygen", "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", namespace,
-                    "-s", str(sig), *revocation], stdin=data)
-    out = res.stdout.decode(errors="replace").strip()
-    m = _GOOD.match(out)
-    if res.returncode != 0 or not m or m.group("principal") != principal or m.group("ns") != namespace:
+    def attempt(revoked: str | Path | None):
+        with tempfile.TemporaryDirectory() as d:
+            sig = Path(d) / "sig"
+            sig.write_text(signature)
+            revocation = ["-r", str(revoked)] if revoked else []
+            res = _run(["ssh-keygen", "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", namespace,
+                        "-s", str(sig), *revocation], stdin=data)
+        out = res.stdout.decode(errors="replace").strip()
+        m = _GOOD.match(out)
+        ok = res.returncode == 0 and m is not None and m.group("principal") == principal and m.group("ns") == namespace
+        return ok, m, res, out
+
+    ok, m, res, out = attempt(revoked_keys)
+    if not ok:
+        # A revoked key fails like a bad signature: say which it is, so that the cause is named.
+        if revoked_keys:
+            good, m2, _, _ = attempt(None)
+            if good and m2 is not None:
+                raise ApprovalError(f"the key {m2.group('fp')} of {principal} is revoked (listed in the revoked keys "
+                                    f"{revoked_keys})", "approve with a key that is not revoked")
         return_reason = (res.stderr.decode(errors="replace").strip().splitlines() or [out or "verification failed"])[-1]
         raise ApprovalError(f"signature does not verify for {principal} in the approvers file ({return_reason})",
                             "sign with a key listed for you in the approvers file")
+    assert m is not None
     return m.group("fp")
 
 
