@@ -70,8 +70,13 @@ def build(training: dict, provenance: dict, datasets: dict[str, dict], weights_s
         libs.append(Component(name=pkg, version=v, type=ComponentType.LIBRARY, bom_ref=f"pkg-{pkg}",
                               purl=PackageURL(type="pypi", name=pkg, version=v)))
     bom = Bom(components=[model, code, *data_components, *libs])
+    # Where the team's code ran (airlock/sandbox.py): "environment" means without Airlock's sandbox.
+    box = provenance.get("sandbox") or {}
     root = Component(name="airlock-training-run", type=ComponentType.APPLICATION, bom_ref="run",
-                     version=provenance["run_id"])
+                     version=provenance["run_id"],
+                     properties=[Property(name="airlock:sandbox:mode", value=str(box.get("mode", "unknown"))),
+                                 Property(name="airlock:sandbox:isolated", value=str(bool(box.get("isolated"))).lower())]
+                     + ([Property(name="airlock:sandbox:warning", value=box["warning"])] if box.get("warning") else []))
     bom.metadata.component = root
     bom.register_dependency(root, [model])
     bom.register_dependency(model, [code, *data_components, *libs])

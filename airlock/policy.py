@@ -108,6 +108,16 @@ class TrainingPolicy(_Strict):
     threads: int = Field(default=1, ge=1, le=256)
 
 
+class SandboxPolicy(_Strict):
+    """Where team code runs (airlock/sandbox.py). "environment" only where the host itself is the sandbox."""
+
+    mode: str = Field(default="bubblewrap", pattern=r"^(bubblewrap|environment)$",
+                      description='"bubblewrap" (namespaces; the default) or "environment" (the pod is the sandbox)')
+    bubblewrap: str = Field(default="bwrap", min_length=1, description="the bubblewrap executable")
+    memory_mb: int = Field(default=8192, ge=64, le=1 << 20, description="memory cap per process of team code")
+    output_mb: int = Field(default=2048, ge=1, le=1 << 22, description="cap on what team code may write")
+
+
 class EvaluationPolicy(_Strict):
     min_test_accuracy: Fraction = 0.90
     min_golden_accuracy: Fraction = 0.90
@@ -182,6 +192,7 @@ class Policy(_Strict):
     signing: SigningPolicy = SigningPolicy()
     data: DataPolicy
     training: TrainingPolicy = TrainingPolicy()
+    sandbox: SandboxPolicy = SandboxPolicy()
     evaluation: EvaluationPolicy = EvaluationPolicy()
     robustness: RobustnessPolicy = RobustnessPolicy()
     backdoor: BackdoorPolicy = BackdoorPolicy()

@@ -7,7 +7,13 @@ Security rules:
   allowed-signers file in its own tree is not thereby trusted.
 * The policy file itself is a trust root: it must lie outside the repository under test.
 * What was read is copied into the run's directory and its sha256 recorded, so every later step (approvals,
-  promotion) judges by exactly the same roots.
+  promotion) judges by exactly the same roots. The copies lie where no team code can reach them (the sandbox sees
+  none of the run's trust directory) and are re-hashed before every decision (:func:`at_decision`): a copy that
+  changed under the run fails it, naming the file. The policy file is re-hashed too.
+* Revocation is read at decision time: :func:`at_decision` also reads the roots afresh from their source, and a
+  decision must pass under both the run's copies and the roots in force now. A key revoked (or an approver
+  removed) while a run waits is refused at its approval and at promotion; a key added meanwhile does not help the
+  run that started without it.
 
 A protected ref is only as protected as the forge makes it: CI must fetch it fresh from the forge's protected
 branch; a local branch anyone can move is no trust root.
@@ -137,3 +143,38 @@ def signer_policy(pol):
 
     t = pol.trust
     return SignerPolicy(t.allowed_signers, t.revoked_keys, t.gpg_home, frozenset(t.gpg_fingerprints))
+
+
+def recheck(roots: TrustRoots) -> None:
+    """The run's copies are exactly what was read at the start (a trust file swapped under a waiting run)."""
+    for key, digest in roots.digests.items():
+        path = getattr(roots, key)
+        try:
+            now = _sha(path)
+        except OSError:
+            now = "missing"
+        if now != digest:
+            raise TrustRootError(f"the run's copy of trust.{key} ({path}) changed during the run (sha256 "
+                                 f"{digest[:12]}… → {now[:12]}…)", "nothing was approved or promoted; find who "
+                                 "wrote it, then start a new run")
+
+
+def recheck_policy(pol) -> None:
+    """The policy in force is the policy the run started with."""
+    try:
+        now = "sha256:" + hashlib.sha256(Path(pol.source).read_bytes()).hexdigest()
+    except OSError:
+        now = "missing"
+    if now != pol.digest:
+        raise TrustRootError(f"the policy {pol.source} changed during the run ({pol.digest[:19]}… → {now[:19]}…)",
+                             "nothing was approved or promoted; start a new run under the new policy")
+
+
+def at_decision(original_pol, roots: TrustRoots, dest: Path) -> TrustRoots:
+    """Before an approval decision or a promotion: re-hash the run's copies and the policy, then read the trust
+    roots in force now from their source into ``dest`` (revocations and removals since the start apply)."""
+    recheck(roots)
+    recheck_policy(original_pol)
+    if dest.exists():
+        shutil.rmtree(dest)
+    return resolve(original_pol, dest)

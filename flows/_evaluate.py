@@ -1,63 +1,61 @@
-"""Model-gate sandbox: ``python -P -m flows._evaluate REQUEST.json OUT.json`` runs every model gate.
+"""The trusted model-gate evaluator: ``python -P -m flows._evaluate REQUEST.json OUT.json``.
 
-The model definition is the team's code, so it is imported only here, in a subprocess started with the same
-secret-free environment as training, never in the flow process that later signs. Airlock's own gate modules are
-imported first (from the installed package); then each model's architecture is imported from the export of the
-commit it was trained from (the candidate's verified commit; production's training commit), one at a time, so two
-versions of the team's package can be compared. Results come back as JSON: a list of GateResults and the paths of
-any plots.
+It never imports or runs the team's code. Each model is built in a sandboxed oracle (:mod:`airlock.oracle`): one
+for the candidate's commit export (which also serves the golden stand-ins its trainer makes), one for production's
+training commit, so two versions of the team's package never share a process. Here, in Airlock's own process, the
+gates judge the oracles' answers: accuracy, robustness (ART), backdoor (Neural Cleanse), golden regression and the
+advisories. Model code that patches ``gates.*`` or ``sys.modules`` patches only its oracle.
+
+This process holds no secret either (it is started with the sandbox's allowlisted environment); it runs outside
+the sandbox only because it starts sandboxes. Results come back as JSON: a list of GateResults and plot paths.
 """
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import json
 import sys
 import traceback
 from dataclasses import replace
 from pathlib import Path
 
-# Airlock's own code first: a `gates` package in the commit under test must not replace the gates.
-import art  # noqa: F401  (import ART before anything configures logging)
+# Airlock's own code, from the installed package; ART before anything configures logging.
+import art  # noqa: F401
 import gates.advisory as advisory
+import gates.artifact as artifact
 import gates.backdoor as backdoor
 import gates.evaluation as evaluation
 import gates.golden_regression as golden_regression
 import gates.robustness as robustness
 from airlock.datasets import load_split
+from airlock.errors import AirlockError
+from airlock.oracle import Oracle, RemoteModel
+from airlock.sandbox import Sandbox
 from gates._result import GateResult, Verdict
 
-
-def _purge_team_modules(package: str) -> None:
-    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
-        del sys.modules[name]
-
-
-def load_model(src: Path, model_dir: Path):
-    """Build the architecture from `src` (a commit export) and load safetensors weights (no pickle)."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((model_dir / "training.json").read_text())
-    module_name, _, func = meta.get("architecture", "training.model:build_model").partition(":")
-    package = module_name.split(".")[0]
-    _purge_team_modules(package)
-    sys.path.insert(0, str(src))
-    try:
-        module = importlib.import_module(module_name)
-        if not str(getattr(module, "__file__", "")).startswith(str(src)):
-            raise RuntimeError(f"{module_name} did not load from {src}")
-        model = getattr(module, func or "build_model")(meta["hyperparameters"])
-    finally:
-        sys.path.remove(str(src))
-        _purge_team_modules(package)          # the next model imports its own version
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
-    model.eval()
-    return model, meta
+ALL_GATES = ("evaluation", "robustness", "backdoor", "golden_regression", "advisory")
 
 
 def _params(cls, values: dict, **extra):
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return replace(cls(), **{k: v for k, v in fields.items() if k in cls.__dataclass_fields__}, **extra)
+
+
+def _meta(model_dir: Path) -> dict:
+    """training.json of a trainer output, re-checked by the artifact gate (the trainer wrote it: untrusted)."""
+    verdict = artifact.check(model_dir)
+    if not verdict.passed:
+        raise AirlockError(verdict.reason)
+    return json.loads((model_dir / "training.json").read_text())
+
+
+def _progress(prefix: str):
+    return lambda line: print(f"         {prefix} | {line}", flush=True)
+
+
+def _oracle(sb: Sandbox, req: dict, what: str, ro: dict[str, Path], stack: contextlib.ExitStack) -> Oracle:
+    job = sb.job(what, ro=ro, threads=int(req["threads"]), timeout=float(req["timeout"]))
+    return stack.enter_context(Oracle(job, timeout=float(req["timeout"]), on_line=_progress(what)))
 
 
 def run(req: dict) -> dict:
@@ -68,36 +66,73 @@ def run(req: dict) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     np.random.seed(seed)
+    sb = Sandbox(**req["sandbox"])
     work = Path(req["workdir"])
+    wanted = tuple(req.get("gates") or ALL_GATES)
     out: dict = {"results": [], "plots": {}}
-
-    cand, meta = load_model(Path(req["src"]), Path(req["model"]))
-    prod = prod_meta = None
-    if req.get("prod_model"):
-        prod, prod_meta = load_model(Path(req["prod_src"]), Path(req["prod_model"]))
-    x_tr, y_tr = load_split(Path(req["train_dir"]), "train")
-    x_te, y_te = load_split(Path(req["train_dir"]), "test")
-    x_go, y_go = load_split(Path(req["golden_dir"]), "golden")
     p = req["params"]
+    src, model_dir = Path(req["src"]), Path(req["model"])
+    standin = work / "stand-in"
+    standin.mkdir(parents=True, exist_ok=True)
 
     def add(result: GateResult) -> GateResult:
         out["results"].append(result.to_dict())
         print(f"{result.gate} done ({result.verdict.value})", flush=True)   # progress; verdicts come from the flow
         return result
 
-    # Accuracy on the test split and the golden set.
-    add(evaluation.check(cand, meta, (x_te, y_te), (x_go, y_go),
-                         evaluation.EvalThresholds(p["evaluation"]["min_test_accuracy"],
-                                                   p["evaluation"]["min_golden_accuracy"], seed)))
+    with contextlib.ExitStack() as stack:
+        meta = _meta(model_dir)
+        cand_oracle = _oracle(sb, req, "candidate model", {"src": src, "model": model_dir, "standin": standin}, stack)
+        cand = cand_oracle.load("candidate", cand_oracle.job.path("model"), meta)
+        prod = prod_meta = None
+        if req.get("prod_model"):
+            prod_meta = _meta(Path(req["prod_model"]))
+            prod_oracle = _oracle(sb, req, "production model",
+                                  {"src": Path(req["prod_src"]), "model": Path(req["prod_model"])}, stack)
+            prod = prod_oracle.load("production", prod_oracle.job.path("model"), prod_meta)
+        x_tr, y_tr = load_split(Path(req["train_dir"]), "train")
+        x_te, y_te = load_split(Path(req["train_dir"]), "test")
+        x_go, y_go = load_split(Path(req["golden_dir"]), "golden")
 
-    # Evasion robustness, decided on the Wilson lower bound, and its regression against production.
-    rp = _params(robustness.RobustnessParams, p["robustness"], seed=seed, threads=threads)
-    r = add(robustness.check(cand, meta, x_te, y_te, rp, reference=prod, reference_meta=prod_meta))
-    out["plots"]["robustness"] = str(robustness.write_curve(r, work / "robustness-curve.png"))
+        # Accuracy on the test split and the golden set.
+        if "evaluation" in wanted:
+            add(evaluation.check(cand, meta, (x_te, y_te), (x_go, y_go),
+                                 evaluation.EvalThresholds(p["evaluation"]["min_test_accuracy"],
+                                                           p["evaluation"]["min_golden_accuracy"], seed)))
 
-    # Backdoor: per-class minimal triggers against production's (cached in its signed evidence) or a stand-in
-    # trained by the same trainer on the known-clean golden set when nothing is in production.
-    bp = _params(backdoor.BackdoorParams, p["backdoor"], seed=seed, threads=threads)
+        # Evasion robustness, decided on the Wilson lower bound, and its regression against production.
+        if "robustness" in wanted:
+            rp = _params(robustness.RobustnessParams, p["robustness"], seed=seed, threads=threads)
+            r = add(robustness.check(cand, meta, x_te, y_te, rp, reference=prod, reference_meta=prod_meta))
+            out["plots"]["robustness"] = str(robustness.write_curve(r, work / "robustness-curve.png"))
+
+        # Backdoor: per-class minimal triggers against production's (cached in its signed evidence) or a stand-in
+        # trained by the same trainer on the known-clean golden set when nothing is in production.
+        b = None
+        if "backdoor" in wanted:
+            b = add(_backdoor(req, sb, cand, meta, prod, prod_meta, x_go, y_go, cand_oracle, standin))
+
+        # Golden-set regression against production (paired McNemar).
+        if "golden_regression" in wanted:
+            gp = _params(golden_regression.GoldenRegressionParams, p["golden_regression"])
+            add(golden_regression.check(cand, meta, x_go, y_go, gp, reference=prod))
+
+        # Advisory: reported and recorded in the bill of materials, never blocking.
+        if "advisory" in wanted and p["advisory"].get("enabled", True):
+            ap = _params(advisory.AdvisoryParams, p["advisory"], seed=seed, threads=threads)
+            add(advisory.membership_inference(cand, meta, x_tr, y_tr, x_te, y_te, ap))
+            add(advisory.extraction_effort(cand, meta, x_tr, x_te, ap))
+            flagged = b.metrics.get("min_trigger_ratio_class") if b is not None else None
+            if "penultimate" in cand.layers:
+                add(advisory.spectral_signatures(cand, meta, x_tr, y_tr, ap,
+                                                 classes=None if flagged is None else [int(flagged)]))
+        out["oracle_calls"] = cand_oracle.calls
+    return out
+
+
+def _backdoor(req, sb: Sandbox, cand: RemoteModel, meta, prod, prod_meta, x_go, y_go, cand_oracle: Oracle,
+              standin: Path) -> GateResult:
+    bp = _params(backdoor.BackdoorParams, req["params"]["backdoor"], seed=int(req["seed"]), threads=int(req["threads"]))
     cand_norms = backdoor.reverse_engineer(cand, meta, x_go, y_go, bp)
     reference, kind = req.get("prod_backdoor"), "production"
     if reference is not None and not _compatible(reference, cand_norms):
@@ -107,32 +142,24 @@ def run(req: dict) -> dict:
     if reference is None:
         kind = "golden-stand-in"
         print(f"         {'backdoor':18} no production model: training {bp.stand_in_models} stand-in model(s) "
-              "on the golden set", flush=True)
-        # The stand-in is trained by the verified commit's trainer (its package first on the path), no other.
-        sys.path.insert(0, req["src"])
-        try:
-            _purge_team_modules("training")
-            reference = backdoor.stand_in_reference(x_go, y_go, work / "stand-in", bp,
-                                                    config=Path(req["src"]) / "training" / "config.toml",
-                                                    loader=lambda d: load_model(Path(req["src"]), Path(d)))
-        finally:
-            sys.path.remove(req["src"])
-            _purge_team_modules("training")
-    b = add(backdoor.check(cand_norms, reference, bp, reference_kind=kind))
+              "on the golden set (sandboxed)", flush=True)
+        src = Path(req["src"])
+        command = [c for c in req["training_command"]]
 
-    # Golden-set regression against production (paired McNemar).
-    gp = _params(golden_regression.GoldenRegressionParams, p["golden_regression"])
-    add(golden_regression.check(cand, meta, x_go, y_go, gp, reference=prod))
+        # The stand-in is trained by the verified commit's own trainer, in the sandbox like any training.
+        def train(data: Path, out: Path, cfg: Path) -> None:
+            job = sb.job("stand-in trainer", ro={"src": src, "data": data}, rw={"out": out}, cwd="src",
+                         timeout=float(req["timeout"]), threads=int(req["threads"]))
+            job.run([*command, "--data", job.path("data"), "--out", job.path("out"),
+                     "--config", f"{job.path('data')}/{cfg.name}"])
 
-    # Advisory: reported and recorded in the bill of materials, never blocking.
-    if p["advisory"].get("enabled", True):
-        ap = _params(advisory.AdvisoryParams, p["advisory"], seed=seed, threads=threads)
-        add(advisory.membership_inference(cand, meta, x_tr, y_tr, x_te, y_te, ap))
-        add(advisory.extraction_effort(cand, meta, x_tr, x_te, ap))
-        flagged = b.metrics.get("min_trigger_ratio_class")
-        add(advisory.spectral_signatures(cand, meta, x_tr, y_tr, ap,
-                                         classes=None if flagged is None else [int(flagged)]))
-    return out
+        def load(d: Path) -> tuple[RemoteModel, dict]:
+            m = _meta(d)
+            return cand_oracle.load(f"stand-in-{d.name}", f"{cand_oracle.job.path('standin')}/{d.name}", m), m
+
+        reference = backdoor.stand_in_reference(x_go, y_go, standin, bp, config=src / "training" / "config.toml",
+                                                loader=load, trainer=train, parallel=int(req.get("parallel", 1)))
+    return backdoor.check(cand_norms, reference, bp, reference_kind=kind)
 
 
 def _compatible(cached: dict, fresh: dict) -> bool:
@@ -144,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     req = json.loads(Path(argv[0]).read_text())
     try:
         out = run(req)
-    except Exception as e:  # noqa: BLE001 - the team's code can fail any way; that is a refusal, not a crash
+    except Exception as e:  # noqa: BLE001 - the team's model can fail any way: that is a refusal, not a crash
         traceback.print_exc()
+        what = e.one_line() if isinstance(e, AirlockError) else f"{type(e).__name__}: {str(e)[:200]}"
         out = {"results": [GateResult(evaluation.GATE, Verdict.FAIL,
-                                      f"cannot evaluate the model: {type(e).__name__}: {str(e)[:200]} — check that "
-                                      "training/model.py builds the architecture the trainer saved").to_dict()],
+                                      f"cannot evaluate the model: {what} — check that training/model.py builds "
+                                      "the architecture the trainer saved").to_dict()],
                "plots": {}}
     Path(argv[1]).write_text(json.dumps(out, default=str))
     return 0

@@ -143,6 +143,9 @@ command = ["{python}", "-m", "training.train"]
 timeout_seconds = 600
 threads = 1
 
+[sandbox]                # team code (trainer, model code) runs in bubblewrap: no keys, trust files or network
+mode = "bubblewrap"
+
 [evaluation]
 min_test_accuracy = 0.90
 min_golden_accuracy = 0.90

@@ -1,17 +1,25 @@
 """The gated retrain. Read top to bottom, this is the security checklist a model passes to reach production.
 
 0. Trust roots     - allowed signers, approvers and keys come from a protected ref or outside the repository.
-1. Commit gate     - every commit since production's training commit is signed by an allowed signer; clean tree.
+   Sandbox         - every piece of team code runs in bubblewrap (no key, no trust file, no registry, no network,
+                     nothing left running); where it cannot start, the run refuses (airlock/sandbox.py).
+1. Commit gate     - every commit since production's training commit is signed by an allowed signer; clean tree;
+                     the commit is exported blob by blob, running no filter or hook the repository configures.
 2. Data gate       - training and golden data are byte-for-byte what their committed manifests say; their
                      content is as declared (shape, labels, label shift); the golden set is pinned.
-3. Training        - the team's trainer runs on a snapshot of exactly what was verified, with no secrets.
-   Artifact gate   - it produced safetensors weights and plain metadata, nothing else (no pickle, no extras).
-4. Model gates     - accuracy, robustness (statistical), backdoor and golden regression vs production
-                     (team code runs sandboxed); advisory privacy/extraction metrics recorded.
-5. Signing         - the model directory (weights, metadata, provenance, AIBOM, evidence) is signed; staged.
+3. Training        - the team's trainer runs in the sandbox on a snapshot of exactly what was verified.
+   Artifact gate   - Airlock builds a new model directory from the trainer's weights and metadata alone; it holds
+                     safetensors weights and plain metadata, nothing else (no pickle, no extras).
+4. Model gates     - the data is verified again; accuracy, robustness (statistical), backdoor and golden regression
+                     vs production are computed by Airlock's own evaluator, which asks the team's model (in its
+                     sandbox) for answers and never imports its code; advisory privacy/extraction metrics recorded.
+5. Signing         - the model directory (weights, metadata, provenance, AIBOM, evidence) is checked against its
+                     layout and signed; staged (the registry verifies).
 6. Dual approval   - the run pauses until a quorum of distinct approvers sign statements bound to this run
-                     and this model digest; every input is verified here (Prefect's API has no auth).
-7. Promotion       - the registry re-verifies signature and approvals, then moves production atomically.
+                     and this model digest; every input is verified here (Prefect's API has no auth), after the
+                     trust roots and the policy are re-hashed and revocations since the start are read.
+7. Promotion       - the same re-check; the registry re-verifies signature and approvals under the trust roots in
+                     force now, then moves production atomically.
 
 Every verdict, registry write, approval and promotion is appended to the hash-chained ledger, and every gate's
 report is a Prefect artifact. A refusal at any step fails the run and nothing is promoted.
@@ -19,9 +27,11 @@ report is a Prefect artifact. A refusal at any step fails the run and nothing is
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -34,9 +44,9 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from airlock import aibom, gitutil, isolation, manifest, modelsign, trust
+from airlock import aibom, gitutil, manifest, modeldir, modelsign, sandbox, trust
 from airlock import policy as _policy
-from airlock.errors import AirlockError, GateFailed
+from airlock.errors import AirlockError, GateFailed, RegistryError
 from airlock.ingest import provenance_entry
 from airlock.ledger import Ledger
 from flows import _report
@@ -62,40 +72,47 @@ def retrain(config: str):
     run_id = str(flow_run.get_id())
     ledger = Ledger(pol.ledger.path)
     run_dir = pol.run.workdir / run_id
-    rec = RunRecorder(ledger, run_id, run_dir / "model" / "evidence")
+    rec = RunRecorder(ledger, run_id, run_dir / "evidence")
     ledger.append("run.start", {"config": str(pol.source), "policy_digest": pol.digest}, run_id=run_id)
     emit("start", run_id=run_id, run_dir=str(run_dir))
     try:
         # 0. Trust roots: from a protected ref or from outside the repository, never from the commit under test.
+        started = pol                       # as loaded: re-hashed, and its roots re-read, at every decision
         roots = trust_roots(pol, run_dir)
         pol = trust.pin(pol, roots)
+        #    The sandbox every piece of team code runs in: where it cannot start, refuse now (fail closed).
+        box = sandbox_ready(pol)
 
         # 1. Commit gate: every commit since production's signed by a trusted person, with git config nobody
-        #    under test can change.
+        #    under test can change; the verified commit exported without running anything it configures.
         c = rec.record(commit_gate(pol, history_base(pol, ledger), roots))
         src = snapshot_code(pol, c.evidence["commit"], run_dir)
 
         # 2. Data gate: each dataset matches the manifest committed in the verified commit, then is snapshotted.
         datasets = {name: rec.record(data_gate(pol, name, src, run_dir)) for name in ("train", "golden")}
 
-        # 3. Training: the team's code, from the verified snapshot, in a subprocess with no keys or tokens.
-        out = train(pol, src, run_dir)
-        rec.record(artifact.check(out))
+        # 3. Training: the team's code, from the verified snapshot, in the sandbox. Airlock then builds a new model
+        #    directory from its weights and metadata alone, and the artifact gate judges that directory.
+        model_dir = collect_model(train(pol, box, src, run_dir), run_dir)
+        rec.record(artifact.check(model_dir))
 
-        # 4. Model gates, the team's model loaded only in a sandbox: accuracy (test + golden), robustness (ART PGD
-        #    sweep + APGD, Wilson lower bound, regression vs production), backdoor (Neural Cleanse vs production or a
-        #    golden-set stand-in), golden-set regression (McNemar); advisories recorded, never blocking.
-        rec.record_all(model_gates(pol, src, out, run_dir, ledger))
+        # 4. Model gates on data verified again: accuracy (test + golden), robustness (ART PGD sweep + APGD, Wilson
+        #    lower bound, regression vs production), backdoor (Neural Cleanse vs production or a golden-set
+        #    stand-in), golden-set regression (McNemar); advisories recorded, never blocking. The team's model
+        #    answers from its sandbox; every verdict is computed outside it.
+        recheck_data(datasets, src, run_dir)
+        rec.record_all(model_gates(pol, box, src, model_dir, run_dir, ledger))
 
         # 5. Signing: provenance + evidence + weights signed together, then staged (the registry verifies).
-        staged = sign_and_stage(pol, run_id, run_dir, src, out, c, datasets, rec, ledger)
+        staged = sign_and_stage(pol, box, run_id, run_dir, src, model_dir, c, datasets, rec, ledger)
         rec.evidence_dir = run_dir / "evidence-after-signing"     # the signed directory is never touched again
 
         # 6. Dual approval: pause until a quorum of distinct approvers signs for this run and this model digest.
-        approvals = collect_approvals(pol, run_id, staged.digest, c.evidence.get("signer"), rec, ledger)
+        approvals = collect_approvals(started, pol, roots, run_dir, run_id, staged.digest, c.evidence.get("signer"),
+                                      rec, ledger, box)
 
-        # 7. Promotion: the registry re-verifies everything itself and moves production atomically.
-        pointer = promote(pol, staged.digest, approvals, ledger)
+        # 7. Promotion: trust roots re-checked; the registry re-verifies everything itself and moves production.
+        pointer = promote(started, pol, roots, run_dir, staged.digest, approvals, ledger)
     except (GateFailed, AirlockError) as e:
         ledger.append("run.failed", {"reason": e.one_line()}, run_id=run_id)
         emit("failed", reason=e.one_line())
@@ -117,11 +134,43 @@ def task(name: str):
     return _task(name=name, cache_policy=NO_CACHE, retries=0)
 
 
+def _fresh(path: Path) -> Path:
+    """A run's working directory that must start empty (a retried step never builds on what it left)."""
+    if path.exists() or path.is_symlink():
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return path
+
+
 @task(name="trust-roots")
 def trust_roots(pol, run_dir: Path) -> trust.TrustRoots:
     roots = trust.resolve(pol, run_dir / "trust")
     emit("progress", step="trust", message=f"trust roots from {roots.source}")
     return roots
+
+
+@task(name="sandbox")
+def sandbox_ready(pol) -> sandbox.Sandbox:
+    box = sandbox.Sandbox.from_policy(pol)
+    box.check()
+    if box.isolated:
+        emit("progress", step="sandbox", message="team code runs in bubblewrap: no keys, trust files, registry, "
+                                                 "ledger or network; nothing survives it")
+    else:
+        emit("progress", step="sandbox", message="WARNING: sandbox.mode = environment — team code runs without "
+                                                 "Airlock's sandbox (recorded in the provenance, shown to approvers)")
+    return box
+
+
+def protected_paths(pol) -> dict[str, Path | None]:
+    """What team code must never see, checked against every bind before a sandbox starts."""
+    t = pol.trust
+    prefect_home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
+    return {"the policy": pol.source, "the allowed signers": t.allowed_signers, "the approvers": t.approvers,
+            "the model-signing public key": t.model_signing_public_key, "the revoked keys": t.revoked_keys,
+            "the GnuPG home": t.gpg_home, "the model-signing key": pol.signing.private_key or
+            (Path(os.environ["AIRLOCK_SIGNING_KEY"]) if os.environ.get("AIRLOCK_SIGNING_KEY") else None),
+            "the registry": pol.registry.path, "the ledger": pol.ledger.path, "the Prefect home": Path(prefect_home),
+            "the training repository's .git": pol.repo.path / ".git"}
 
 
 def history_base(pol, ledger: Ledger) -> str | None:
@@ -142,10 +191,9 @@ def commit_gate(pol, base: str | None, roots: trust.TrustRoots) -> GateResult:
 
 @task(name="snapshot-code")
 def snapshot_code(pol, sha: str, run_dir: Path) -> Path:
-    """Export exactly the verified commit: the working tree may change after the gate, the export cannot."""
-    src = run_dir / "src"
-    if src.exists():
-        shutil.rmtree(src)
+    """Export exactly the verified commit, blob by blob (no filter, hook or attribute of the repository runs):
+    the working tree may change after the gate, the export cannot."""
+    src = _fresh(run_dir / "src")
     gitutil.export_commit(pol.repo.path, sha, src)
     return src
 
@@ -164,9 +212,7 @@ def data_gate(pol, name: str, src: Path, run_dir: Path) -> GateResult:
     if not result.passed:
         return result
     # Snapshot, then verify the copy: training reads what was verified, even if the source changes later.
-    dest = run_dir / "data" / name
-    if dest.exists():
-        shutil.rmtree(dest)
+    dest = _fresh(run_dir / "data" / name)
     shutil.copytree(ds.dir, dest)
     again = data.check(name, dest, manifest)
     if not again.passed:
@@ -185,70 +231,94 @@ def data_gate(pol, name: str, src: Path, run_dir: Path) -> GateResult:
 
 
 @task(name="train")
-def train(pol, src: Path, run_dir: Path) -> Path:
-    out = run_dir / "out"
-    if out.exists():
-        shutil.rmtree(out)
-    cmd = [*pol.training.command, "--data", str(run_dir / "data" / "train"), "--out", str(out)]
+def train(pol, box: sandbox.Sandbox, src: Path, run_dir: Path) -> Path:
+    out = _fresh(run_dir / "out")
+    job = box.job("trainer", ro={"src": src, "data": run_dir / "data" / "train"}, rw={"out": out}, cwd="src",
+                  timeout=pol.training.timeout_seconds, threads=pol.training.threads)
+    job.refuse_exposure(protected_paths(pol))
+    cmd = [*pol.training.command, "--data", job.path("data"), "--out", job.path("out")]
     shown = " ".join("python" if c == "{python}" else c for c in pol.training.command)
-    emit("progress", step="train", message=f"training: {shown} (no secrets in its environment)")
-    seconds = isolation.run(cmd, cwd=src, home=run_dir / "home-train", timeout=pol.training.timeout_seconds,
-                            what="trainer", threads=pol.training.threads,
-                            on_line=lambda l: emit("progress", step="train", message=f"  trainer | {l}"))
+    emit("progress", step="train", message=f"training: {shown} ({'sandboxed' if box.isolated else 'unsandboxed'}, "
+                                           "no secrets)")
+    seconds = job.run(cmd, on_line=lambda l: emit("progress", step="train", message=f"  trainer | {l}"))
     emit("progress", step="train", message=f"training finished in {seconds:.1f} s")
     return out
 
 
+@task(name="collect-model")
+def collect_model(out: Path, run_dir: Path) -> Path:
+    """A new directory with exactly the trainer's weights and metadata: only Airlock writes what gets signed."""
+    return modeldir.assemble(out, _fresh(run_dir / "model"))
+
+
+@task(name="data-recheck")
+def recheck_data(datasets: dict[str, GateResult], src: Path, run_dir: Path) -> None:
+    """The snapshots the model gates read are still exactly what the data gate verified."""
+    for name, r in datasets.items():
+        again = data.check(name, run_dir / "data" / name, src / r.evidence["manifest_in_commit"])
+        if not again.passed:
+            raise GateFailed(f"dataset '{name}' changed after the data gate: {again.reason}")
+
+
 @task(name="model-gates")
-def model_gates(pol, src: Path, out: Path, run_dir: Path, ledger: Ledger) -> list[GateResult]:
-    """Accuracy, robustness, backdoor, golden regression and advisories, computed in the sandbox."""
+def model_gates(pol, box: sandbox.Sandbox, src: Path, model_dir: Path, run_dir: Path, ledger: Ledger
+                ) -> list[GateResult]:
+    """Accuracy, robustness, backdoor, golden regression and advisories, computed by Airlock's evaluator; the
+    team's model answers from its sandbox."""
+    work = _fresh(run_dir / "model-gates")
+    work.mkdir(parents=True)
     req = {
-        "src": str(src), "model": str(out), "workdir": str(run_dir / "model-gates"),
+        "src": str(src), "model": str(model_dir), "workdir": str(work),
         "train_dir": str(run_dir / "data" / "train"), "golden_dir": str(run_dir / "data" / "golden"),
-        "threads": pol.training.threads, "seed": pol.evaluation.seed,
+        "threads": pol.training.threads, "seed": pol.evaluation.seed, "timeout": pol.training.timeout_seconds,
+        "training_command": pol.training.command, "parallel": min(2, os.cpu_count() or 1),
+        "sandbox": dataclasses.asdict(box),
         "params": {name: getattr(pol, name).model_dump() for name in
                    ("evaluation", "robustness", "backdoor", "golden_regression", "advisory")},
     }
-    prod = production_reference(pol, run_dir, ledger)
+    prod = production_reference(pol, work, ledger)
     if prod:
         req.update(prod)
-    Path(req["workdir"]).mkdir(parents=True, exist_ok=True)
-    request, result_file = run_dir / "model-gates" / "request.json", run_dir / "model-gates" / "results.json"
+    # The evaluator's sandboxes see the exports, the model directories and its own work directory: nothing protected.
+    box.refuse_exposure("model code", [src, model_dir, work], protected_paths(pol))
+    request, result_file = work / "request.json", work / "results.json"
     request.write_text(json.dumps(req, indent=2))
     against = f"production {prod['prod_digest'][:19]}…" if prod else "a golden-set stand-in (nothing in production)"
     emit("progress", step="model-gates", message=f"accuracy, robustness, backdoor, golden regression against {against} "
-                                                 "(sandboxed)")
-    isolation.run(["{python}", "-P", "-m", "flows._evaluate", str(request), str(result_file)],
-                  cwd=run_dir, home=run_dir / "home-eval", timeout=pol.training.timeout_seconds, what="model gates",
-                  threads=pol.training.threads,
-                  on_line=lambda l: emit("progress", step="model-gates", message=f"  sandbox | {l}"))
+                                                 "(the model answers from its sandbox)")
+    sandbox.run_trusted(["{python}", "-P", "-m", "flows._evaluate", str(request), str(result_file)],
+                        cwd=run_dir, home=run_dir / "home-eval", timeout=pol.training.timeout_seconds,
+                        what="model-gate evaluator", threads=pol.training.threads,
+                        on_line=lambda l: emit("progress", step="model-gates", message=f"  evaluator | {l}"))
     out_json = json.loads(result_file.read_text())
     results = [GateResult.from_dict(d) for d in out_json["results"]]
     curve = out_json.get("plots", {}).get("robustness")
     if curve and Path(curve).exists():
-        shutil.copy2(curve, run_dir / "model" / "evidence" / "robustness-curve.png")
+        rec_dir = run_dir / "evidence"
+        rec_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(curve, rec_dir / "robustness-curve.png")
         robust = next((r for r in results if r.gate == "robustness"), None)
         if robust is not None:
             _report.publish_curve(Path(curve), robust)
     return [_trace_suspicious(r, src, pol) for r in results]
 
 
-def production_reference(pol, run_dir: Path, ledger: Ledger) -> dict | None:
-    """Production's model (verified), the export of its training commit, and its cached backdoor norms."""
+def production_reference(pol, work: Path, ledger: Ledger) -> dict | None:
+    """Production's model (verified, then copied out of the registry: no sandbox sees the registry), the export of
+    its training commit, and its cached backdoor norms."""
     registry = _registry(pol, ledger)
     ptr = registry.current_pointer("production")
     if ptr is None:
         return None
     prod = registry.verify_object(pol.registry.path / "production" / ptr["digest"][7:], ptr["digest"])
-    prod_src = run_dir / "src-production"
-    if prod_src.exists():
-        shutil.rmtree(prod_src)
+    prod_src = _fresh(work / "src-production")
     gitutil.export_commit(pol.repo.path, prod.provenance["commit"]["commit"], prod_src)
+    prod_model = modeldir.assemble(prod.model_dir, work / "production-model")
     cached = None
     bd = prod.model_dir / "evidence" / "backdoor.json"
     if bd.exists():
         cached = json.loads(bd.read_text()).get("evidence", {}).get("candidate")   # signed with production
-    return {"prod_model": str(prod.model_dir), "prod_src": str(prod_src), "prod_backdoor": cached,
+    return {"prod_model": str(prod_model), "prod_src": str(prod_src), "prod_backdoor": cached,
             "prod_digest": prod.digest}
 
 
@@ -271,11 +341,8 @@ def _trace_suspicious(result: GateResult, src: Path, pol) -> GateResult:
 
 
 @task(name="sign-and-stage")
-def sign_and_stage(pol, run_id, run_dir, src: Path, out, c: GateResult, datasets: dict, rec: RunRecorder,
-                   ledger: Ledger):
-    model_dir = run_dir / "model"
-    for name in ("model.safetensors", "training.json"):
-        shutil.copy2(out / name, model_dir / name)
+def sign_and_stage(pol, box: sandbox.Sandbox, run_id, run_dir, src: Path, model_dir: Path, c: GateResult,
+                   datasets: dict, rec: RunRecorder, ledger: Ledger):
     provenance = {
         "format": "airlock-provenance/v1",
         "run_id": run_id,
@@ -286,6 +353,8 @@ def sign_and_stage(pol, run_id, run_dir, src: Path, out, c: GateResult, datasets
         "datasets": {name: provenance_entry(manifest.load(src / r.evidence["manifest_in_commit"]),
                                             r.evidence["manifest_in_commit"]) for name, r in datasets.items()},
         "trainer": {"command": pol.training.command, "metadata": "training.json"},
+        # Where team code ran: an unsandboxed run (sandbox.mode = environment) says so in what approvers see.
+        "sandbox": box.describe(),
         "gates": [r.to_dict() | {"evidence": None} for r in rec.results],
     }
     (model_dir / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
@@ -294,6 +363,11 @@ def sign_and_stage(pol, run_id, run_dir, src: Path, out, c: GateResult, datasets
     metrics = {f"{r.gate}:{k}": v for r in rec.results if r.gate in MODEL_METRIC_GATES or r.verdict is Verdict.ADVISORY
                for k, v in r.metrics.items()}
     aibom.write(model_dir, provenance, committed, metrics)
+    modeldir.add_evidence(model_dir, sorted((run_dir / "evidence").iterdir()))
+    # Smuggled files: what is signed is exactly the layout Airlock builds.
+    odd = modeldir.unexpected(model_dir)
+    if odd:
+        raise GateFailed(f"the model directory holds unexpected entries: {', '.join(odd[:5])} — nothing was signed")
     key = pol.signing.private_key or _env_key()
     sig = run_dir / "model.sig"
     modelsign.sign(model_dir, sig, key)
@@ -304,14 +378,17 @@ def sign_and_stage(pol, run_id, run_dir, src: Path, out, c: GateResult, datasets
     return staged
 
 
-def collect_approvals(pol, run_id: str, digest: str, commit_signer: str | None, rec: RunRecorder,
-                      ledger: Ledger) -> list[approval.Approval]:
+def collect_approvals(started, pol, roots: trust.TrustRoots, run_dir: Path, run_id: str, digest: str,
+                      commit_signer: str | None, rec: RunRecorder, ledger: Ledger,
+                      box: sandbox.Sandbox) -> list[approval.Approval]:
     """The pause. Runs in the flow body (Prefect cannot pause inside a task)."""
     ctx = approval.Context(run_id=run_id, model_digest=digest, approvers_file=pol.trust.approvers,
                            revoked_keys=pol.trust.revoked_keys,
                            commit_signer=commit_signer, forbid_self_approval=pol.approval.forbid_self_approval)
     command = f"airlock approve {run_id} --key ~/.ssh/id_ed25519 --config {pol.source}"
-    description = (_report.summary_markdown(rec.results, f"Approve model {digest}?")
+    warning = "" if box.isolated else ("**WARNING: team code ran without Airlock's sandbox** (sandbox.mode = "
+                                       "environment): approve only if the pod it ran in held no secret.\n\n")
+    description = (warning + _report.summary_markdown(rec.results, f"Approve model {digest}?")
                    + f"\n\nApprove from a terminal:\n\n    {command}\n\n"
                    "Paste-in approvals must be a statement and an SSH signature made by `airlock approve --print-only`.")
     ledger.append("approval.requested", {"digest": digest, "quorum": pol.approval.quorum, "command": command}, run_id=run_id)
@@ -335,6 +412,10 @@ def collect_approvals(pol, run_id: str, digest: str, commit_signer: str | None, 
         except Exception as e:  # noqa: BLE001 - malformed input written straight to the API is a refusal
             submitted = approval.Approval(f"<invalid input: {type(e).__name__}>", "")
             result, verified = GateResult.fail(approval.GATE, f"invalid approval input: {type(e).__name__}"), None
+        if verified is not None:
+            # Decision time: the run's trust copies and the policy unchanged, and the approval still valid under the
+            # trust roots in force now (a key revoked while the run waited is refused here).
+            result, verified = _under_roots_now(started, roots, run_dir, submitted, ctx, accepted, result, verified)
         ledger.append("approval.received", result.to_dict(), run_id=run_id)
         _publish_approval_verdict(submitted, result)
         emit("approval", result=result)
@@ -352,9 +433,28 @@ def collect_approvals(pol, run_id: str, digest: str, commit_signer: str | None, 
     return [v.approval for v in accepted]
 
 
+def _under_roots_now(started, roots, run_dir: Path, submitted, ctx, accepted, result, verified):
+    now = trust.at_decision(started, roots, run_dir / "trust-now")      # raises: a changed copy or policy ends the run
+    again, v = approval.verify_one(submitted, dataclasses.replace(ctx, approvers_file=now.approvers,
+                                                                  revoked_keys=now.revoked_keys), accepted)
+    if v is None:
+        return GateResult.fail(approval.GATE, f"{again.reason} (under the trust roots in force now)",
+                               evidence=again.evidence), None
+    return result, verified
+
+
 @task(name="promote")
-def promote(pol, digest: str, approvals: list[approval.Approval], ledger: Ledger) -> dict:
-    pointer = _registry(pol, ledger).promote(digest, approvals, pol.approval.quorum, pol.approval.forbid_self_approval)
+def promote(started, pol, roots: trust.TrustRoots, run_dir: Path, digest: str, approvals: list[approval.Approval],
+            ledger: Ledger) -> dict:
+    now = trust.at_decision(started, roots, run_dir / "trust-now")
+    # The approvals were collected under the run's trust roots: they must still meet them ...
+    verdict = _registry(pol, ledger).check_approvals(digest, approvals, pol.approval.quorum,
+                                                     pol.approval.forbid_self_approval)
+    if not verdict.passed:
+        raise RegistryError(f"promotion refused: {verdict.reason}", "collect valid approvals in a new run")
+    # ... and the registry re-verifies everything under the roots in force now (revocations since the start).
+    in_force = Registry(pol.registry.path, ledger, now.model_signing_public_key, now.approvers, now.revoked_keys)
+    pointer = in_force.promote(digest, approvals, pol.approval.quorum, pol.approval.forbid_self_approval)
     emit("progress", step="promote", message=f"production now {digest}")
     return pointer
 
@@ -379,8 +479,6 @@ def _registry(pol, ledger: Ledger) -> Registry:
 
 
 def _env_key() -> Path:
-    import os
-
     from airlock.modelsign import SigningError
 
     k = os.environ.get("AIRLOCK_SIGNING_KEY")

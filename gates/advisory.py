@@ -114,6 +114,24 @@ def _fresh_copy(model):
     return clone
 
 
+def copycat_network(input_shape, nb_classes: int, hidden: int = 64):
+    """Airlock's own thief architecture, for a victim whose code stays in its sandbox (a RemoteModel has no
+    architecture to copy): for image inputs (C, H, W) two 3x3 convolutions, a 2x2 max-pool and two linear layers
+    (the shape of the example model, so the digits numbers compare); for flat inputs a two-layer MLP."""
+    from torch import nn
+
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) == 3:
+        c, h, w = shape
+        pool = 2 if h >= 2 and w >= 2 else 1
+        return nn.Sequential(nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                             nn.MaxPool2d(pool), nn.Flatten(), nn.Linear(32 * (h // pool) * (w // pool), hidden),
+                             nn.ReLU(), nn.Linear(hidden, int(nb_classes)))
+    n = math.prod(shape)
+    return nn.Sequential(nn.Flatten(), nn.Linear(n, 4 * hidden), nn.ReLU(), nn.Linear(4 * hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, int(nb_classes)))
+
+
 def extraction_effort(model, meta: dict, x_pool: np.ndarray, x_eval: np.ndarray,
                       params: AdvisoryParams = AdvisoryParams(), copycat_factory: Callable | None = None
                       ) -> GateResult:
@@ -141,7 +159,12 @@ def extraction_effort(model, meta: dict, x_pool: np.ndarray, x_eval: np.ndarray,
             budget = int(min(budget, len(x_pool)))
             np.random.seed(params.seed + budget)
             torch.manual_seed(params.seed + budget)
-            net = copycat_factory() if copycat_factory else _fresh_copy(model)
+            if copycat_factory:
+                net = copycat_factory()
+            elif any(True for _ in model.parameters()):
+                net = _fresh_copy(model)
+            else:       # out-of-process victim: its code is not ours to copy
+                net = copycat_network(shape, k)
             thief = PyTorchClassifier(net, loss=torch.nn.CrossEntropyLoss(),
                                       optimizer=torch.optim.Adam(net.parameters(), lr=params.extraction_learning_rate),
                                       input_shape=shape, nb_classes=k, clip_values=clip, device_type="cpu")
@@ -162,7 +185,7 @@ def extraction_effort(model, meta: dict, x_pool: np.ndarray, x_eval: np.ndarray,
                "extraction_reached": 1.0 if reached is not None else 0.0,
                "extraction_target_agreement": float(params.extraction_agreement),
                "extraction_best_agreement": max(p["agreement"] for p in curve)}
-    evidence = {"attack": "ART CopycatCNN, victim labels (argmax), copycat = victim architecture re-initialised",
+    evidence = {"attack": "ART CopycatCNN, victim labels (argmax), copycat = " + ("the given factory" if copycat_factory else "victim architecture re-initialised" if any(True for _ in model.parameters()) else "Airlock's copycat_network"),
                 "curve": curve, "pool": int(len(x_pool)), "eval": int(len(x_eval)),
                 "seconds": round(time.perf_counter() - t0, 3)}
     if reached is None:
@@ -179,9 +202,12 @@ def extraction_effort(model, meta: dict, x_pool: np.ndarray, x_eval: np.ndarray,
 
 
 def penultimate_activations(model, x: np.ndarray, layer: str = "penultimate", batch_size: int = 1024) -> np.ndarray:
-    """Activations of ``model.<layer>`` (a submodule) for every row of x, via a forward hook."""
+    """Activations of ``model.<layer>`` (a submodule) for every row of x, via a forward hook; a RemoteModel is asked
+    for them (its layers live in its sandbox)."""
     import torch
 
+    if hasattr(model, "activations"):
+        return model.activations(x, layer, batch_size)
     module = model.get_submodule(layer)
     captured: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out.detach().reshape(len(out), -1)))

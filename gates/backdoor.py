@@ -31,14 +31,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -295,42 +291,54 @@ def _default_config(trainer_module: str) -> Path:
 
 def train_reference(golden_x: np.ndarray, golden_y: np.ndarray, out_dir: Path, config: Path | None = None,
                     models: int = BackdoorParams.stand_in_models, trainer_module: str = "training.train",
-                    timeout: float = 600.0) -> list[Path]:
+                    timeout: float = 600.0, trainer: Callable[[Path, Path, Path], None] | None = None,
+                    parallel: int = 1) -> list[Path]:
     """Train the no-production stand-in: the project's trainer, same hyperparameters, on the known-clean golden set.
 
-    Writes ``golden`` as the ``train`` split of a temporary dataset directory and runs, for i in 0..models-1,
-    ``python -m <trainer_module> --data DIR --out out_dir/seed-<s> --config CFG`` where CFG is ``config`` (default:
-    the trainer's config.toml) with ``seed = config.seed + i``. Subprocesses, because the trainer pins threads and
-    deterministic algorithms process-wide. Deterministic: same golden set and config, same weights. Returns the
-    output directories (model.safetensors + training.json each).
+    Writes ``golden`` as the ``train`` split of a dataset directory and runs, for i in 0..models-1, the trainer with
+    ``--data DIR --out out_dir/seed-<s> --config CFG`` where CFG is ``config`` (default: the trainer's config.toml)
+    with ``seed = config.seed + i``. ``trainer(data_dir, out, cfg)`` runs one training; by default
+    ``python -m <trainer_module>`` in the sandbox (:mod:`airlock.sandbox`): the trainer is team code. Separate
+    processes, because the trainer pins threads and deterministic algorithms process-wide, so ``parallel`` of them
+    may run at once without changing a weight. Returns the output directories (model.safetensors + training.json).
     """
     import tomllib
+    from concurrent.futures import ThreadPoolExecutor
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = Path(config) if config is not None else _default_config(trainer_module)
     hp = tomllib.loads(config.read_text())
-    outs = []
-    with tempfile.TemporaryDirectory(prefix="airlock-golden-ref-") as tmp:
-        data = Path(tmp)
-        np.save(data / "train_x.npy", np.asarray(golden_x, dtype=np.float32), allow_pickle=False)
-        np.save(data / "train_y.npy", np.asarray(golden_y, dtype=np.int64), allow_pickle=False)
-        env = dict(os.environ)
-        root = _module_root(trainer_module)
-        if root:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
-        for i in range(int(models)):
-            seed = int(hp.get("seed", 0)) + i
-            cfg = data / f"config-{seed}.toml"
-            cfg.write_text("".join(f"{k} = {json.dumps(seed if k == 'seed' else v)}\n" for k, v in hp.items()))
-            out = out_dir / f"seed-{seed}"
-            cmd = [sys.executable, "-m", trainer_module, "--data", str(data), "--out", str(out), "--config", str(cfg)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-            if proc.returncode != 0:
-                tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-1:])
-                raise RuntimeError(f"reference training failed ({proc.returncode}): {tail}")
-            outs.append(out)
-    return outs
+    run = trainer or _sandboxed_trainer(trainer_module, timeout)
+    data = out_dir / "data"
+    data.mkdir(exist_ok=True)
+    np.save(data / "train_x.npy", np.asarray(golden_x, dtype=np.float32), allow_pickle=False)
+    np.save(data / "train_y.npy", np.asarray(golden_y, dtype=np.int64), allow_pickle=False)
+    jobs = []
+    for i in range(int(models)):
+        seed = int(hp.get("seed", 0)) + i
+        cfg = data / f"config-{seed}.toml"
+        cfg.write_text("".join(f"{k} = {json.dumps(seed if k == 'seed' else v)}\n" for k, v in hp.items()))
+        jobs.append((data, out_dir / f"seed-{seed}", cfg))
+    with ThreadPoolExecutor(max_workers=max(1, int(parallel))) as pool:
+        for f in [pool.submit(run, *j) for j in jobs]:
+            f.result()
+    return [out for _, out, _ in jobs]
+
+
+def _sandboxed_trainer(trainer_module: str, timeout: float) -> Callable[[Path, Path, Path], None]:
+    from airlock.sandbox import Sandbox
+
+    root = _module_root(trainer_module)
+    if root is None:
+        raise RuntimeError(f"cannot find the trainer module {trainer_module}")
+
+    def run(data: Path, out: Path, cfg: Path) -> None:
+        job = Sandbox().job("stand-in trainer", ro={"src": Path(root), "data": data}, rw={"out": out}, cwd="src",
+                            timeout=timeout)
+        job.run(["{python}", "-m", trainer_module, "--data", job.path("data"), "--out", job.path("out"),
+                 "--config", f"{job.path('data')}/{cfg.name}"])
+    return run
 
 
 def load_trained(out_dir: Path):
@@ -350,10 +358,12 @@ def load_trained(out_dir: Path):
 
 def stand_in_reference(golden_x: np.ndarray, golden_y: np.ndarray, workdir: Path,
                        params: BackdoorParams = BackdoorParams(), config: Path | None = None,
-                       loader=load_trained) -> dict[str, Any]:
+                       loader=load_trained, trainer: Callable[[Path, Path, Path], None] | None = None,
+                       parallel: int = 1) -> dict[str, Any]:
     """All of the no-production path: :func:`train_reference` + ``loader`` + :func:`reverse_engineer` on the golden
     set + :func:`combine`. Use the result as ``reference`` with ``reference_kind="golden-stand-in"``."""
-    dirs = train_reference(golden_x, golden_y, workdir, config=config, models=params.stand_in_models)
+    dirs = train_reference(golden_x, golden_y, workdir, config=config, models=params.stand_in_models,
+                           trainer=trainer, parallel=parallel)
     results = []
     for d in dirs:
         model, meta = loader(d)

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from airlock import modelsign
+from airlock import modeldir, modelsign
 from airlock.errors import RegistryError
 from airlock.hashing import hash_tree
 from airlock.ledger import Anchor, Ledger
@@ -110,6 +110,13 @@ class Registry:
         model_dir, sig = obj / "model", obj / "model.sig"
         if not model_dir.is_dir():
             raise RegistryError(f"registry object {obj} has no model directory", "the registry was altered: re-run the pipeline")
+        # Smuggled files: an object holds only its model directory, signature and approvals, and the directory only
+        # the layout Airlock builds (airlock/modeldir.py) - checked before anything in it is read.
+        odd = modeldir.unexpected_in_object(obj)
+        if odd:
+            shown = ", ".join(odd[:5]) + (f" (+{len(odd) - 5} more)" if len(odd) > 5 else "")
+            raise RegistryError(f"registry object {obj} holds unexpected entries: {shown}",
+                                "the registry was altered: do not use this model")
         # Swapped or altered model files: model_signing checks every file against the signed manifest.
         modelsign.verify(model_dir, sig, self.public_key)
         # Files model_signing does not cover (ignored git paths, links) are caught by our own digest over everything.
@@ -168,6 +175,12 @@ class Registry:
         return self.verify_object(self.root / "staging" / _hex(digest), digest)
 
     # -- production --------------------------------------------------------------------------------------------
+
+    def check_approvals(self, digest: str, approvals: list[_approval.Approval], quorum: int,
+                        forbid_self_approval: bool = True) -> GateResult:
+        """The staged model verifies and the approvals meet the quorum under this registry's trust roots."""
+        staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
+        return _approval.check_quorum(approvals, self._approval_context(staged, forbid_self_approval), quorum)
 
     def promote(self, digest: str, approvals: list[_approval.Approval], quorum: int,
                 forbid_self_approval: bool = True) -> dict:

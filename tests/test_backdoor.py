@@ -97,12 +97,12 @@ def test_no_production_golden_stand_in_blocks_poisoned_and_passes_clean():
 
 
 def test_stand_in_reference_end_to_end_matches_in_process_training(tmp_path):
-    """stand_in_reference trains with `python -m training.train` on the golden set (subprocesses) and gives exactly
-    the norms of the same models trained in-process."""
+    """stand_in_reference trains with `python -m training.train` on the golden set (in the sandbox, two at once) and
+    gives exactly the norms of the same models trained in-process."""
     gx, gy = F.digits()["golden"]
     params = dataclasses.replace(FAST, stand_in_models=2, steps=30)
-    ref = B.stand_in_reference(gx, gy, tmp_path, params)
-    dirs = sorted(p.name for p in tmp_path.iterdir())
+    ref = B.stand_in_reference(gx, gy, tmp_path, params, parallel=2)
+    dirs = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("seed-"))
     assert dirs == ["seed-1234", "seed-1235"]
     expected = B.combine([B.reverse_engineer(m, mm, gx, gy, params) for m, mm in F.golden_stand_in_models(2)])
     assert ref["norms"] == expected["norms"] and ref["kind"] == "golden-stand-in"

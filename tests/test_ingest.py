@@ -185,7 +185,7 @@ def test_trace_lists_every_file_of_a_registered_model_with_its_source(work, batc
     # A signed model whose provenance was written the way sign_and_stage writes it.
     model = tmp_path / "model"
     model.mkdir()
-    (model / "weights.bin").write_bytes(b"\0" * 64)
+    (model / "model.safetensors").write_bytes(b"\0" * 64)
     prov = {"run_id": "0b7e9a52-0000-4000-8000-00000000000a", "commit": {"commit": "ab" * 20, "signer": demo.COMMITTER},
             "datasets": {n: ingest.provenance_entry(manifest.load(getattr(pol.data, n).manifest), f"manifests/{n}.json")
                          for n in ("train", "golden")}}

@@ -58,8 +58,28 @@ def test_model_changed_after_signing_is_not_staged(reg, signed_model):
 def test_file_added_after_signing_is_not_staged(reg, signed_model):
     model, sig = signed_model
     (model / "backdoor.py").write_text("print('hi')\n")
+    with pytest.raises(RegistryError, match="unexpected entries: model/backdoor.py"):
+        reg.stage(model, sig, RUN)
+
+
+def test_file_with_an_allowed_name_added_after_signing_is_not_staged(reg, signed_model):
+    """The layout admits gate evidence; one added after signing still fails the signature."""
+    model, sig = signed_model
+    (model / "evidence").mkdir()
+    (model / "evidence" / "backdoor.json").write_text('{"verdict": "pass"}\n')
     with pytest.raises(RegistryError, match="does not verify"):
         reg.stage(model, sig, RUN)
+
+
+@pytest.mark.parametrize("name", ["model/.git/config", "model/nested/training.json", "model/evidence/sub/x.json",
+                                  "model/evidence/Run.JSON", "extra.txt"])
+def test_unexpected_entries_anywhere_in_an_object_are_refused(reg, signed_model, name):
+    staged = reg.stage(*signed_model, RUN)
+    path = staged.path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("x")
+    with pytest.raises(RegistryError, match="holds unexpected entries"):
+        reg.staged_for_run(RUN)
 
 
 def test_signature_by_another_key_is_not_staged(reg, signed_model, tmp_path):
@@ -71,12 +91,20 @@ def test_signature_by_another_key_is_not_staged(reg, signed_model, tmp_path):
 
 
 def test_file_model_signing_ignores_is_still_caught(reg, signed_model, keys):
-    """model_signing skips .gitattributes/.github; Airlock's digest over every file does not."""
+    """model_signing skips .gitattributes/.github; Airlock's layout (and its digest over every file) does not."""
     model, sig = signed_model
     staged = reg.stage(model, sig, RUN)
     (staged.model_dir / ".gitattributes").write_text("* filter=evil\n")
-    with pytest.raises(RegistryError, match="has digest .* expected"):
+    with pytest.raises(RegistryError, match="unexpected entries: model/.gitattributes"):
         reg.staged_for_run(RUN)
+    # The digest over every file still catches what the layout admits and model_signing might not see.
+    from airlock.hashing import hash_tree
+
+    (staged.model_dir / ".gitattributes").unlink()
+    assert hash_tree(staged.model_dir).root_digest == staged.digest
+    (staged.model_dir / "evidence").mkdir()
+    (staged.model_dir / "evidence" / "late.json").write_text("{}")
+    assert hash_tree(staged.model_dir).root_digest != staged.digest
 
 
 def test_promotion_without_quorum_is_refused(reg, signed_model, keys):

@@ -1,0 +1,335 @@
+"""The sandbox every piece of team code runs in: the trainer, the model definition, the backdoor stand-in's training.
+
+Security rules (what holds for code inside, with ``mode = "bubblewrap"``, the default):
+
+* It reads nothing it was not given. The filesystem is empty but for read-only binds of ``/usr`` (the OS), the
+  Python environment (``sys.prefix`` and friends, never Airlock's own source checkout) and what the job names
+  (``ro=``: the code export, the verified data snapshot); it writes only the directories the job names (``rw=``:
+  its output) and a private ``/tmp``. The policy, every key, the trust files and their run copies, the registry,
+  the ledger, the Prefect home and the training repository's ``.git`` are simply not there. :meth:`Job.refuse_exposure`
+  proves, before the start, that none of them lies under a bind.
+* It knows no secret. The environment is built from an allowlist (never scrubbed from a blocklist), and the
+  sandbox has its own PID namespace with a fresh ``/proc``: the parent's ``/proc/<pid>/environ`` does not exist.
+* It reaches no one. Its own network namespace holds only a loopback device: no host service, not even on
+  127.0.0.1, no metadata endpoint, no exfiltration.
+* It leaves nothing behind. When the job's main process exits, the PID namespace ends and the kernel kills every
+  process it started (daemons, double forks); ``--die-with-parent`` ends it if Airlock dies first.
+* It is bounded. Wall time (the whole process group is killed), memory (RLIMIT_DATA per process) and output bytes
+  (RLIMIT_FSIZE per file plus a watcher on the output directories' total) are capped; exceeding a cap is a refusal.
+
+What it does not guarantee: protection from a kernel exploit (namespaces share the host kernel; run the pipeline
+on a dedicated node), from root on the host, or from a model that behaves differently when it is evaluated than
+when it serves (the oracle answers for the model; see :mod:`airlock.oracle`). Memory is capped per process, not in
+aggregate; on Kubernetes the pod's limits add the aggregate cap.
+
+``mode = "environment"`` is for a host that is itself the sandbox (a Kubernetes pod with no secret mounted, no
+service-account token, a default-deny NetworkPolicy: templates/README.md). Then the job runs directly, with the
+same allowlisted environment, time, memory and output caps, and the choice is recorded in the signed provenance and
+the AIBOM and shown to approvers as a warning. Where bubblewrap cannot start and the policy does not say so, the run
+refuses (fail closed).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from airlock.errors import AirlockError
+
+MODES = ("bubblewrap", "environment")
+# Variables a child may inherit. Everything else (tokens, keys, agent sockets, API URLs) is dropped.
+ALLOWED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+INSIDE = "/airlock"          # where a job's binds appear in the sandbox: /airlock/<name>
+_OS_DIRS = ("/usr",)
+_OS_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
+_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime")
+_AIRLOCK_ROOT = Path(__file__).resolve().parents[1]
+
+
+class SandboxError(AirlockError):
+    """The sandbox could not start, or the code in it failed or broke a limit."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    mode: str = "bubblewrap"
+    bwrap: str = "bwrap"
+    memory_mb: int = 8192
+    output_mb: int = 2048
+
+    @classmethod
+    def from_policy(cls, pol) -> "Sandbox":
+        s = pol.sandbox
+        return cls(mode=s.mode, bwrap=s.bubblewrap, memory_mb=s.memory_mb, output_mb=s.output_mb)
+
+    @property
+    def isolated(self) -> bool:
+        return self.mode == "bubblewrap"
+
+    def check(self) -> None:
+        """Fail closed: refuse in one line when bubblewrap cannot start a sandbox here."""
+        if self.mode not in MODES:
+            raise SandboxError(f"unknown sandbox.mode {self.mode!r}", f"use one of {', '.join(MODES)}")
+        if not self.isolated:
+            return
+        exe = shutil.which(self.bwrap)
+        if exe is None:
+            raise SandboxError(f"bubblewrap ({self.bwrap}) is not installed, so team code cannot be sandboxed",
+                               "install it (apt-get install bubblewrap; ./setup.sh does) — or, only where the pod "
+                               "itself is the sandbox, set sandbox.mode = \"environment\" in airlock.toml")
+        probe = self.job("sandbox probe", timeout=60)
+        try:
+            probe.run([sys.executable, "-I", "-c", "pass"])
+        except SandboxError as e:
+            raise SandboxError(f"bubblewrap cannot start a sandbox here: {e.what}",
+                               "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) or run "
+                               "as root — or, only where the pod itself is the sandbox, set sandbox.mode = "
+                               "\"environment\" in airlock.toml") from None
+
+    def describe(self) -> dict:
+        """What the provenance, the AIBOM and the approvers are told about where team code ran."""
+        if self.isolated:
+            return {"mode": "bubblewrap", "isolated": True, "memory_mb": self.memory_mb, "output_mb": self.output_mb,
+                    "guarantees": "own user, PID, network, IPC and UTS namespaces; read-only OS and Python; no "
+                                  "policy, key, trust file, registry, ledger or .git visible; allowlisted environment"}
+        return {"mode": "environment", "isolated": False, "memory_mb": self.memory_mb, "output_mb": self.output_mb,
+                "warning": "team code ran without Airlock's sandbox: the policy declares the environment (e.g. a pod "
+                           "with no secrets) to be the sandbox"}
+
+    def refuse_exposure(self, what: str, binds: list[Path], protected: dict[str, Path | None]) -> None:
+        """Fail closed when a secret or trust root lies under a bind that team code will see (a misconfigured
+        layout, e.g. the registry inside the run directory, or a key inside the Python environment)."""
+        paths = [Path(p).resolve() for p in binds]
+        if self.isolated:
+            paths += [Path(p).resolve() for p in _python_dirs()]
+        for label, p in protected.items():
+            if p is None:
+                continue
+            rp = Path(p).resolve()
+            for b in paths:
+                if rp == b or b in rp.parents:
+                    raise SandboxError(f"{label} {p} would be visible to the {what} (it lies under {b})",
+                                       "move it out of the run, data and Python directories")
+
+    def job(self, what: str, *, ro: dict[str, Path] | None = None, rw: dict[str, Path] | None = None,
+            cwd: str | None = None, timeout: float = 1800, threads: int = 1) -> "Job":
+        return Job(self, what, dict(ro or {}), dict(rw or {}), cwd, timeout, threads)
+
+
+@dataclass
+class Job:
+    """One run of team code: what it may read (``ro``), write (``rw``), where it starts, how long it may take."""
+
+    sandbox: Sandbox
+    what: str
+    ro: dict[str, Path]
+    rw: dict[str, Path]
+    cwd: str | None
+    timeout: float
+    threads: int
+    env_extra: dict[str, str] = field(default_factory=dict)
+    host_cwd: Path | None = None         # environment mode only: start here instead of at a bind
+
+    def path(self, name: str) -> str:
+        """The path a bind has for the code inside (pass this, not the host path, on its command line)."""
+        host = self.ro.get(name) or self.rw.get(name)
+        if host is None:
+            raise KeyError(name)
+        return f"{INSIDE}/{name}" if self.sandbox.isolated else str(host)
+
+    def refuse_exposure(self, protected: dict[str, Path | None]) -> None:
+        """See :meth:`Sandbox.refuse_exposure`, for this job's binds."""
+        self.sandbox.refuse_exposure(self.what, [*self.ro.values(), *self.rw.values()], protected)
+
+    # -- running -----------------------------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = {k: os.environ[k] for k in ALLOWED_ENV if k in os.environ}
+        py_bin = str(Path(sys.executable).parent)
+        t = str(self.threads)
+        if self.sandbox.isolated:
+            home, tmp = "/tmp/home", "/tmp"
+        else:
+            base = Path(next(iter(self.rw.values()))).parent if self.rw else Path("/tmp")
+            home = str(base / f".home-{os.getpid()}-{id(self)}")
+            tmp = home
+            Path(home).mkdir(parents=True, exist_ok=True)
+        env.update({
+            "PATH": f"{py_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": tmp, "USER": "sandbox",
+            "LOGNAME": "sandbox", "PYTHONNOUSERSITE": "1", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t,
+            "TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
+        })
+        env.update(self.env_extra)
+        return env
+
+    def argv(self, cmd: list[str]) -> list[str]:
+        cmd = [sys.executable if c == "{python}" else c for c in cmd]
+        if not self.sandbox.isolated:
+            return cmd
+        args = [self.sandbox.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+                "--uid", "65534", "--gid", "65534", "--hostname", "airlock-sandbox"]
+        for d in _OS_DIRS:
+            args += ["--ro-bind", d, d]
+        for link, target in _OS_LINKS.items():
+            if os.path.islink(link) or not os.path.exists(link):
+                args += ["--symlink", target, link]
+            else:
+                args += ["--ro-bind", link, link]
+        for f in _ETC:
+            if os.path.exists(f):
+                args += ["--ro-bind", f, f]
+        for d in _python_dirs():
+            args += ["--ro-bind", d, d]
+        # A private /tmp in memory, capped like the output; the sandbox's own root is read-only once set up.
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.sandbox.output_mb << 20), "--tmpfs", "/tmp",
+                 "--dir", "/tmp/home"]
+        for name, host in self.ro.items():
+            args += ["--ro-bind", str(Path(host).resolve()), f"{INSIDE}/{name}"]
+        for name, host in self.rw.items():
+            args += ["--bind", str(Path(host).resolve()), f"{INSIDE}/{name}"]
+        args += ["--remount-ro", "/", "--chdir", self.path(self.cwd) if self.cwd else "/tmp"]
+        return [*args, "--", *cmd]
+
+    def _limits(self) -> Callable[[], None]:
+        mem = self.sandbox.memory_mb << 20
+        out = self.sandbox.output_mb << 20
+
+        def apply() -> None:     # in the child, before exec: bwrap and everything it starts inherit these
+            resource.setrlimit(resource.RLIMIT_DATA, (mem, mem))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (out, out))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        return apply
+
+    def _cwd(self) -> str:
+        if self.sandbox.isolated:
+            return "/"                    # bwrap's --chdir sets the directory inside
+        if self.host_cwd is not None:
+            return str(self.host_cwd)
+        return str(self.ro.get(self.cwd) or self.rw.get(self.cwd) or "/") if self.cwd else "/"
+
+    def spawn(self, cmd: list[str]) -> subprocess.Popen:
+        """Start the job with binary pipes on stdin/stdout (the oracle's protocol); stderr is the caller's."""
+        for d in self.rw.values():
+            Path(d).mkdir(parents=True, exist_ok=True)
+        try:
+            return subprocess.Popen(self.argv(cmd), cwd=self._cwd(), env=self._env(), stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                    preexec_fn=self._limits())
+        except OSError as e:
+            raise SandboxError(f"cannot start the {self.what}: {e.strerror}", "check sandbox.bubblewrap") from None
+
+    def run(self, cmd: list[str], on_line: Callable[[str], None] | None = None) -> float:
+        """Run cmd to completion; stream its output to on_line. Raises SandboxError on a non-zero exit, a timeout,
+        or a broken cap. Returns the seconds it took."""
+        for d in self.rw.values():
+            Path(d).mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        tail: deque[str] = deque(maxlen=20)
+        try:
+            proc = subprocess.Popen(self.argv(cmd), cwd=self._cwd(), env=self._env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                    start_new_session=True, preexec_fn=self._limits())
+        except OSError as e:
+            raise SandboxError(f"cannot start the {self.what} ({cmd[0]}): {e.strerror}",
+                               "check training.command and sandbox.bubblewrap in airlock.toml") from None
+        stopped: list[str] = []
+
+        def kill(why: str) -> None:
+            stopped.append(why)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)   # the whole group: grandchildren hold the pipe too
+            except ProcessLookupError:
+                pass
+
+        # A silent hang prints no line to check the clock on: a timer stops it.
+        timer = threading.Timer(self.timeout, kill, args=("timeout",))
+        timer.start()
+        done = threading.Event()
+        watcher = threading.Thread(target=self._watch_output, args=(done, kill), daemon=True)
+        watcher.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                if on_line:
+                    on_line(line)
+            proc.wait()
+        finally:
+            timer.cancel()
+            done.set()
+            watcher.join()
+        limit_mb = self.sandbox.output_mb
+        if "output" in stopped or self._output_bytes() > limit_mb << 20 or any("File too large" in l for l in tail):
+            raise SandboxError(f"the {self.what} wrote more than its {limit_mb} MB output cap and was stopped",
+                               "write less, or raise sandbox.output_mb in airlock.toml")
+        if "timeout" in stopped:
+            raise SandboxError(f"the {self.what} ran longer than {self.timeout:g} s and was stopped",
+                               "raise training.timeout_seconds in airlock.toml or make it faster")
+        if proc.returncode != 0:
+            last = next((l for l in reversed(tail) if l.strip()), "no output").strip()[:200]
+            if any("MemoryError" in l or "Cannot allocate memory" in l for l in tail):
+                raise SandboxError(f"the {self.what} ran out of its {self.sandbox.memory_mb} MB memory cap: {last}",
+                                   "use less memory, or raise sandbox.memory_mb in airlock.toml")
+            raise SandboxError(f"the {self.what} exited with code {proc.returncode}: {last}",
+                               "run it by hand from a clean checkout to debug")
+        return time.monotonic() - start
+
+    def _output_bytes(self) -> int:
+        total = 0
+        for d in self.rw.values():
+            for dirpath, _, files in os.walk(d):
+                for f in files:
+                    try:
+                        total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+                    except OSError:
+                        pass
+        return total
+
+    def _watch_output(self, done: threading.Event, kill: Callable[[str], None]) -> None:
+        limit = self.sandbox.output_mb << 20
+        while not done.wait(0.5):
+            if self._output_bytes() > limit:
+                kill("output")
+                return
+
+
+def _python_dirs() -> list[str]:
+    """The Python environment the sandbox needs, read-only: the interpreter's prefixes and any site directory
+    outside them, except Airlock's own source checkout (an editable install) and anything under /usr (bound)."""
+    dirs: list[str] = []
+    cands = [sys.base_prefix, sys.prefix, sys.exec_prefix, sys.base_exec_prefix,
+             str(Path(os.path.realpath(sys.executable)).parent.parent)]
+    cands += [p for p in sys.path if p and os.path.isdir(p)]
+    for c in cands:
+        p = Path(os.path.realpath(c))
+        if p == Path("/") or p == _AIRLOCK_ROOT or _AIRLOCK_ROOT in p.parents or p in _AIRLOCK_ROOT.parents:
+            continue
+        if any(Path(d) == p or Path(d) in p.parents for d in (*_OS_DIRS, *dirs)):
+            continue
+        dirs = [d for d in dirs if p not in Path(d).parents]
+        dirs.append(str(p))
+    return dirs
+
+
+def run_trusted(cmd: list[str], cwd: Path, home: Path, timeout: float, what: str, threads: int = 1,
+                on_line: Callable[[str], None] | None = None) -> float:
+    """Run Airlock's own code (never team code) in a child with the same allowlisted environment and caps but no
+    namespace: the trusted evaluator, which starts its own sandboxes for the team's model."""
+    job = Sandbox(mode="environment").job(what, rw={"home": home}, timeout=timeout, threads=threads)
+    job.host_cwd = cwd
+    job.env_extra = {"HOME": str(home), "TMPDIR": str(home)}
+    return job.run(cmd, on_line)
