@@ -45,6 +45,9 @@ class TrustPolicy(_Strict):
     gpg_home: Path | None = Field(default=None, description="dedicated GnuPG home holding the trusted public keys")
     gpg_fingerprints: list[Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{40}$")]] = Field(
         default_factory=list, description="allow-list of primary-key fingerprints of GPG commit signers")
+    policy: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        description="read the deciding sections (thresholds, quorum, sandbox, trainer) from this file inside trust.ref")
 
 
 class SigningPolicy(_Strict):
@@ -203,9 +206,11 @@ class Policy(_Strict):
     ledger: LedgerPolicy
     run: RunPolicy = RunPolicy()
 
-    # Set by load(): where the policy came from and its digest (recorded with every run).
+    # Set by load(): where the policy came from and its digest (recorded with every run); with trust.policy, the
+    # protected copy it was read from ("<ref>@<commit>:<path>") and the digest covers both files.
     source: Path = Path("airlock.toml")
     digest: str = ""
+    protected: str | None = None
 
 
 
@@ -242,6 +247,57 @@ def _resolve_trust(t: TrustPolicy, base: Path) -> TrustPolicy:
     return TrustPolicy(**values)
 
 
+# The sections that decide whether a model passes. With trust.policy they come from the protected ref only.
+DECIDING = ("training", "sandbox", "evaluation", "robustness", "backdoor", "golden_regression", "advisory", "approval")
+
+
+def _validate(raw: dict, where: str) -> Policy:
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise PolicyError(f"{where}: {_describe(first)}{more}", "fix that key in the policy file") from None
+
+
+def _protected(pol: Policy, raw: dict, path: Path) -> tuple[dict, bytes, str]:
+    """The deciding sections from trust.policy inside trust.ref: a change to thresholds or the quorum then takes a
+    reviewed merge to the protected branch, like a change to the trust roots."""
+    from airlock.gitutil import GitError, git
+
+    t = pol.trust
+    if not t.ref:
+        raise PolicyError(f"{path}: trust.policy needs trust.ref", "name the protected ref the policy is read from")
+    local = [k for k in DECIDING if k in raw]
+    if local:
+        raise PolicyError(f"{path}: [{local[0]}] is decided by the protected policy {t.ref}:{t.policy}",
+                          f"remove it from {path.name}; change it through a reviewed merge to the protected branch")
+    repo = _resolve(pol.repo.path, path.resolve().parent)
+    try:
+        sha = git(repo, "rev-parse", "--verify", "--end-of-options", f"{t.ref}^{{commit}}").stdout.strip()
+        blob = git(repo, "show", f"{sha}:{t.policy}", binary=True).stdout
+    except GitError:
+        raise PolicyError(f"{path}: trust.policy {t.policy} is not in {t.ref}",
+                          "commit it to the protected branch (and fetch it), or fix trust.policy") from None
+    where = f"{t.ref}@{sha}:{t.policy}"
+    try:
+        sections = tomllib.loads(blob.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise PolicyError(f"the protected policy {where} is not valid TOML: {e}", "fix it on the protected branch") from None
+    other = sorted(set(sections) - set(DECIDING))
+    if other:
+        raise PolicyError(f"the protected policy {where} holds [{other[0]}], which belongs in the local airlock.toml",
+                          f"keep only {', '.join(DECIDING)} there")
+    return sections, blob, where
+
+
+def _digest(local: bytes, protected: bytes | None) -> str:
+    h = hashlib.sha256(local)
+    if protected is not None:
+        h.update(b"\0airlock-protected-policy\0" + protected)
+    return "sha256:" + h.hexdigest()
+
+
 def load(path: str | Path) -> Policy:
     path = Path(path)
     try:
@@ -253,12 +309,11 @@ def load(path: str | Path) -> Policy:
         raw = tomllib.loads(raw_bytes.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PolicyError(f"{path} is not valid TOML: {e}", "fix the syntax at the position shown") from None
-    try:
-        pol = Policy.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise PolicyError(f"{path}: {_describe(first)}{more}", "fix that key in the policy file") from None
+    pol = _validate(raw, str(path))
+    protected_bytes, protected_at = None, None
+    if pol.trust.policy is not None:
+        sections, protected_bytes, protected_at = _protected(pol, raw, path)
+        pol = _validate({**raw, **sections}, protected_at)
 
     base = path.resolve().parent
     repo = _resolve(pol.repo.path, base)
@@ -274,6 +329,7 @@ def load(path: str | Path) -> Policy:
         "ledger": LedgerPolicy(path=_resolve(pol.ledger.path, base)),
         "run": RunPolicy(workdir=_resolve(pol.run.workdir, base)),
         "source": path.resolve(),
-        "digest": "sha256:" + hashlib.sha256(raw_bytes).hexdigest(),
+        "digest": _digest(raw_bytes, protected_bytes),
+        "protected": protected_at,
     }
     return pol.model_copy(update=updates)

@@ -160,13 +160,19 @@ def recheck(roots: TrustRoots) -> None:
 
 
 def recheck_policy(pol) -> None:
-    """The policy in force is the policy the run started with."""
+    """The policy in force is the policy the run started with: the local file, and the protected copy at its ref."""
+    from airlock.errors import PolicyError
+    from airlock.policy import load
+
     try:
-        now = "sha256:" + hashlib.sha256(Path(pol.source).read_bytes()).hexdigest()
-    except OSError:
-        now = "missing"
-    if now != pol.digest:
-        raise TrustRootError(f"the policy {pol.source} changed during the run ({pol.digest[:19]}… → {now[:19]}…)",
+        now = load(pol.source)
+        digest, protected = now.digest, now.protected
+    except PolicyError:
+        digest, protected = "missing or unreadable", None
+    if digest != pol.digest:
+        which = (f"the protected policy {pol.protected} (now {protected})" if pol.protected and protected != pol.protected
+                 else f"the policy {pol.source}")
+        raise TrustRootError(f"{which} changed during the run ({pol.digest[:19]}… → {digest[:19]}…)",
                              "nothing was approved or promoted; start a new run under the new policy")
 
 

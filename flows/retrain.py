@@ -74,7 +74,8 @@ def retrain(config: str):
     ledger = Ledger(pol.ledger.path)
     run_dir = pol.run.workdir / run_id
     rec = RunRecorder(ledger, run_id, run_dir / "evidence")
-    ledger.append("run.start", {"config": str(pol.source), "policy_digest": pol.digest}, run_id=run_id)
+    ledger.append("run.start", {"config": str(pol.source), "policy_digest": pol.digest, "protected_policy": pol.protected},
+                  run_id=run_id)
     emit("start", run_id=run_id, run_dir=str(run_dir))
     try:
         # 0. Trust roots: from a protected ref or from outside the repository, never from the commit under test.
@@ -348,7 +349,7 @@ def sign_and_stage(pol, box: sandbox.Sandbox, run_id, run_dir, src: Path, model_
         "format": "airlock-provenance/v1",
         "run_id": run_id,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "policy": {"path": str(pol.source), "digest": pol.digest},
+        "policy": {"path": str(pol.source), "digest": pol.digest, "protected": pol.protected},
         "commit": {k: c.evidence.get(k) for k in ("commit", "signer", "key_fingerprint", "author", "subject", "repo")},
         # Which files, from where: each file's sha256 and batch, each batch's source (read by `airlock data trace`).
         "datasets": {name: provenance_entry(manifest.load(src / r.evidence["manifest_in_commit"]),

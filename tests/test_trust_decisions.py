@@ -115,3 +115,86 @@ def test_layout_names_every_unexpected_entry(trained, tmp_path):
     (model / "loader.py").write_text("")
     os.symlink("model.safetensors", model / "aibom.cdx.json")
     assert modeldir.unexpected(model) == ["aibom.cdx.json", "evidence/x.py", "loader.py"]
+
+
+# -- the policy from a protected ref ---------------------------------------------------------------------------------
+
+def _protected_layout(tmp_path):
+    """A demo whose trust files and deciding policy sections live in the training repository's protected `main`."""
+    import subprocess
+
+    from airlock.gitutil import isolated_env
+
+    d = demo.build(tmp_path / "demo")
+    repo = d["repo"]
+    (repo / "trust").mkdir()
+    for f in ("allowed_signers", "approvers", "model_signing.pub"):
+        shutil.copy2(d["trust"] / f, repo / "trust" / f)
+    (repo / "airlock").mkdir()
+    (repo / "airlock" / "policy.toml").write_text("[approval]\nquorum = 3\n\n[evaluation]\nmin_test_accuracy = 0.95\n")
+    demo.signed_commit(repo, d["keys"] / "committer", demo.COMMITTER, "trust roots and policy, reviewed")
+    local = tmp_path / "demo" / "airlock.toml"
+    local.write_text(f"""[repo]
+path = "repo"
+[trust]
+ref = "main"
+policy = "airlock/policy.toml"
+allowed_signers = "trust/allowed_signers"
+approvers = "trust/approvers"
+model_signing_public_key = "trust/model_signing.pub"
+[data.train]
+dir = "data/train"
+manifest = "manifests/train.json"
+[data.golden]
+dir = "data/golden"
+manifest = "manifests/golden.json"
+[registry]
+path = "registry"
+[ledger]
+path = "ledger.jsonl"
+""")
+    env = isolated_env()
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], env=env, check=True, capture_output=True)  # noqa: E731
+    return d, local, git
+
+
+def test_the_deciding_sections_come_from_the_protected_ref_not_the_branch_under_test(tmp_path):
+    d, local, git = _protected_layout(tmp_path)
+    pol = policy.load(local)
+    assert pol.approval.quorum == 3 and pol.evaluation.min_test_accuracy == 0.95
+    assert pol.protected.startswith("main@") and pol.protected.endswith(":airlock/policy.toml")
+    # A feature branch lowers the quorum in its own copy: the protected ref's copy is the one read.
+    git("checkout", "-q", "-b", "feature")
+    (d["repo"] / "airlock" / "policy.toml").write_text("[approval]\nquorum = 1\n")
+    demo.signed_commit(d["repo"], d["keys"] / "committer", demo.COMMITTER, "lower the quorum")
+    again = policy.load(local)
+    assert again.approval.quorum == 3 and again.digest == pol.digest
+
+
+def test_a_deciding_section_in_the_local_file_is_refused(tmp_path):
+    d, local, _ = _protected_layout(tmp_path)
+    local.write_text(local.read_text() + "[approval]\nquorum = 1\n")
+    with pytest.raises(policy.PolicyError) as e:
+        policy.load(local)
+    assert "[approval] is decided by the protected policy main:airlock/policy.toml" in e.value.one_line()
+
+
+def test_the_protected_policy_holds_only_deciding_sections(tmp_path):
+    d, local, _ = _protected_layout(tmp_path)
+    (d["repo"] / "airlock" / "policy.toml").write_text('[registry]\npath = "/tmp/attacker-registry"\n')
+    demo.signed_commit(d["repo"], d["keys"] / "committer", demo.COMMITTER, "move the registry")
+    with pytest.raises(policy.PolicyError, match=r"holds \[registry\], which belongs in the local airlock.toml"):
+        policy.load(local)
+
+
+def test_a_protected_policy_changed_during_the_run_fails_it(tmp_path):
+    d, local, _ = _protected_layout(tmp_path)
+    pol = policy.load(local)
+    roots = trust.resolve(pol, tmp_path / "run" / "trust")
+    trust.at_decision(pol, roots, tmp_path / "run" / "trust-now")          # unchanged: passes
+    (d["repo"] / "airlock" / "policy.toml").write_text("[approval]\nquorum = 2\n")
+    demo.signed_commit(d["repo"], d["keys"] / "committer", demo.COMMITTER, "merged: quorum 2")
+    with pytest.raises(TrustRootError) as e:
+        trust.at_decision(pol, roots, tmp_path / "run" / "trust-now")
+    assert "the protected policy main@" in e.value.one_line() and "(now main@" in e.value.one_line()
+    assert "changed during the run" in e.value.one_line()
