@@ -37,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -155,17 +156,12 @@ class Job:
 
     # -- running -----------------------------------------------------------------------------------------------
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, home: str) -> dict[str, str]:
+        """The child's whole environment; ``home`` is its HOME and TMPDIR (``/tmp/home`` inside the sandbox)."""
         env = {k: os.environ[k] for k in ALLOWED_ENV if k in os.environ}
         py_bin = str(Path(sys.executable).parent)
         t = str(self.threads)
-        if self.sandbox.isolated:
-            home, tmp = "/tmp/home", "/tmp"
-        else:
-            base = Path(next(iter(self.rw.values()))).parent if self.rw else Path("/tmp")
-            home = str(base / f".home-{os.getpid()}-{id(self)}")
-            tmp = home
-            Path(home).mkdir(parents=True, exist_ok=True)
+        tmp = "/tmp" if self.sandbox.isolated else home
         env.update({
             "PATH": f"{py_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": tmp, "USER": "sandbox",
             "LOGNAME": "sandbox", "PYTHONNOUSERSITE": "1", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
@@ -220,26 +216,46 @@ class Job:
             return str(self.host_cwd)
         return str(self.ro.get(self.cwd) or self.rw.get(self.cwd) or "/") if self.cwd else "/"
 
+    def _home(self) -> tuple[str, tempfile.TemporaryDirectory | None]:
+        """Inside the sandbox a private /tmp/home; without it a new empty directory, removed afterwards."""
+        if self.sandbox.isolated:
+            return "/tmp/home", None
+        if "HOME" in self.env_extra:
+            return self.env_extra["HOME"], None
+        tmp = tempfile.TemporaryDirectory(prefix="airlock-home-")
+        return tmp.name, tmp
+
     def spawn(self, cmd: list[str]) -> subprocess.Popen:
         """Start the job with binary pipes on stdin/stdout (the oracle's protocol); stderr is the caller's."""
         for d in self.rw.values():
             Path(d).mkdir(parents=True, exist_ok=True)
+        home, keep = self._home()
         try:
-            return subprocess.Popen(self.argv(cmd), cwd=self._cwd(), env=self._env(), stdin=subprocess.PIPE,
+            proc = subprocess.Popen(self.argv(cmd), cwd=self._cwd(), env=self._env(home), stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                                     preexec_fn=self._limits())
         except OSError as e:
             raise SandboxError(f"cannot start the {self.what}: {e.strerror}", "check sandbox.bubblewrap") from None
+        proc.airlock_home = keep           # type: ignore[attr-defined]  # removed with the process object
+        return proc
 
     def run(self, cmd: list[str], on_line: Callable[[str], None] | None = None) -> float:
         """Run cmd to completion; stream its output to on_line. Raises SandboxError on a non-zero exit, a timeout,
         or a broken cap. Returns the seconds it took."""
         for d in self.rw.values():
             Path(d).mkdir(parents=True, exist_ok=True)
+        home, keep = self._home()
+        try:
+            return self._run(cmd, home, on_line)
+        finally:
+            if keep is not None:
+                keep.cleanup()
+
+    def _run(self, cmd: list[str], home: str, on_line: Callable[[str], None] | None) -> float:
         start = time.monotonic()
         tail: deque[str] = deque(maxlen=20)
         try:
-            proc = subprocess.Popen(self.argv(cmd), cwd=self._cwd(), env=self._env(), stdout=subprocess.PIPE,
+            proc = subprocess.Popen(self.argv(cmd), cwd=self._cwd(), env=self._env(home), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace",
                                     start_new_session=True, preexec_fn=self._limits())
         except OSError as e:
@@ -272,6 +288,11 @@ class Job:
             timer.cancel()
             done.set()
             watcher.join()
+            if not self.sandbox.isolated:       # no PID namespace to end them: whatever is left of its group goes
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         limit_mb = self.sandbox.output_mb
         if "output" in stopped or self._output_bytes() > limit_mb << 20 or any("File too large" in l for l in tail):
             raise SandboxError(f"the {self.what} wrote more than its {limit_mb} MB output cap and was stopped",

@@ -138,8 +138,10 @@ def task(name: str):
 
 def _fresh(path: Path) -> Path:
     """A run's working directory that must start empty (a retried step never builds on what it left)."""
-    if path.exists() or path.is_symlink():
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
     return path
 
 
