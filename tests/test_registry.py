@@ -114,6 +114,20 @@ def test_promotion_without_quorum_is_refused(reg, signed_model, keys):
     assert reg.current_pointer("production") is None
 
 
+def test_promotion_refuses_a_key_revoked_after_it_approved(reg, signed_model, keys, tmp_path):
+    """The flow promotes through a registry built from the trust roots in force at promotion: an approval whose
+    key was revoked since it was given no longer counts, and the refusal names the cause."""
+    staged = reg.stage(*signed_model, RUN)
+    approvals = approvals_for(keys, staged.digest)
+    revoked = tmp_path / "revoked_keys"
+    revoked.write_text(open(f"{keys.key('alice')}.pub").read())
+    in_force = Registry(reg.root, reg.ledger, keys.model_pub, keys.approvers, revoked)
+    with pytest.raises(RegistryError, match="alice@example.com is revoked"):
+        in_force.promote(staged.digest, approvals, quorum=2)
+    assert in_force.current_pointer("production") is None
+    assert reg.check_approvals(staged.digest, approvals, 2).passed      # under the roots the run started with
+
+
 def test_promotion_with_forged_approval_is_refused(reg, signed_model, keys):
     staged = reg.stage(*signed_model, RUN)
     forged = approval.sign(keys.key("carol"), approval.make_statement(RUN, staged.digest, "bob@example.com", "approve"))
