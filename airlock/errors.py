@@ -36,6 +36,13 @@ class DataError(AirlockError):
     """A dataset file cannot be read or has the wrong shape."""
 
 
+class UnsafeNameError(AirlockError):
+    """A file name that cannot be recorded unambiguously (a line break, a control character, a non-canonical path):
+    it could make two different file sets share one digest."""
+
+    exit_code = 1
+
+
 class LedgerError(AirlockError):
     """The tamper-evident log is broken: an entry was edited, removed or reordered."""
 

@@ -134,11 +134,11 @@ def _safe_path(raw: bytes) -> PurePosixPath:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise GitError(f"the commit holds a file name that is not UTF-8: {raw[:80]!r}", "rename it") from None
-    parts = text.split("/")
-    if text.startswith("/") or any(p in ("", ".", "..") or p.lower() == ".git" for p in parts) or \
-            any(ord(c) < 32 or ord(c) == 127 for c in text):
+    from airlock.hashing import NAME_RULE, name_problem
+
+    if name_problem(text) or any(p.lower() == ".git" for p in text.split("/")):
         raise GitError(f"the commit holds a path that cannot be exported safely: {text[:80]!r}",
-                       "rename it (no '..', '.git' or control characters)")
+                       f"rename it ({NAME_RULE}, no '.git')")
     return PurePosixPath(text)
 
 

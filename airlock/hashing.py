@@ -1,7 +1,8 @@
 """File-tree hashing shared by the data gate (dataset manifests) and the registry (model digests).
 
 One digest definition for data and models: every regular file's sha256 and size, keyed by its POSIX path relative
-to the root; the root digest is the sha256 of the sorted lines ``<sha256> <size> <path>\\n``. Symlinks and other
+to the root; the root digest is the sha256 of the sorted lines ``<sha256> <size> <path>\\n``, with every path
+canonical (:func:`name_problem`), so that the lines decode one way only. Symlinks and other
 non-regular files are never followed or hashed: they are listed apart so that callers refuse them.
 
 Speed and memory (numbers in BENCHMARKS.md, "Data-gate hashing"):
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airlock import _hashworker as _w
-from airlock.errors import DataError
+from airlock.errors import DataError, UnsafeNameError
 
 BLOCK = _w.BLOCK
 
@@ -60,11 +61,60 @@ class Tree:
         return root_digest(self.files)
 
 
+# The root digest's lines ``<64 hex> <size> <path>\n`` decode one way only if no path holds a line break (a file
+# named "x\n<sha> 7 y" would otherwise digest like the two files x and y) and every path has one spelling. So a
+# name is refused wherever a digest is computed unless it is canonical: no control or line-separator characters,
+# NFC Unicode, valid UTF-8, and no empty, "." or ".." component (no "a//b", "./a", "a/", "/a").
+_BAD_CHARS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f\x85\u2028\u2029]")
+_BAD_PATH = re.compile(r"^[^ \n]* [^ \n]* (?:$|/|\.{1,2}(?:/|$)|.*?(?://|/\.{1,2}(?:/|$)|/$))", re.M)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+NAME_RULE = "no line breaks or control characters, NFC Unicode, no empty, '.' or '..' path components"
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` (a POSIX path relative to a root) is not canonical, or None."""
+    import unicodedata
+
+    if not isinstance(name, str) or not name:
+        return "it is empty"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8"
+    if "\n" in name or _BAD_CHARS.search(name):
+        return "it holds a line break or a control character"
+    if not unicodedata.is_normalized("NFC", name):
+        return "it is not in Unicode normal form (NFC)"
+    if name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
+        return "it has an empty, '.' or '..' component"
+    return None
+
+
 def root_digest(files: dict[str, tuple[str, int]]) -> str:
+    import unicodedata
+
     h = hashlib.sha256()
     items = sorted(files.items())
     for i in range(0, len(items), 4096):        # in slices: fast, without a second copy of the whole list
-        h.update("".join([f"{d} {s} {path}\n" for path, (d, s) in items[i:i + 4096]]).encode())
+        chunk = items[i:i + 4096]
+        text = "".join([f"{d} {s} {path}\n" for path, (d, s) in chunk])
+        # Checked in bulk (a dataset can have millions of names); one by one only to name the offender.
+        try:
+            data = text.encode()
+        except UnicodeEncodeError:
+            data = None
+        if data is None or text.count("\n") != len(chunk) or _BAD_CHARS.search(text) or _BAD_PATH.search(text) \
+                or not unicodedata.is_normalized("NFC", text):
+            for path, (d, size) in chunk:
+                why = name_problem(path)
+                if why:
+                    raise UnsafeNameError(f"file name {path!r} cannot be recorded unambiguously: {why}",
+                                          f"rename it ({NAME_RULE})")
+                if not (isinstance(d, str) and _HEX64.fullmatch(d) and type(size) is int and size >= 0):
+                    raise UnsafeNameError(f"the entry for {path!r} has no valid sha256 and size",
+                                          "regenerate the manifest")
+            raise UnsafeNameError("a file list cannot be recorded unambiguously", "regenerate the manifest")
+        h.update(data)
     return "sha256:" + h.hexdigest()
 
 
