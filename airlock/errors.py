@@ -36,6 +36,12 @@ class DataError(AirlockError):
     """A dataset file cannot be read or has the wrong shape."""
 
 
+class UntrustedInputError(AirlockError):
+    """Untrusted JSON (a manifest, an approval, a registry record, a ledger line) that does not mean one thing."""
+
+    exit_code = 1
+
+
 class UnsafeNameError(AirlockError):
     """A file name that cannot be recorded unambiguously (a line break, a control character, a non-canonical path):
     it could make two different file sets share one digest."""

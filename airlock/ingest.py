@@ -37,7 +37,7 @@ from pathlib import Path
 from airlock import _hashworker as _w
 from airlock import datastats
 from airlock import manifest as _manifest
-from airlock.errors import DataError
+from airlock.errors import AirlockError, DataError
 from airlock.hashing import BLOCK, Tree, hash_tree, root_digest
 from airlock.ledger import Ledger
 
@@ -354,7 +354,7 @@ def load_parent(manifest_path: Path, m: dict) -> dict | None:
     path = history_path(manifest_path, m["dataset"], k)
     try:
         parent = _manifest.load(path)
-    except DataError as e:
+    except AirlockError as e:
         raise LineageError(f"version {k + 1} of dataset '{m['dataset']}' names parent {m['parent'][:19]}… but "
                            f"its history file is unusable: {e.what}", "commit manifests/history with the manifest") from None
     # A parent swapped for a doctored one would move the label-shift baseline.

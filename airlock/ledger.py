@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from airlock.errors import LedgerError
+from airlock import untrusted
+from airlock.errors import AirlockError, LedgerError
 
 GENESIS = "0" * 64
 
@@ -60,9 +61,9 @@ class Ledger:
                     seq, prev = 0, GENESIS
                 else:
                     try:
-                        prev_entry = json.loads(last)
+                        prev_entry = untrusted.loads(last, "the last ledger entry")
                         seq, prev = int(prev_entry["seq"]) + 1, str(prev_entry["hash"])
-                    except (ValueError, KeyError, TypeError):
+                    except (AirlockError, ValueError, KeyError, TypeError):
                         raise LedgerError(f"the last entry of {self.path} is unreadable",
                                           "run 'airlock ledger verify' and restore the log from a backup") from None
                 entry = {
@@ -90,9 +91,11 @@ class Ledger:
         with open(self.path, "rb") as f:
             for lineno, line in enumerate(f, start=1):
                 try:
-                    entry = json.loads(line)
+                    entry = untrusted.loads(line, f"{self.path} line {lineno}")
                     seq, claimed, link = entry["seq"], entry["hash"], entry["prev"]
-                except (ValueError, KeyError, TypeError):
+                    if type(seq) is not int or not isinstance(claimed, str) or not isinstance(link, str):
+                        raise TypeError
+                except (AirlockError, KeyError, TypeError):
                     raise LedgerError(f"{self.path} line {lineno} is not a ledger entry",
                                       "the log was edited by hand: restore it from a backup") from None
                 # Edited entry: its content no longer hashes to the hash it carries.

@@ -26,6 +26,7 @@ import json
 import re
 from pathlib import Path
 
+from airlock import untrusted
 from airlock.errors import DataError
 from airlock.hashing import Tree, hash_tree, root_digest
 
@@ -77,11 +78,10 @@ def load(path: str | Path) -> dict:
     """Parse and check a manifest; anything malformed is refused (fail closed)."""
     path = Path(path)
     try:
-        m = json.loads(path.read_text())
+        raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read manifest {path}: {e.strerror}", "commit the dataset's manifest in the repository") from None
-    except ValueError as e:
-        raise DataError(f"manifest {path} is not JSON: {e}", "regenerate it with 'airlock data manifest'") from None
+    m = untrusted.loads(raw, f"manifest {path}", "regenerate it with 'airlock data manifest'")
     if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("files"), dict):
         raise DataError(f"manifest {path} is not an {FORMAT} manifest", "regenerate it with 'airlock data manifest'")
     files = _entries(path, m["files"])

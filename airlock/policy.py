@@ -251,6 +251,20 @@ def _resolve_trust(t: TrustPolicy, base: Path) -> TrustPolicy:
 DECIDING = ("training", "sandbox", "evaluation", "robustness", "backdoor", "golden_regression", "advisory", "approval")
 
 
+def _toml(data: bytes, what: str, hint: str) -> dict:
+    """A policy file is read like any input: every parser failure is a one-line PolicyError."""
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PolicyError(f"{what} is not valid UTF-8", hint) from None
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{what} is not valid TOML: {e}", hint) from None
+    except ValueError:           # an integer beyond Python's digit limit
+        raise PolicyError(f"{what} is not valid TOML: a number is too large", hint) from None
+    except RecursionError:
+        raise PolicyError(f"{what} is not valid TOML: nested too deeply", hint) from None
+
+
 def _validate(raw: dict, where: str) -> Policy:
     try:
         return Policy.model_validate(raw)
@@ -280,10 +294,7 @@ def _protected(pol: Policy, raw: dict, path: Path) -> tuple[dict, bytes, str]:
         raise PolicyError(f"{path}: trust.policy {t.policy} is not in {t.ref}",
                           "commit it to the protected branch (and fetch it), or fix trust.policy") from None
     where = f"{t.ref}@{sha}:{t.policy}"
-    try:
-        sections = tomllib.loads(blob.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise PolicyError(f"the protected policy {where} is not valid TOML: {e}", "fix it on the protected branch") from None
+    sections = _toml(blob, f"the protected policy {where}", "fix it on the protected branch")
     other = sorted(set(sections) - set(DECIDING))
     if other:
         raise PolicyError(f"the protected policy {where} holds [{other[0]}], which belongs in the local airlock.toml",
@@ -305,10 +316,7 @@ def load(path: str | Path) -> Policy:
     except OSError as e:
         raise PolicyError(f"cannot read policy {path}: {e.strerror}",
                           "pass --config PATH to an airlock.toml (see docs/policy.md)") from None
-    try:
-        raw = tomllib.loads(raw_bytes.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise PolicyError(f"{path} is not valid TOML: {e}", "fix the syntax at the position shown") from None
+    raw = _toml(raw_bytes, str(path), "fix the syntax at the position shown")
     pol = _validate(raw, str(path))
     protected_bytes, protected_at = None, None
     if pol.trust.policy is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from airlock import sshsig
+from airlock import sshsig, untrusted
 from airlock.errors import AirlockError
 from airlock.ledger import canonical
 from gates._result import GateResult
@@ -168,10 +168,12 @@ class AllOf:
                                                  Distinct(), SignedByApprover()])
 
     def verify(self, approval: Approval, ctx: Context, accepted: list[Verified]) -> Verified:
+        if not isinstance(approval.statement, str) or not isinstance(approval.signature, str):
+            raise Refused("statement and signature must be text")
         try:
-            stmt = json.loads(approval.statement)
-        except (ValueError, TypeError):
-            raise Refused("statement is not JSON") from None
+            stmt = untrusted.loads(approval.statement, "the statement", "make it with 'airlock approve --print-only'")
+        except AirlockError as e:
+            raise Refused(e.what) from None
         if not isinstance(stmt, dict):
             raise Refused("statement is not a JSON object")
         fingerprint = None

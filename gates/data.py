@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from airlock import manifest as _manifest
-from airlock.errors import DataError
+from airlock.errors import AirlockError, DataError
 from airlock.hashing import hash_tree
 from gates._result import GateResult
 
@@ -35,7 +35,7 @@ def check(dataset: str, directory: str | Path, manifest_path: str | Path) -> Gat
 
     try:
         tree = hash_tree(directory, meanwhile=load_manifest)
-    except DataError as e:      # a malformed manifest or an unreadable file is a refusal, never a pass
+    except AirlockError as e:      # a malformed manifest or an unreadable file is a refusal, never a pass
         return GateResult.fail(gate, e.one_line(), evidence={"manifest": str(manifest_path)})
     m = loaded["m"]
     expected: dict[str, tuple[str, int]] = m["_files"]
@@ -48,13 +48,17 @@ def check(dataset: str, directory: str | Path, manifest_path: str | Path) -> Gat
         changed = sorted(p for p in expected.keys() & actual.keys() if expected[p] != actual[p])
     links = tree.symlinks
     special = tree.special
+    try:
+        actual_digest = m["root_digest"] if actual == expected else tree.root_digest
+    except AirlockError as e:   # a file whose name cannot be recorded (a line break in it): refused by name
+        return GateResult.fail(gate, e.one_line(), evidence={"manifest": str(manifest_path)})
     evidence = {
         "dataset": dataset,
         "directory": str(directory),
         "manifest": str(manifest_path),
         "expected_root_digest": m["root_digest"],
         # Same (path, sha256, size) list, same root digest: computed again only when the lists differ.
-        "actual_root_digest": m["root_digest"] if actual == expected else tree.root_digest,
+        "actual_root_digest": actual_digest,
         "files": len(actual),
         "bytes": sum(s for _, s in actual.values()),
         "missing": missing, "extra": extra, "changed": changed, "symlinks": links, "special": special,

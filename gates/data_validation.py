@@ -24,7 +24,7 @@ from pathlib import Path
 from airlock import datastats
 from airlock import ingest as _ingest
 from airlock import manifest as _manifest
-from airlock.errors import DataError
+from airlock.errors import AirlockError, DataError
 from gates._result import GateResult
 
 GATE = "data"
@@ -41,7 +41,7 @@ def check_manifest(dataset: str, directory: str | Path, manifest_path: str | Pat
         m = _manifest.load(manifest_path)
         wants_parent = _declared(rules) and rules.max_label_shift is not None
         parent = _ingest.load_parent(Path(manifest_path), m) if wants_parent else None
-    except DataError as e:
+    except AirlockError as e:
         return GateResult.fail(f"{GATE}:{dataset}", e.one_line(), evidence={"manifest": str(manifest_path)})
     return check(dataset, directory, m, parent, rules, pinned_root_digest)
 

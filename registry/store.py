@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airlock import modeldir, modelsign
-from airlock.errors import RegistryError
+from airlock.errors import AirlockError, RegistryError
 from airlock.hashing import hash_tree
 from airlock.ledger import Anchor, Ledger
 from gates import approval as _approval
@@ -129,10 +129,9 @@ class Registry:
         if actual != expected:
             raise RegistryError(f"model in {obj} has digest {actual[:23]}…, expected {expected[:23]}…",
                                 "the model changed after it was registered: do not use it")
-        try:
-            provenance = json.loads((model_dir / "provenance.json").read_text())
-        except (OSError, ValueError):
-            raise RegistryError(f"model in {obj} has no readable provenance.json", "re-run the pipeline") from None
+        provenance = _read(model_dir / "provenance.json", f"provenance.json of the model in {obj}")
+        if not isinstance(provenance, dict):
+            raise RegistryError(f"provenance.json of the model in {obj} is not a JSON object", "re-run the pipeline")
         return StagedModel(actual, obj, provenance)
 
     def _approval_context(self, model: StagedModel, forbid_self_approval: bool) -> _approval.Context:
@@ -167,11 +166,13 @@ class Registry:
 
     def staged_for_run(self, run_id: str) -> StagedModel:
         p = self.root / "staging" / "runs" / f"{_safe_run(run_id)}.json"
-        try:
-            digest = json.loads(p.read_text())["digest"]
-        except (OSError, ValueError, KeyError):
+        if not p.exists():
             raise RegistryError(f"no model staged for run {run_id} in {self.root}",
-                                "check the run id and --config (registry.path)") from None
+                                "check the run id and --config (registry.path)")
+        record = _read(p, f"the staging record {p}")
+        digest = record.get("digest") if isinstance(record, dict) else None
+        if not isinstance(digest, str):
+            raise RegistryError(f"the staging record {p} names no model digest", "the registry was altered: re-run the pipeline")
         return self.verify_object(self.root / "staging" / _hex(digest), digest)
 
     # -- production --------------------------------------------------------------------------------------------
@@ -225,12 +226,11 @@ class Registry:
         p = self.root / stage / name
         if not p.exists():
             return None
-        try:
-            ptr = json.loads(p.read_text())
-            _hex(ptr["digest"])
-            return ptr
-        except (ValueError, KeyError, TypeError, RegistryError):
-            raise RegistryError(f"{p} is unreadable", "the registry was altered: restore it from a backup") from None
+        ptr = _read(p, f"the {stage} pointer {p}")
+        if not isinstance(ptr, dict) or not isinstance(ptr.get("digest"), str):
+            raise RegistryError(f"{p} is unreadable", "the registry was altered: restore it from a backup")
+        _hex(ptr["digest"])
+        return ptr
 
     def verify_stage(self, stage: str, quorum: int, forbid_self_approval: bool = True) -> tuple[StagedModel, GateResult | None]:
         """Everything `airlock verify` checks: signature, digest, and (production) the approvals and ledger anchor."""
@@ -242,12 +242,12 @@ class Registry:
         model = self.verify_object(self.root / stage / _hex(ptr["digest"]), ptr["digest"])
         if stage == "staging":
             return model, None
-        try:
-            raw = json.loads((model.path / "approvals.json").read_text())
-            approvals = [_approval.Approval(a["statement"], a["signature"]) for a in raw]
-        except (OSError, ValueError, KeyError, TypeError):
+        raw = _read(model.path / "approvals.json", f"approvals.json of production model {ptr['digest'][:23]}…")
+        if not (isinstance(raw, list) and all(isinstance(a, dict) and isinstance(a.get("statement"), str)
+                                              and isinstance(a.get("signature"), str) for a in raw)):
             raise RegistryError(f"production model {ptr['digest'][:23]}… has no readable approvals.json",
-                                "the registry was altered: do not use this model") from None
+                                "the registry was altered: do not use this model")
+        approvals = [_approval.Approval(a["statement"], a["signature"]) for a in raw]
         # Judged by the policy and trust roots in force now (a key revoked, an approver removed or a quorum raised
         # since the promotion), not only by those the model was approved under.
         verdict = _approval.check_quorum(approvals, self._approval_context(model, forbid_self_approval), quorum)
@@ -262,6 +262,20 @@ class Registry:
         except (KeyError, ValueError, TypeError):
             raise RegistryError("production pointer has no ledger anchor", "the registry was altered") from None
         return model, verdict
+
+
+def _read(path: Path, what: str):
+    """A registry record, as untrusted JSON: whatever is wrong with it is a RegistryError (exit 1: refused)."""
+    from airlock import untrusted
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RegistryError(f"cannot read {what}: {e.strerror}", "the registry was altered: restore it from a backup") from None
+    try:
+        return untrusted.loads(data, what)
+    except AirlockError as e:
+        raise RegistryError(e.what, "the registry was altered: restore it from a backup") from None
 
 
 def _safe_run(run_id: str) -> str:

@@ -9,6 +9,7 @@ of old, canonical manifests is unchanged.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,15 @@ def test_a_model_directory_with_an_undecodable_name_is_refused(tmp_path):
     os.close(os.open(os.fsencode(d) + b"/\xff.bin", os.O_CREAT | os.O_WRONLY))   # invalid UTF-8 on disk
     with pytest.raises(UnsafeNameError, match="not valid UTF-8"):
         hashing.hash_tree(Path(d)).root_digest
+
+
+def test_the_data_gate_refuses_a_planted_file_with_a_line_break_in_its_name(tmp_path, digits):
+    from gates import data
+
+    d = tmp_path / "train"
+    shutil.copytree(digits / "train", d)
+    m = tmp_path / "train.json"
+    manifest.write(m, manifest.build(d, "train"))
+    (d / f"x\n{D1} 1 train_x.npy").write_bytes(b"planted")
+    r = data.check("train", d, m)
+    assert not r.passed and "cannot be recorded unambiguously" in r.reason and "line break" in r.reason
