@@ -69,7 +69,6 @@ def read_frame(f: BinaryIO) -> tuple[dict[str, Any], list]:
 def _load(src: str, model_dir: str):
     import importlib
 
-    import torch
     from safetensors.torch import load_file
 
     with open(os.path.join(model_dir, "training.json")) as fh:
@@ -132,7 +131,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                 model = models[header["id"]]
                 captured: list = []
                 module = model.get_submodule(header["layer"])
-                hook = module.register_forward_hook(lambda _m, _i, o: captured.append(o.detach().reshape(len(o), -1)))
+                hook = module.register_forward_hook(lambda _m, _i, o, c=captured: c.append(o.detach().reshape(len(o), -1)))
                 try:
                     with torch.no_grad():
                         model(torch.from_numpy(arrays[0]))

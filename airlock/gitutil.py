@@ -202,6 +202,6 @@ def export_commit(repo: str | Path, sha: str, dest: Path) -> int:
         finally:
             proc.stdin.close()
             proc.wait(timeout=60)
-    for dirpath, dirs, _ in os.walk(dest):
+    for dirpath, _dirs, _ in os.walk(dest):
         os.chmod(dirpath, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
     return len(entries)

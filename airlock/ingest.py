@@ -184,7 +184,7 @@ def _ingest_locked(dataset: str, src: Path, batch_tree: Tree, data_dir: Path, ma
         for t in temps.values():
             t.unlink(missing_ok=True)
 
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     files = dict(old)
     for rel in batch_files:
         files[rel] = (*batch_tree.files[rel], batch)

@@ -17,14 +17,16 @@ Appends from several processes (the flow, approvers) are serialised with an excl
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from airlock import untrusted
 from airlock.errors import AirlockError, LedgerError
@@ -68,7 +70,7 @@ class Ledger:
                                           "run 'airlock ledger verify' and restore the log from a backup") from None
                 entry = {
                     "seq": seq,
-                    "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+                    "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
                     "kind": kind,
                     "run_id": run_id,
                     "data": data,
@@ -127,10 +129,8 @@ class Ledger:
         return count, head
 
     def head(self) -> Anchor:
-        last = None
-        for last in self.entries():
-            pass
-        return Anchor(-1, GENESIS) if last is None else Anchor(last["seq"], last["hash"])
+        tail = collections.deque(self.entries(), maxlen=1)      # the whole chain is verified on the way
+        return Anchor(tail[0]["seq"], tail[0]["hash"]) if tail else Anchor(-1, GENESIS)
 
 
 def _last_line(f) -> bytes | None:

@@ -26,8 +26,9 @@ import select
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ class Oracle:
         self._log = _drain(self.proc.stderr, on_line)
         self.calls = 0
 
-    def __enter__(self) -> "Oracle":
+    def __enter__(self) -> Oracle:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -142,7 +143,7 @@ class Oracle:
 
     # -- models --------------------------------------------------------------------------------------------------
 
-    def load(self, model_id: str, model_dir: str, meta: dict) -> "RemoteModel":
+    def load(self, model_id: str, model_dir: str, meta: dict) -> RemoteModel:
         """Build the model from the export in its sandbox: ``model_dir`` is the path *inside* the sandbox."""
         head, _ = self.request({"op": "load", "id": model_id, "src": self.job.path("src"), "model_dir": model_dir})
         layers = head.get("layers") if isinstance(head.get("layers"), list) else []
@@ -196,7 +197,7 @@ class _Log:
         self.lines: list[str] = []
 
     def last(self) -> str:
-        return next((l for l in reversed(self.lines) if l.strip()), "no output")[:200]
+        return next((line for line in reversed(self.lines) if line.strip()), "no output")[:200]
 
 
 def _drain(stream, on_line: Callable[[str], None] | None) -> _Log:

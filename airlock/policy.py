@@ -83,7 +83,7 @@ class ValidationPolicy(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _range(self) -> "ValidationPolicy":
+    def _range(self) -> ValidationPolicy:
         if self.x_min is not None and self.x_max is not None and self.x_min > self.x_max:
             raise ValueError(f"x_min {self.x_min} is above x_max {self.x_max}")
         return self

@@ -41,9 +41,9 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from airlock.errors import AirlockError
 
@@ -71,7 +71,7 @@ class Sandbox:
     output_mb: int = 2048
 
     @classmethod
-    def from_policy(cls, pol) -> "Sandbox":
+    def from_policy(cls, pol) -> Sandbox:
         s = pol.sandbox
         return cls(mode=s.mode, bwrap=s.bubblewrap, memory_mb=s.memory_mb, output_mb=s.output_mb)
 
@@ -125,7 +125,7 @@ class Sandbox:
                                        "move it out of the run, data and Python directories")
 
     def job(self, what: str, *, ro: dict[str, Path] | None = None, rw: dict[str, Path] | None = None,
-            cwd: str | None = None, timeout: float = 1800, threads: int = 1) -> "Job":
+            cwd: str | None = None, timeout: float = 1800, threads: int = 1) -> Job:
         return Job(self, what, dict(ro or {}), dict(rw or {}), cwd, timeout, threads)
 
 
@@ -294,15 +294,15 @@ class Job:
                 except (ProcessLookupError, PermissionError):
                     pass
         limit_mb = self.sandbox.output_mb
-        if "output" in stopped or self._output_bytes() > limit_mb << 20 or any("File too large" in l for l in tail):
+        if "output" in stopped or self._output_bytes() > limit_mb << 20 or any("File too large" in line for line in tail):
             raise SandboxError(f"the {self.what} wrote more than its {limit_mb} MB output cap and was stopped",
                                "write less, or raise sandbox.output_mb in airlock.toml")
         if "timeout" in stopped:
             raise SandboxError(f"the {self.what} ran longer than {self.timeout:g} s and was stopped",
                                "raise training.timeout_seconds in airlock.toml or make it faster")
         if proc.returncode != 0:
-            last = next((l for l in reversed(tail) if l.strip()), "no output").strip()[:200]
-            if any("MemoryError" in l or "Cannot allocate memory" in l for l in tail):
+            last = next((line for line in reversed(tail) if line.strip()), "no output").strip()[:200]
+            if any("MemoryError" in line or "Cannot allocate memory" in line for line in tail):
                 raise SandboxError(f"the {self.what} ran out of its {self.sandbox.memory_mb} MB memory cap: {last}",
                                    "use less memory, or raise sandbox.memory_mb in airlock.toml")
             raise SandboxError(f"the {self.what} exited with code {proc.returncode}: {last}",

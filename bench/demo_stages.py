@@ -78,7 +78,7 @@ def main() -> int:
     result = {
         "command": "python3 bench/demo_stages.py",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "demo_wall_seconds": round(wall, 2),
         "baseline_training_seconds": round(baseline, 2),
         "demo_over_training": round(wall / baseline, 2),
@@ -87,7 +87,7 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| stage | seconds | share of demo | ÷ bare training |\n|---|---|---|---|")
+    print("| stage | seconds | share of demo | ÷ bare training |\n|---|---|---|---|")
     for s in result["stages"]:
         print(f"| {s['stage']} | {s['seconds']:.2f} | {s['share']:.0%} | {s['over_training']:.2f}× |")
     print(f"| **whole demo** | {wall:.2f} | 100% | {result['demo_over_training']:.2f}× |")

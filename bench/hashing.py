@@ -265,7 +265,7 @@ def main() -> int:
                 if line.startswith("model name")), platform.processor())
     result = {
         "command": "python3 bench/hashing.py --write",
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "repeat": args.repeat,
         "machine": {"cpus": len(os.sched_getaffinity(0)), "cpu": cpu, "python": platform.python_version(),
                     "openssl": first_line(["openssl", "version"]).split(" (")[0],

@@ -21,6 +21,7 @@ from pathlib import Path
 
 # Airlock's own code, from the installed package; ART before anything configures logging.
 import art  # noqa: F401
+
 import gates.advisory as advisory
 import gates.artifact as artifact
 import gates.backdoor as backdoor

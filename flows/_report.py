@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from airlock.errors import AirlockError, GateFailed
 from airlock.ledger import Ledger
 from gates._result import GateResult, Verdict
+
 
 class OneLineRefusals(logging.Filter):
     """A refusal (an AirlockError raised in a task) is one line in Prefect's logs and the terminal, never a

@@ -55,7 +55,6 @@ from gates import approval, artifact, commit, data, data_validation
 from gates._result import GateResult, Verdict
 from registry import Registry
 
-
 MODEL_METRIC_GATES = ("evaluation", "robustness", "backdoor", "golden_regression")
 _report.install_log_filter()          # a refusal raised in a task: one line in the logs, not a traceback
 
@@ -244,7 +243,7 @@ def train(pol, box: sandbox.Sandbox, src: Path, run_dir: Path) -> Path:
     shown = " ".join("python" if c == "{python}" else c for c in pol.training.command)
     emit("progress", step="train", message=f"training: {shown} ({'sandboxed' if box.isolated else 'unsandboxed'}, "
                                            "no secrets)")
-    seconds = job.run(cmd, on_line=lambda l: emit("progress", step="train", message=f"  trainer | {l}"))
+    seconds = job.run(cmd, on_line=lambda line: emit("progress", step="train", message=f"  trainer | {line}"))
     emit("progress", step="train", message=f"training finished in {seconds:.1f} s")
     return out
 
@@ -293,7 +292,7 @@ def model_gates(pol, box: sandbox.Sandbox, src: Path, model_dir: Path, run_dir: 
     sandbox.run_trusted(["{python}", "-P", "-m", "flows._evaluate", str(request), str(result_file)],
                         cwd=run_dir, home=run_dir / "home-eval", timeout=pol.training.timeout_seconds,
                         what="model-gate evaluator", threads=pol.training.threads,
-                        on_line=lambda l: emit("progress", step="model-gates", message=f"  evaluator | {l}"))
+                        on_line=lambda line: emit("progress", step="model-gates", message=f"  evaluator | {line}"))
     out_json = json.loads(result_file.read_text())
     results = [GateResult.from_dict(d) for d in out_json["results"]]
     curve = out_json.get("plots", {}).get("robustness")
@@ -350,7 +349,7 @@ def sign_and_stage(pol, box: sandbox.Sandbox, run_id, run_dir, src: Path, model_
     provenance = {
         "format": "airlock-provenance/v1",
         "run_id": run_id,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "policy": {"path": str(pol.source), "digest": pol.digest, "protected": pol.protected},
         "commit": {k: c.evidence.get(k) for k in ("commit", "signer", "key_fingerprint", "author", "subject", "repo")},
         # Which files, from where: each file's sha256 and batch, each batch's source (read by `airlock data trace`).

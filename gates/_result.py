@@ -36,11 +36,11 @@ class GateResult:
         return self.verdict is not Verdict.FAIL
 
     @classmethod
-    def ok(cls, gate: str, reason: str, **kw: Any) -> "GateResult":
+    def ok(cls, gate: str, reason: str, **kw: Any) -> GateResult:
         return cls(gate, Verdict.PASS, reason, **kw)
 
     @classmethod
-    def fail(cls, gate: str, reason: str, **kw: Any) -> "GateResult":
+    def fail(cls, gate: str, reason: str, **kw: Any) -> GateResult:
         return cls(gate, Verdict.FAIL, reason, **kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,5 +53,5 @@ class GateResult:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GateResult":
+    def from_dict(cls, d: dict[str, Any]) -> GateResult:
         return cls(d["gate"], Verdict(d["verdict"]), d["reason"], dict(d.get("metrics", {})), d.get("evidence", {}))

@@ -19,8 +19,9 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import art  # noqa: F401  (first: `import art` runs logging.config.dictConfig, closing handlers configured before it)
 import numpy as np

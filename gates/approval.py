@@ -16,7 +16,6 @@ Policies are small composable objects in the style of sigstore-python's ``verify
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -77,7 +76,7 @@ def make_statement(run_id: str, model_digest: str, approver: str, decision: str,
     return canonical({
         "type": STATEMENT_TYPE, "run_id": run_id, "model_digest": model_digest, "approver": approver,
         "decision": decision, "reason": reason,
-        "issued_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "issued_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }).decode()
 
 

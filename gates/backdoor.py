@@ -32,9 +32,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +141,7 @@ def reverse_engineer(model, meta: dict, x: np.ndarray, y: np.ndarray, params: Ba
             p.requires_grad_(False)
         try:
             last_success = torch.zeros(K)
-            for step in range(params.steps):
+            for _step in range(params.steps):
                 # Per class, a batch of images of OTHER classes.
                 batch = []
                 for k in range(K):

@@ -65,7 +65,7 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
         return GateResult.fail(GATE, f"cannot read allowed signers {signers.allowed_signers}: {e.strerror} — "
                                      "point trust.allowed_signers at the OpenSSH allowed_signers file")
     if not signers.gpg_fingerprints and not any(
-            l.strip() and not l.lstrip().startswith(b"#") for l in signers_bytes.splitlines()):
+            line.strip() and not line.lstrip().startswith(b"#") for line in signers_bytes.splitlines()):
         return GateResult.fail(GATE, "the allowed signers list no key — add the trusted committers' keys")
 
     evidence: dict = {
@@ -131,7 +131,7 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
                     signature_status=head["status"])
     # Uncommitted changes: code or files that no signature covers would ride along with the signed commit.
     if status.strip():
-        dirty = [l[3:] for l in status.splitlines() if l.strip()]
+        dirty = [line[3:] for line in status.splitlines() if line.strip()]
         evidence["dirty"] = dirty
         shown = ", ".join(dirty[:5]) + (f" (+{len(dirty) - 5} more)" if len(dirty) > 5 else "")
         return GateResult.fail(GATE, f"working tree of {top.name} is not clean: {shown} — commit (signed) or remove them",

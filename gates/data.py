@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from airlock import manifest as _manifest
-from airlock.errors import AirlockError, DataError
+from airlock.errors import AirlockError
 from airlock.hashing import hash_tree
 from gates._result import GateResult
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from scipy import stats as _st

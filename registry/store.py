@@ -97,7 +97,7 @@ class Registry:
         self.revoked_keys = Path(revoked_keys) if revoked_keys else None
 
     @classmethod
-    def from_policy(cls, pol, ledger: Ledger | None = None, root: str | Path | None = None) -> "Registry":
+    def from_policy(cls, pol, ledger: Ledger | None = None, root: str | Path | None = None) -> Registry:
         """The registry named by a policy whose trust roots were pinned (airlock.trust.pin)."""
         t = pol.trust
         return cls(root or pol.registry.path, ledger or Ledger(pol.ledger.path), t.model_signing_public_key,
@@ -211,7 +211,7 @@ class Registry:
             _write_atomic(dest / "approvals.json", (json.dumps([a.to_dict() for a in approvals], indent=2) + "\n").encode())
         pointer = {
             "digest": digest, "run_id": run_id,
-            "promoted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "promoted_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "approvers": verdict.evidence["approvers"],
             "ledger_anchor": {"seq": begin["seq"], "hash": begin["hash"]},
         }

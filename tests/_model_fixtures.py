@@ -29,7 +29,7 @@ _WORK = Path(tempfile.mkdtemp(prefix="airlock-model-gates-"))
 atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The demo splits: train (1,137), test (360) and the known-clean golden set (300)."""
     train_dir, golden_dir = _WORK / "data", _WORK / "golden"
@@ -53,9 +53,9 @@ def load_model(out_dir: Path):
 
 def train_arrays(x: np.ndarray, y: np.ndarray, name: str, seed: int = 1234, **overrides):
     """Train the example model on (x, y) with the project's trainer; returns (model, meta)."""
-    from training import train as trainer
-
     import torch
+
+    from training import train as trainer
 
     data, out = _WORK / name / "data", _WORK / name / "out"
     if out.exists():
@@ -75,14 +75,14 @@ def train_arrays(x: np.ndarray, y: np.ndarray, name: str, seed: int = 1234, **ov
     return load_model(out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clean_model(seed: int = 1234):
     """A clean retrain of the demo data; seed 1234 is the trainer's default and stands for 'production'."""
     x, y = digits()["train"]
     return train_arrays(x, y, f"clean-{seed}", seed=seed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def poisoned_model(seed: int = 1, fraction: float = 0.01, shape: str = "corner", target: int = TARGET):
     """A retrain on data where ``fraction`` of the samples carry a trigger relabelled to ``target``."""
     from tests.poison import poison
@@ -95,7 +95,7 @@ def poisoned_model(seed: int = 1, fraction: float = 0.01, shape: str = "corner",
 
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def adversarially_trained_model(epsilon: float = 0.1, seed: int = 1234):
     """The example architecture trained with FGSM + random start adversarial training (Wong et al. 2020), in plain
     torch: stands for a production model whose training code included adversarial training."""
@@ -142,7 +142,7 @@ def golden_stand_in_models(count: int = 5):
     return [_golden_model(1234 + i) for i in range(count)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _golden_model(seed: int):
     x, y = digits()["golden"]
     return train_arrays(x, y, f"golden-{seed}", seed=seed)

@@ -14,7 +14,7 @@ def gpg(home: Path, *args: str, input: bytes | None = None) -> subprocess.Comple
 
 def fingerprint(home: Path, uid: str) -> str:
     out = gpg(home, "--with-colons", "--list-keys", uid).stdout.decode()
-    return next(l.split(":")[9] for l in out.splitlines() if l.startswith("fpr"))
+    return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr"))
 
 
 @dataclass

@@ -12,7 +12,7 @@ from gates import advisory as A
 from tests import _model_fixtures as F
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def overfit_model():
     """Deliberately memorising: 360 training rows, 20% of them with random labels, 150 epochs."""
     x, y = F.digits()["train"]

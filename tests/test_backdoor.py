@@ -23,7 +23,7 @@ from tests.poison import TRIGGERS, apply_trigger, attack_success_rate, poison
 FAST = B.BackdoorParams(images=100, steps=100, batch_size=32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nc(kind: str):
     gx, gy = F.digits()["golden"]
     if kind == "production":

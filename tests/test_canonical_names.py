@@ -116,7 +116,7 @@ def test_a_model_directory_with_an_undecodable_name_is_refused(tmp_path):
     (d / "model.safetensors").write_bytes(b"x")
     os.close(os.open(os.fsencode(d) + b"/\xff.bin", os.O_CREAT | os.O_WRONLY))   # invalid UTF-8 on disk
     with pytest.raises(UnsafeNameError, match="not valid UTF-8"):
-        hashing.hash_tree(Path(d)).root_digest
+        _ = hashing.hash_tree(Path(d)).root_digest
 
 
 def test_the_data_gate_refuses_a_planted_file_with_a_line_break_in_its_name(tmp_path, digits):

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from airlock.gitutil import isolated_env
 from airlock.ledger import Ledger
 from flows import demo
-from airlock.gitutil import isolated_env
 from tests.conftest import ROOT, assert_one_line_refusal, commit, run_cli
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings

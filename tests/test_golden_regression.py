@@ -11,7 +11,7 @@ from gates import golden_regression as G
 from tests import _model_fixtures as F
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def degraded_model():
     """A deliberately degraded retrain: the same trainer and data, sabotaged to 2 epochs instead of 30."""
     x, y = F.digits()["train"]

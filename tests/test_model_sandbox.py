@@ -118,8 +118,8 @@ def test_a_model_that_answers_the_wrong_shape_is_refused_with_the_reason(tmp_pat
             return ThreeClasses(hp)
     ''')
     shutil.copy2(ROOT / "training" / "model.py", src / "training" / "_real_model.py")
-    import io
     import contextlib
+    import io
 
     with contextlib.redirect_stderr(io.StringIO()):
         _evaluate.main([_write(tmp_path, request(tmp_path, src, trained, digits, ["evaluation"])),

@@ -21,7 +21,7 @@ def test_split():
     return F.digits()["test"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _check(candidate: str, reference: str | None, params: R.RobustnessParams = P):
     models = {"production": F.clean_model(1234), "adv-trained": F.adversarially_trained_model()}
     cand, meta = models[candidate]

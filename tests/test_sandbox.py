@@ -172,7 +172,7 @@ def test_trainer_reaches_no_listener_on_the_host(layout):
                 print("CONNECTED")
             except OSError as e:
                 print("refused", type(e).__name__)
-        """), on_line=lambda l: (layout["out"] / "net.txt").write_text(l))
+        """), on_line=lambda line: (layout["out"] / "net.txt").write_text(line))
         with pytest.raises(socket.timeout):
             server.accept()                               # nothing ever arrived
     finally:

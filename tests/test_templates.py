@@ -514,7 +514,7 @@ def _falco_items() -> list[dict]:
 def falco_problems(items: list[dict]) -> list[str]:
     lists = {x["list"] for x in items if "list" in x}
     macros = {x["macro"] for x in items if "macro" in x}
-    names = [x.get("list") or x.get("macro") or x.get("rule") for x in items if not "required_engine_version" in x]
+    names = [x.get("list") or x.get("macro") or x.get("rule") for x in items if "required_engine_version" not in x]
     problems = [f"defined twice: {n}" for n in sorted({n for n in names if names.count(n) > 1})]
     for x in items:
         if "macro" in x:

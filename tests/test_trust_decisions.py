@@ -134,7 +134,7 @@ def _protected_layout(tmp_path):
     (repo / "airlock" / "policy.toml").write_text("[approval]\nquorum = 3\n\n[evaluation]\nmin_test_accuracy = 0.95\n")
     demo.signed_commit(repo, d["keys"] / "committer", demo.COMMITTER, "trust roots and policy, reviewed")
     local = tmp_path / "demo" / "airlock.toml"
-    local.write_text(f"""[repo]
+    local.write_text("""[repo]
 path = "repo"
 [trust]
 ref = "main"
