@@ -12,7 +12,7 @@ import os
 import stat
 
 BLOCK = 1 << 20
-SMALL = BLOCK           # files up to this size are read with a single read() call
+SMALL = BLOCK  # files up to this size are read with a single read() call
 
 # O_NOFOLLOW: a symlink is refused by the kernel instead of followed (ELOOP). O_NONBLOCK: opening a FIFO does not
 # wait for a writer (we then see it is not a regular file and never read it); no effect on regular files.
@@ -27,10 +27,10 @@ class _Tag:
         return self.name
 
 
-LINK = _Tag("LINK", b"L")          # became a symlink after the listing: never followed
-SPECIAL = _Tag("SPECIAL", b"S")    # became a FIFO / device / socket after the listing: never read
-GONE = _Tag("GONE", b"G")          # removed after the listing
-LARGE = _Tag("LARGE", b"B")        # above max_size: left to the caller (streamed in threads)
+LINK = _Tag("LINK", b"L")  # became a symlink after the listing: never followed
+SPECIAL = _Tag("SPECIAL", b"S")  # became a FIFO / device / socket after the listing: never read
+GONE = _Tag("GONE", b"G")  # removed after the listing
+LARGE = _Tag("LARGE", b"B")  # above max_size: left to the caller (streamed in threads)
 TAGS = {t.wire: t for t in (LINK, SPECIAL, GONE, LARGE)}
 
 

@@ -91,7 +91,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     import torch
 
     models: dict[str, Any] = {}
-    graphs: dict[int, tuple] = {}       # handle -> (input, output) kept for one vector-Jacobian product
+    graphs: dict[int, tuple] = {}  # handle -> (input, output) kept for one vector-Jacobian product
     next_handle = 0
     while True:
         try:
@@ -116,7 +116,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                         y = model(x)
                     next_handle += 1
                     graphs[next_handle] = (x, y)
-                    while len(graphs) > 8:      # a caller that never asks for the product: drop the oldest graph
+                    while len(graphs) > 8:  # a caller that never asks for the product: drop the oldest graph
                         graphs.pop(min(graphs))
                     write_frame(out, {"ok": True, "handle": next_handle}, (y.detach().numpy(),))
                 else:
@@ -131,7 +131,9 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                 model = models[header["id"]]
                 captured: list = []
                 module = model.get_submodule(header["layer"])
-                hook = module.register_forward_hook(lambda _m, _i, o, c=captured: c.append(o.detach().reshape(len(o), -1)))
+                hook = module.register_forward_hook(
+                    lambda _m, _i, o, c=captured: c.append(o.detach().reshape(len(o), -1))
+                )
                 try:
                     with torch.no_grad():
                         model(torch.from_numpy(arrays[0]))

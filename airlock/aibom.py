@@ -15,16 +15,25 @@ from pathlib import Path
 
 from airlock.errors import AirlockError
 
-PACKAGES = ("torch", "numpy", "safetensors", "adversarial-robustness-toolbox", "scikit-learn", "prefect",
-            "model-signing", "airlock")
+PACKAGES = (
+    "torch",
+    "numpy",
+    "safetensors",
+    "adversarial-robustness-toolbox",
+    "scikit-learn",
+    "prefect",
+    "model-signing",
+    "airlock",
+)
 
 
 class BomError(AirlockError):
     pass
 
 
-def build(training: dict, provenance: dict, datasets: dict[str, dict], weights_sha256: str,
-          metrics: dict[str, float]) -> str:
+def build(
+    training: dict, provenance: dict, datasets: dict[str, dict], weights_sha256: str, metrics: dict[str, float]
+) -> str:
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.bom import Bom
     from cyclonedx.model.component import Commit, Component, ComponentType, Pedigree
@@ -36,47 +45,82 @@ def build(training: dict, provenance: dict, datasets: dict[str, dict], weights_s
     commit = provenance.get("commit", {})
     hp = training.get("hyperparameters", {})
     model = Component(
-        name="model", type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref="model",
-        version=provenance["run_id"], description=training.get("trainer", "trained model"),
+        name="model",
+        type=ComponentType.MACHINE_LEARNING_MODEL,
+        bom_ref="model",
+        version=provenance["run_id"],
+        description=training.get("trainer", "trained model"),
         hashes=[HashType(alg=HashAlgorithm.SHA_256, content=weights_sha256)],
         properties=[Property(name=f"airlock:hyperparameter:{k}", value=json.dumps(v)) for k, v in sorted(hp.items())]
-        + [Property(name=f"airlock:preprocessing:{i}", value=s) for i, s in enumerate(training.get("preprocessing", []))]
-        + [Property(name="airlock:seed", value=str(training.get("seed"))),
-           Property(name="airlock:run_id", value=provenance["run_id"])],
+        + [
+            Property(name=f"airlock:preprocessing:{i}", value=s)
+            for i, s in enumerate(training.get("preprocessing", []))
+        ]
+        + [
+            Property(name="airlock:seed", value=str(training.get("seed"))),
+            Property(name="airlock:run_id", value=provenance["run_id"]),
+        ],
     )
     code = Component(
-        name="training-code", type=ComponentType.APPLICATION, bom_ref="training-code",
+        name="training-code",
+        type=ComponentType.APPLICATION,
+        bom_ref="training-code",
         version=commit.get("commit"),
         pedigree=Pedigree(commits=[Commit(uid=commit.get("commit"), message=commit.get("subject"))]),
-        properties=[Property(name="airlock:commit:signer", value=str(commit.get("signer"))),
-                    Property(name="airlock:commit:key_fingerprint", value=str(commit.get("key_fingerprint")))],
+        properties=[
+            Property(name="airlock:commit:signer", value=str(commit.get("signer"))),
+            Property(name="airlock:commit:key_fingerprint", value=str(commit.get("key_fingerprint"))),
+        ],
     )
     data_components = []
     for name, ds in sorted(datasets.items()):
-        data_components.append(Component(
-            name=f"dataset-{name}", type=ComponentType.DATA, bom_ref=f"dataset-{name}",
-            version=ds["root_digest"],
-            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=ds["root_digest"].removeprefix("sha256:"))],
-            components=[Component(name=f, type=ComponentType.FILE, bom_ref=f"dataset-{name}/{f}",
-                                  hashes=[HashType(alg=HashAlgorithm.SHA_256, content=e["sha256"])])
-                        for f, e in sorted(ds["files"].items())],
-        ))
+        data_components.append(
+            Component(
+                name=f"dataset-{name}",
+                type=ComponentType.DATA,
+                bom_ref=f"dataset-{name}",
+                version=ds["root_digest"],
+                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=ds["root_digest"].removeprefix("sha256:"))],
+                components=[
+                    Component(
+                        name=f,
+                        type=ComponentType.FILE,
+                        bom_ref=f"dataset-{name}/{f}",
+                        hashes=[HashType(alg=HashAlgorithm.SHA_256, content=e["sha256"])],
+                    )
+                    for f, e in sorted(ds["files"].items())
+                ],
+            )
+        )
     libs = []
     for pkg in PACKAGES:
         try:
             v = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             continue
-        libs.append(Component(name=pkg, version=v, type=ComponentType.LIBRARY, bom_ref=f"pkg-{pkg}",
-                              purl=PackageURL(type="pypi", name=pkg, version=v)))
+        libs.append(
+            Component(
+                name=pkg,
+                version=v,
+                type=ComponentType.LIBRARY,
+                bom_ref=f"pkg-{pkg}",
+                purl=PackageURL(type="pypi", name=pkg, version=v),
+            )
+        )
     bom = Bom(components=[model, code, *data_components, *libs])
     # Where the team's code ran (airlock/sandbox.py): "environment" means without Airlock's sandbox.
     box = provenance.get("sandbox") or {}
-    root = Component(name="airlock-training-run", type=ComponentType.APPLICATION, bom_ref="run",
-                     version=provenance["run_id"],
-                     properties=[Property(name="airlock:sandbox:mode", value=str(box.get("mode", "unknown"))),
-                                 Property(name="airlock:sandbox:isolated", value=str(bool(box.get("isolated"))).lower())]
-                     + ([Property(name="airlock:sandbox:warning", value=box["warning"])] if box.get("warning") else []))
+    root = Component(
+        name="airlock-training-run",
+        type=ComponentType.APPLICATION,
+        bom_ref="run",
+        version=provenance["run_id"],
+        properties=[
+            Property(name="airlock:sandbox:mode", value=str(box.get("mode", "unknown"))),
+            Property(name="airlock:sandbox:isolated", value=str(bool(box.get("isolated"))).lower()),
+        ]
+        + ([Property(name="airlock:sandbox:warning", value=box["warning"])] if box.get("warning") else []),
+    )
     bom.metadata.component = root
     bom.register_dependency(root, [model])
     bom.register_dependency(model, [code, *data_components, *libs])
@@ -93,12 +137,18 @@ def build(training: dict, provenance: dict, datasets: dict[str, dict], weights_s
                     "outputs": [{"format": f"logits over {training.get('nb_classes')} classes"}],
                 },
                 # The schema wants metric values as strings.
-                "quantitativeAnalysis": {"performanceMetrics": [
-                    {"type": k, "value": f"{v:.6g}"} for k, v in sorted(metrics.items())]},
+                "quantitativeAnalysis": {
+                    "performanceMetrics": [{"type": k, "value": f"{v:.6g}"} for k, v in sorted(metrics.items())]
+                },
             }
         if comp.get("type") == "data":
-            comp["data"] = [{"type": "dataset", "name": comp["name"],
-                             "contents": {"properties": [{"name": "airlock:root_digest", "value": comp["version"]}]}}]
+            comp["data"] = [
+                {
+                    "type": "dataset",
+                    "name": comp["name"],
+                    "contents": {"properties": [{"name": "airlock:root_digest", "value": comp["version"]}]},
+                }
+            ]
     # The schema does not check that a dataset ref resolves: check it here.
     refs = {c.get("bom-ref") for c in doc["components"]}
     card = next(c["modelCard"] for c in doc["components"] if c.get("bom-ref") == "model")

@@ -43,8 +43,12 @@ def dataset_stats(directory: str | Path, overrides: dict[str, Path] | None = Non
     return out
 
 
-def split_stats(directory: str | Path, split: str, bounds: tuple[float | None, float | None] = (None, None),
-                files: dict[str, Path] | None = None) -> dict:
+def split_stats(
+    directory: str | Path,
+    split: str,
+    bounds: tuple[float | None, float | None] = (None, None),
+    files: dict[str, Path] | None = None,
+) -> dict:
     """Stats of one split. With ``bounds`` (x_min, x_max), also count the x values outside them."""
     d = Path(directory)
     files = files or {}
@@ -68,7 +72,9 @@ def _header(f, name: str) -> tuple[tuple[int, ...], np.dtype]:
         raise DataError(f"{name} is not a readable .npy file: {e}", "re-export it with numpy.save") from None
     if dtype.hasobject:
         # A pickled object array executes code when loaded: never accepted as data.
-        raise DataError(f"{name} holds Python objects (pickle)", "store numeric arrays only (numpy.save, allow_pickle=False)")
+        raise DataError(
+            f"{name} holds Python objects (pickle)", "store numeric arrays only (numpy.save, allow_pickle=False)"
+        )
     return tuple(int(n) for n in shape), dtype
 
 
@@ -94,8 +100,10 @@ def _scan(path: Path, name: str, labels: bool, bounds: tuple[float | None, float
             want = min(per_chunk, total - done) * itemsize
             n = f.readinto(memoryview(buf)[:want])
             if n != want:
-                raise DataError(f"{name} is truncated: {done * itemsize + n} of {total * itemsize} data bytes",
-                                "re-export it with numpy.save")
+                raise DataError(
+                    f"{name} is truncated: {done * itemsize + n} of {total * itemsize} data bytes",
+                    "re-export it with numpy.save",
+                )
             a = np.frombuffer(buf, dtype=dtype, count=want // itemsize)
             done += len(a)
             if labels:

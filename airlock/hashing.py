@@ -95,24 +95,31 @@ def root_digest(files: dict[str, tuple[str, int]]) -> str:
 
     h = hashlib.sha256()
     items = sorted(files.items())
-    for i in range(0, len(items), 4096):        # in slices: fast, without a second copy of the whole list
-        chunk = items[i:i + 4096]
+    for i in range(0, len(items), 4096):  # in slices: fast, without a second copy of the whole list
+        chunk = items[i : i + 4096]
         text = "".join([f"{d} {s} {path}\n" for path, (d, s) in chunk])
         # Checked in bulk (a dataset can have millions of names); one by one only to name the offender.
         try:
             data = text.encode()
         except UnicodeEncodeError:
             data = None
-        if data is None or text.count("\n") != len(chunk) or _BAD_CHARS.search(text) or _BAD_PATH.search(text) \
-                or not unicodedata.is_normalized("NFC", text):
+        if (
+            data is None
+            or text.count("\n") != len(chunk)
+            or _BAD_CHARS.search(text)
+            or _BAD_PATH.search(text)
+            or not unicodedata.is_normalized("NFC", text)
+        ):
             for path, (d, size) in chunk:
                 why = name_problem(path)
                 if why:
-                    raise UnsafeNameError(f"file name {path!r} cannot be recorded unambiguously: {why}",
-                                          f"rename it ({NAME_RULE})")
+                    raise UnsafeNameError(
+                        f"file name {path!r} cannot be recorded unambiguously: {why}", f"rename it ({NAME_RULE})"
+                    )
                 if not (isinstance(d, str) and _HEX64.fullmatch(d) and type(size) is int and size >= 0):
-                    raise UnsafeNameError(f"the entry for {path!r} has no valid sha256 and size",
-                                          "regenerate the manifest")
+                    raise UnsafeNameError(
+                        f"the entry for {path!r} has no valid sha256 and size", "regenerate the manifest"
+                    )
             raise UnsafeNameError("a file list cannot be recorded unambiguously", "regenerate the manifest")
         h.update(data)
     return "sha256:" + h.hexdigest()
@@ -128,22 +135,23 @@ def hash_tree(root: str | Path, workers: int | None = None, meanwhile=None) -> T
     helpers: list = []
     try:
         # Helper processes start (in parallel with the rest of the listing) once there are many files.
-        regular = _list(root, tree, on_many=(lambda: helpers.extend(_start_helpers(root, workers - 1)))
-                        if workers > 1 else None)
+        regular = _list(
+            root, tree, on_many=(lambda: helpers.extend(_start_helpers(root, workers - 1))) if workers > 1 else None
+        )
         results = _hash_all(root, regular, min(workers, max(1, len(regular))), helpers, meanwhile)
     finally:
         _stop(helpers)
-    if all(type(res) is tuple for res in results):          # the usual case: every file hashed
+    if all(type(res) is tuple for res in results):  # the usual case: every file hashed
         tree.files = dict(zip(regular, results))
     else:
         for rel, res in zip(regular, results):
             if res is None or res is _w.LARGE:
-                raise AssertionError(f"hashing left {rel} unhashed")     # never a silent gap in the tree
-            if res is _w.LINK:            # became a symlink after the listing: never followed
+                raise AssertionError(f"hashing left {rel} unhashed")  # never a silent gap in the tree
+            if res is _w.LINK:  # became a symlink after the listing: never followed
                 tree.symlinks.append(rel)
-            elif res is _w.SPECIAL:       # became a FIFO / device after the listing: never read
+            elif res is _w.SPECIAL:  # became a FIFO / device after the listing: never read
                 tree.special.append(rel)
-            elif res is not _w.GONE:      # removed after the listing: simply absent (the gate reports it missing)
+            elif res is not _w.GONE:  # removed after the listing: simply absent (the gate reports it missing)
                 tree.files[rel] = res
     tree.symlinks.sort()
     tree.special.sort()
@@ -152,8 +160,8 @@ def hash_tree(root: str | Path, workers: int | None = None, meanwhile=None) -> T
 
 # -- implementation ----------------------------------------------------------------------------------------------
 
-_PROCESS_MIN_FILES = 1000   # from this many files on, small files are also hashed by helper processes
-_CHUNK = (16, 256)          # paths per request to a helper process: about 1/8 of a worker's share, within bounds
+_PROCESS_MIN_FILES = 1000  # from this many files on, small files are also hashed by helper processes
+_CHUNK = (16, 256)  # paths per request to a helper process: about 1/8 of a worker's share, within bounds
 _ALL_HASHED = re.compile(rb"(?:[0-9a-f]{64} [0-9]+\n)*")
 _HELPER = "import sys; sys.path.insert(0, sys.argv[1]); from airlock._hashworker import main; main(sys.argv[2])"
 
@@ -176,7 +184,7 @@ def _list(root: Path, tree: Tree, on_many=None) -> list[str]:
             with os.scandir(path) as entries:
                 for e in entries:
                     rel = prefix + e.name
-                    if e.is_file(follow_symlinks=False):        # a regular file, not a link to one
+                    if e.is_file(follow_symlinks=False):  # a regular file, not a link to one
                         regular.append(rel)
                         if len(regular) == _PROCESS_MIN_FILES and on_many is not None:
                             on_many()
@@ -187,7 +195,9 @@ def _list(root: Path, tree: Tree, on_many=None) -> list[str]:
                     else:
                         tree.special.append(rel)
         except OSError as e:
-            raise DataError(f"cannot list {path}: {e.strerror or e}", "check the directory's permissions and storage") from None
+            raise DataError(
+                f"cannot list {path}: {e.strerror or e}", "check the directory's permissions and storage"
+            ) from None
     return regular
 
 
@@ -218,7 +228,7 @@ def _hash_in_threads(root: Path, rels: list[str], workers: int) -> list:
     errors: list[tuple[str, OSError]] = []
 
     def work() -> None:
-        buf = bytearray(BLOCK)               # one buffer per thread, reused for every large file
+        buf = bytearray(BLOCK)  # one buffer per thread, reused for every large file
         view = memoryview(buf)
         while not errors:
             with lock:
@@ -234,7 +244,7 @@ def _hash_in_threads(root: Path, rels: list[str], workers: int) -> list:
         threads = [threading.Thread(target=work, name=f"airlock-hash-{n}", daemon=True) for n in range(workers - 1)]
         for t in threads:
             t.start()
-        work()                               # the calling thread is one of the workers
+        work()  # the calling thread is one of the workers
         for t in threads:
             t.join()
     finally:
@@ -255,8 +265,9 @@ def _start_helpers(root: Path, n: int) -> list:
     procs: list = []
     try:
         for _ in range(n):
-            procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            )
     except OSError:
         _stop(procs)
         return []
@@ -279,12 +290,12 @@ def _hash_small_with_helpers(root: Path, rels: list[str], procs: list, meanwhile
             return None if errors or failed else next(starts, None)
 
     def drive(proc) -> None:
-        sent: list[int] = []                 # chunks sent, not yet answered: kept 2 deep so the helper never idles
+        sent: list[int] = []  # chunks sent, not yet answered: kept 2 deep so the helper never idles
 
         def send() -> None:
             start = take()
             if start is not None:
-                payload = b"\0".join(os.fsencode(r) for r in rels[start:start + chunk])
+                payload = b"\0".join(os.fsencode(r) for r in rels[start : start + chunk])
                 proc.stdin.write(b"%d\n" % len(payload) + payload)
                 proc.stdin.flush()
                 sent.append(start)
@@ -297,10 +308,10 @@ def _hash_small_with_helpers(root: Path, rels: list[str], procs: list, meanwhile
                 header = proc.stdout.readline()
                 body = proc.stdout.read(int(header)) if header[:-1].isdigit() else b""
                 idx = range(start, min(start + chunk, len(rels)))
-                if _ALL_HASHED.fullmatch(body):         # the usual answer: parsed in bulk
+                if _ALL_HASHED.fullmatch(body):  # the usual answer: parsed in bulk
                     parts = body.decode().split()
                     if len(parts) == 2 * len(idx):
-                        results[idx.start:idx.stop] = zip(parts[0::2], map(int, parts[1::2]))
+                        results[idx.start : idx.stop] = zip(parts[0::2], map(int, parts[1::2]))
                         send()
                         continue
                 lines = body.split(b"\n")[:-1]
@@ -323,8 +334,10 @@ def _hash_small_with_helpers(root: Path, rels: list[str], procs: list, meanwhile
         except (OSError, ValueError) as e:
             failed.append(f"{type(e).__name__}: {e}")
 
-    threads = [threading.Thread(target=drive, args=(p,), name=f"airlock-hash-helper-{n}", daemon=True)
-               for n, p in enumerate(procs)]
+    threads = [
+        threading.Thread(target=drive, args=(p,), name=f"airlock-hash-helper-{n}", daemon=True)
+        for n, p in enumerate(procs)
+    ]
     dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for t in threads:
@@ -333,7 +346,7 @@ def _hash_small_with_helpers(root: Path, rels: list[str], procs: list, meanwhile
             try:
                 meanwhile()
             except BaseException:
-                failed.append("stopped: meanwhile() failed")      # the drivers send nothing more
+                failed.append("stopped: meanwhile() failed")  # the drivers send nothing more
                 raise
         # This thread works too (it has no start-up to wait for), from the same shared index.
         buf = bytearray(BLOCK)

@@ -86,8 +86,19 @@ class Ingested:
 
 # -- ingest ----------------------------------------------------------------------------------------------------
 
-def ingest(dataset: str, src: str | Path, *, data_dir: Path, manifest_path: Path, ledger: Ledger, source: str,
-           note: str = "", repo: Path | None = None, who: str | None = None) -> Ingested:
+
+def ingest(
+    dataset: str,
+    src: str | Path,
+    *,
+    data_dir: Path,
+    manifest_path: Path,
+    ledger: Ledger,
+    source: str,
+    note: str = "",
+    repo: Path | None = None,
+    who: str | None = None,
+) -> Ingested:
     if not _NAME.match(dataset):
         raise DataError(f"dataset name {dataset!r} is not a plain name", "use letters, digits, '.', '_' or '-'")
     source = " ".join(str(source).split())
@@ -96,7 +107,7 @@ def ingest(dataset: str, src: str | Path, *, data_dir: Path, manifest_path: Path
     src, data_dir, manifest_path = Path(src), Path(data_dir), Path(manifest_path)
     _refuse_overlap(src, data_dir)
     batch_tree = _hash_batch(src)
-    ledger.head()                      # a broken ledger is refused before anything changes (raises LedgerError)
+    ledger.head()  # a broken ledger is refused before anything changes (raises LedgerError)
     data_dir.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -104,8 +115,17 @@ def ingest(dataset: str, src: str | Path, *, data_dir: Path, manifest_path: Path
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise IngestRefused(f"another ingest into {data_dir} is running", "wait for it and ingest again") from None
-        return _ingest_locked(dataset, src, batch_tree, data_dir, manifest_path, ledger, source, " ".join(note.split()),
-                              who or whoami(repo))
+        return _ingest_locked(
+            dataset,
+            src,
+            batch_tree,
+            data_dir,
+            manifest_path,
+            ledger,
+            source,
+            " ".join(note.split()),
+            who or whoami(repo),
+        )
     finally:
         os.close(lock_fd)
 
@@ -114,7 +134,9 @@ def _hash_batch(src: Path) -> Tree:
     try:
         st = os.lstat(src)
     except OSError as e:
-        raise DataError(f"cannot read batch {src}: {e.strerror}", "pass the directory (or file) holding the new batch") from None
+        raise DataError(
+            f"cannot read batch {src}: {e.strerror}", "pass the directory (or file) holding the new batch"
+        ) from None
     # A linked batch could make the recorded bytes differ from what a later reader of the link sees.
     if stat.S_ISLNK(st.st_mode):
         raise IngestRefused(f"batch {src} is a symlink", "ingest the real directory or file, not a link to it")
@@ -125,7 +147,7 @@ def _hash_batch(src: Path) -> Tree:
             res = _w.hash_one(dir_fd, src.name, buf, memoryview(buf))
         finally:
             os.close(dir_fd)
-        if not isinstance(res, tuple):        # swapped for a link or a FIFO, or removed, since the lstat above
+        if not isinstance(res, tuple):  # swapped for a link or a FIFO, or removed, since the lstat above
             raise IngestRefused(f"batch file {src} changed while it was hashed ({res!r})", "ingest it again")
         return Tree(files={src.name: res})
     if not stat.S_ISDIR(st.st_mode):
@@ -135,8 +157,10 @@ def _hash_batch(src: Path) -> Tree:
     # to the hasher and the copier. Never followed, never read, never ingested.
     if tree.symlinks or tree.special:
         bad = [f"{p} (symlink)" for p in tree.symlinks] + [f"{p} (not a regular file)" for p in tree.special]
-        raise IngestRefused(f"batch {src} holds {', '.join(bad[:5])}" + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""),
-                            "replace links and special files with the real files, then ingest again")
+        raise IngestRefused(
+            f"batch {src} holds {', '.join(bad[:5])}" + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""),
+            "replace links and special files with the real files, then ingest again",
+        )
     if not tree.files:
         raise DataError(f"batch {src} holds no files", "pass the directory holding the new batch")
     return tree
@@ -145,22 +169,37 @@ def _hash_batch(src: Path) -> Tree:
 def _refuse_overlap(src: Path, data_dir: Path) -> None:
     s, d = src.resolve(), data_dir.resolve()
     if s == d or d in s.parents or s in d.parents:
-        raise DataError(f"batch {src} and dataset directory {data_dir} overlap",
-                        "stage the batch in a directory of its own, outside the dataset")
+        raise DataError(
+            f"batch {src} and dataset directory {data_dir} overlap",
+            "stage the batch in a directory of its own, outside the dataset",
+        )
 
 
-def _ingest_locked(dataset: str, src: Path, batch_tree: Tree, data_dir: Path, manifest_path: Path, ledger: Ledger,
-                   source: str, note: str, who: str) -> Ingested:
+def _ingest_locked(
+    dataset: str,
+    src: Path,
+    batch_tree: Tree,
+    data_dir: Path,
+    manifest_path: Path,
+    ledger: Ledger,
+    source: str,
+    note: str,
+    who: str,
+) -> Ingested:
     current: dict | None = None
     if manifest_path.exists():
         current = _manifest.load(manifest_path)
         if current.get("dataset") != dataset:
-            raise IngestRefused(f"{manifest_path} is the manifest of dataset {current.get('dataset')!r}, not '{dataset}'",
-                                "check data.<name>.manifest in the policy")
+            raise IngestRefused(
+                f"{manifest_path} is the manifest of dataset {current.get('dataset')!r}, not '{dataset}'",
+                "check data.<name>.manifest in the policy",
+            )
         _refuse_tampered(dataset, data_dir, manifest_path, current)
     elif any(data_dir.iterdir()):
-        raise IngestRefused(f"dataset directory {data_dir} holds files but there is no manifest at {manifest_path}",
-                            "write one with 'airlock data manifest' (or empty the directory), then ingest")
+        raise IngestRefused(
+            f"dataset directory {data_dir} holds files but there is no manifest at {manifest_path}",
+            "write one with 'airlock data manifest' (or empty the directory), then ingest",
+        )
     parent_version = version_of(current) if current else 0
     version = parent_version + 1
     batch = f"b{version:04d}"
@@ -177,7 +216,7 @@ def _ingest_locked(dataset: str, src: Path, batch_tree: Tree, data_dir: Path, ma
     try:
         for rel in batch_files:
             temps[rel] = _copy_hashed(root / rel, data_dir / rel, batch_tree.files[rel])
-        stats = datastats.dataset_stats(data_dir, overrides=temps)   # the dataset as it will be
+        stats = datastats.dataset_stats(data_dir, overrides=temps)  # the dataset as it will be
         for rel in batch_files:
             os.replace(temps.pop(rel), data_dir / rel)
     finally:
@@ -190,8 +229,14 @@ def _ingest_locked(dataset: str, src: Path, batch_tree: Tree, data_dir: Path, ma
         files[rel] = (*batch_tree.files[rel], batch)
     batches = dict((current or {}).get("batches", {}))
     batches[batch] = {
-        "version": version, "source": source, "note": note, "who": who, "time": now, "files": batch_files,
-        "replaced": replaced, "root_digest": batch_tree.root_digest,
+        "version": version,
+        "source": source,
+        "note": note,
+        "who": who,
+        "time": now,
+        "files": batch_files,
+        "replaced": replaced,
+        "root_digest": batch_tree.root_digest,
     }
     parent = current["root_digest"] if current else None
     new = _manifest.versioned(dataset, files, version, parent, batches, stats)
@@ -209,22 +254,51 @@ def _ingest_locked(dataset: str, src: Path, batch_tree: Tree, data_dir: Path, ma
     _manifest.write(history, new)
     _manifest.write(manifest_path, new)
 
-    steps = [f"hashed {len(batch_files)} files of the batch in {src.resolve()}",
-             f"copied them into {data_dir} (sha256 re-checked on the bytes written)"]
+    steps = [
+        f"hashed {len(batch_files)} files of the batch in {src.resolve()}",
+        f"copied them into {data_dir} (sha256 re-checked on the bytes written)",
+    ]
     if replaced:
-        steps.append(f"replaced {len(replaced)} earlier files: {', '.join(sorted(replaced)[:10])}"
-                     + (f" (+{len(replaced) - 10} more)" if len(replaced) > 10 else ""))
+        steps.append(
+            f"replaced {len(replaced)} earlier files: {', '.join(sorted(replaced)[:10])}"
+            + (f" (+{len(replaced) - 10} more)" if len(replaced) > 10 else "")
+        )
     if stats:
         steps.append(f"recorded stats of splits {', '.join(stats)}")
     steps.append(f"wrote manifest version {version} ({new['root_digest']}) and {history.name}")
-    entry = ledger.append(KIND, {
-        "dataset": dataset, "version": version, "root_digest": new["root_digest"], "parent": parent,
-        "batch": batch, "batch_root_digest": batch_tree.root_digest, "source": source, "note": note, "who": who,
-        "time": now, "files": len(batch_files), "bytes": sum(s for _, s in batch_tree.files.values()),
-        "replaced": sorted(replaced), "manifest": str(manifest_path), "history": str(history), "steps": steps,
-    })
-    return Ingested(dataset, version, new["root_digest"], parent, batch, batch_files, sorted(replaced), manifest_path,
-                    history, entry["seq"])
+    entry = ledger.append(
+        KIND,
+        {
+            "dataset": dataset,
+            "version": version,
+            "root_digest": new["root_digest"],
+            "parent": parent,
+            "batch": batch,
+            "batch_root_digest": batch_tree.root_digest,
+            "source": source,
+            "note": note,
+            "who": who,
+            "time": now,
+            "files": len(batch_files),
+            "bytes": sum(s for _, s in batch_tree.files.values()),
+            "replaced": sorted(replaced),
+            "manifest": str(manifest_path),
+            "history": str(history),
+            "steps": steps,
+        },
+    )
+    return Ingested(
+        dataset,
+        version,
+        new["root_digest"],
+        parent,
+        batch,
+        batch_files,
+        sorted(replaced),
+        manifest_path,
+        history,
+        entry["seq"],
+    )
 
 
 def _refuse_tampered(dataset: str, data_dir: Path, manifest_path: Path, m: dict) -> None:
@@ -234,13 +308,23 @@ def _refuse_tampered(dataset: str, data_dir: Path, manifest_path: Path, m: dict)
     changed = sorted(p for p in set(expected) & set(tree.files) if expected[p] != tree.files[p])
     extra = sorted(set(tree.files) - set(expected))
     missing = sorted(set(expected) - set(tree.files) - set(tree.symlinks))
-    problems = [f"{what}: {_names(paths)}" for what, paths in
-                (("changed", changed), ("extra", extra), ("missing", missing), ("symlinked", tree.symlinks),
-                 ("not regular files", tree.special)) if paths]
+    problems = [
+        f"{what}: {_names(paths)}"
+        for what, paths in (
+            ("changed", changed),
+            ("extra", extra),
+            ("missing", missing),
+            ("symlinked", tree.symlinks),
+            ("not regular files", tree.special),
+        )
+        if paths
+    ]
     if problems:
-        raise IngestRefused(f"dataset '{dataset}' in {data_dir} no longer matches {manifest_path.name} "
-                            f"({m['root_digest'][:19]}…): {'; '.join(problems)}",
-                            "restore the data as last ingested before adding a batch")
+        raise IngestRefused(
+            f"dataset '{dataset}' in {data_dir} no longer matches {manifest_path.name} "
+            f"({m['root_digest'][:19]}…): {'; '.join(problems)}",
+            "restore the data as last ingested before adding a batch",
+        )
 
 
 def _refuse_path_clashes(batch_files: list[str], old: dict) -> None:
@@ -250,8 +334,10 @@ def _refuse_path_clashes(batch_files: list[str], old: dict) -> None:
             raise IngestRefused(f"batch file {rel} would replace a directory of the dataset", "rename it in the batch")
         for a in Path(rel).parents:
             if str(a) != "." and str(a) in old:
-                raise IngestRefused(f"batch file {rel} would need {a}, a file of the dataset, to be a directory",
-                                    "rename it in the batch")
+                raise IngestRefused(
+                    f"batch file {rel} would need {a}, a file of the dataset, to be a directory",
+                    "rename it in the batch",
+                )
 
 
 def _copy_hashed(src: Path, dst: Path, expected: tuple[str, int]) -> Path:
@@ -280,22 +366,25 @@ def _copy_hashed(src: Path, dst: Path, expected: tuple[str, int]) -> Path:
     # The batch changed between hashing and copying: what would be recorded is not what was looked at.
     if (h.hexdigest(), size) != expected:
         tmp.unlink(missing_ok=True)
-        raise IngestRefused(f"batch file {src} changed while it was ingested", "make sure nothing writes the batch, then ingest again")
+        raise IngestRefused(
+            f"batch file {src} changed while it was ingested", "make sure nothing writes the batch, then ingest again"
+        )
     return tmp
 
 
 # -- lineage -----------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Version:
     version: int
     root_digest: str
     parent: str | None
-    path: Path                  # the history file (or the manifest itself, if it was never ingested on)
-    batch_id: str | None        # the batch this version added (None: written by 'airlock data manifest')
+    path: Path  # the history file (or the manifest itself, if it was never ingested on)
+    batch_id: str | None  # the batch this version added (None: written by 'airlock data manifest')
     batch: dict | None
     files: int
-    ledger_seq: int | None      # the matching data.ingest entry in the ledger
+    ledger_seq: int | None  # the matching data.ingest entry in the ledger
 
 
 def lineage(dataset: str, manifest_path: Path, ledger: Ledger) -> list[Version]:
@@ -304,7 +393,7 @@ def lineage(dataset: str, manifest_path: Path, ledger: Ledger) -> list[Version]:
     current = _manifest.load(manifest_path)
     last = version_of(current)
     logged: dict[int, dict] = {}
-    for e in ledger.entries():              # verifies the chain as it reads (LedgerError on a break)
+    for e in ledger.entries():  # verifies the chain as it reads (LedgerError on a break)
         d = e.get("data") or {}
         if e.get("kind") == KIND and d.get("dataset") == dataset and isinstance(d.get("version"), int):
             logged[d["version"]] = e
@@ -313,36 +402,52 @@ def lineage(dataset: str, manifest_path: Path, ledger: Ledger) -> list[Version]:
     for k in range(1, last + 1):
         path = history_path(manifest_path, dataset, k)
         if not path.exists() and k == last and "version" not in current:
-            m, path = current, manifest_path          # a manifest never ingested on: version 1, no history yet
+            m, path = current, manifest_path  # a manifest never ingested on: version 1, no history yet
         elif not path.exists():
-            raise LineageError(f"{path} is missing: version {k} of dataset '{dataset}' is not in its history",
-                               "restore the file from the repository's git history")
+            raise LineageError(
+                f"{path} is missing: version {k} of dataset '{dataset}' is not in its history",
+                "restore the file from the repository's git history",
+            )
         else:
             m = _manifest.load(path)
         if version_of(m) != k or m.get("dataset") != dataset:
-            raise LineageError(f"{path} holds version {version_of(m)} of dataset {m.get('dataset')!r}, expected "
-                               f"version {k} of '{dataset}'", "restore the file from the repository's git history")
+            raise LineageError(
+                f"{path} holds version {version_of(m)} of dataset {m.get('dataset')!r}, expected "
+                f"version {k} of '{dataset}'",
+                "restore the file from the repository's git history",
+            )
         # A version whose parent is not the previous version's root digest: history rewritten or spliced.
         if m.get("parent") != prev:
-            raise LineageError(f"{path}: parent {m.get('parent')} is not the root digest of version {k - 1} "
-                               f"({prev})", "the history was rewritten: restore it from the repository's git history")
+            raise LineageError(
+                f"{path}: parent {m.get('parent')} is not the root digest of version {k - 1} ({prev})",
+                "the history was rewritten: restore it from the repository's git history",
+            )
         bid, batch = next(((i, b) for i, b in m.get("batches", {}).items() if b.get("version") == k), (None, None))
         seq = None
         if batch is not None:
             own = {p: (e["sha256"], e["size"]) for p, e in m["files"].items() if e.get("batch") == bid}
             # The batch's recorded digest must be that of the files it brought (a file list edited afterwards).
             if sorted(own) != sorted(batch["files"]) or root_digest(own) != batch.get("root_digest"):
-                raise LineageError(f"{path}: batch {bid}'s files do not match its recorded digest "
-                                   f"{batch.get('root_digest')}", "the history was edited: restore it from git history")
-            e = logged.get(k)
-            if e and e["data"].get("root_digest") == m["root_digest"] and e["data"].get("batch") == bid \
-                    and e["data"].get("batch_root_digest") == batch.get("root_digest"):
-                seq = e["seq"]
+                raise LineageError(
+                    f"{path}: batch {bid}'s files do not match its recorded digest {batch.get('root_digest')}",
+                    "the history was edited: restore it from git history",
+                )
+            entry = logged.get(k)
+            if (
+                entry
+                and entry["data"].get("root_digest") == m["root_digest"]
+                and entry["data"].get("batch") == bid
+                and entry["data"].get("batch_root_digest") == batch.get("root_digest")
+            ):
+                seq = entry["seq"]
         out.append(Version(k, m["root_digest"], m.get("parent"), path, bid, batch, len(m["files"]), seq))
         prev = m["root_digest"]
     if prev != current["root_digest"]:
-        raise LineageError(f"{manifest_path} ({current['root_digest'][:19]}…) is not version {last} of its history "
-                           f"({prev and prev[:19]}…)", "restore the manifest or its history from git history")
+        raise LineageError(
+            f"{manifest_path} ({current['root_digest'][:19]}…) is not version {last} of its history "
+            f"({prev and prev[:19]}…)",
+            "restore the manifest or its history from git history",
+        )
     return out
 
 
@@ -355,25 +460,44 @@ def load_parent(manifest_path: Path, m: dict) -> dict | None:
     try:
         parent = _manifest.load(path)
     except AirlockError as e:
-        raise LineageError(f"version {k + 1} of dataset '{m['dataset']}' names parent {m['parent'][:19]}… but "
-                           f"its history file is unusable: {e.what}", "commit manifests/history with the manifest") from None
+        raise LineageError(
+            f"version {k + 1} of dataset '{m['dataset']}' names parent {m['parent'][:19]}… but "
+            f"its history file is unusable: {e.what}",
+            "commit manifests/history with the manifest",
+        ) from None
     # A parent swapped for a doctored one would move the label-shift baseline.
     if parent["root_digest"] != m["parent"] or version_of(parent) != k:
-        raise LineageError(f"{path} (version {version_of(parent)}, {parent['root_digest'][:19]}…) is not the parent "
-                           f"named by version {k + 1} ({m['parent'][:19]}…)", "restore the history from git history")
+        raise LineageError(
+            f"{path} (version {version_of(parent)}, {parent['root_digest'][:19]}…) is not the parent "
+            f"named by version {k + 1} ({m['parent'][:19]}…)",
+            "restore the history from git history",
+        )
     return parent
 
 
 # -- trace -------------------------------------------------------------------------------------------------------
 
+
 def provenance_entry(m: dict, manifest_in_commit: str) -> dict:
     """What a signed model records about one dataset: enough to answer "which files, from where" on its own."""
-    files = {p: {"sha256": e["sha256"], "size": e["size"], "batch": e.get("batch")} for p, e in sorted(m["files"].items())}
+    files = {
+        p: {"sha256": e["sha256"], "size": e["size"], "batch": e.get("batch")} for p, e in sorted(m["files"].items())
+    }
     used = {e["batch"] for e in files.values() if e["batch"]}
-    batches = {bid: {k: b.get(k) for k in ("version", "source", "note", "who", "time", "root_digest")}
-               for bid, b in sorted(m.get("batches", {}).items()) if bid in used}
-    return {"manifest": manifest_in_commit, "root_digest": m["root_digest"], "version": version_of(m),
-            "parent": m.get("parent"), "file_count": len(files), "files": files, "batches": batches}
+    batches = {
+        bid: {k: b.get(k) for k in ("version", "source", "note", "who", "time", "root_digest")}
+        for bid, b in sorted(m.get("batches", {}).items())
+        if bid in used
+    }
+    return {
+        "manifest": manifest_in_commit,
+        "root_digest": m["root_digest"],
+        "version": version_of(m),
+        "parent": m.get("parent"),
+        "file_count": len(files),
+        "files": files,
+        "batches": batches,
+    }
 
 
 def trace_rows(provenance: dict) -> list[dict]:
@@ -381,14 +505,26 @@ def trace_rows(provenance: dict) -> list[dict]:
     for name, ds in sorted((provenance.get("datasets") or {}).items()):
         files = ds.get("files")
         if not isinstance(files, dict):
-            raise LineageError(f"the model's provenance has no per-file record of dataset '{name}'",
-                               "the model predates per-file provenance: retrain it to trace its data")
+            raise LineageError(
+                f"the model's provenance has no per-file record of dataset '{name}'",
+                "the model predates per-file provenance: retrain it to trace its data",
+            )
         batches = ds.get("batches") or {}
         for path, e in sorted(files.items()):
             b = batches.get(e.get("batch")) or {}
-            rows.append({"dataset": name, "version": ds.get("version"), "path": path, "sha256": e["sha256"],
-                         "size": e["size"], "batch": e.get("batch"), "source": b.get("source"),
-                         "ingested": b.get("time"), "who": b.get("who")})
+            rows.append(
+                {
+                    "dataset": name,
+                    "version": ds.get("version"),
+                    "path": path,
+                    "sha256": e["sha256"],
+                    "size": e["size"],
+                    "batch": e.get("batch"),
+                    "source": b.get("source"),
+                    "ingested": b.get("time"),
+                    "who": b.get("who"),
+                }
+            )
     return rows
 
 
@@ -400,8 +536,9 @@ def whoami(repo: Path | None = None) -> str:
     email = ""
     if repo is not None:
         try:
-            email = subprocess.run(["git", "-C", str(repo), "config", "--get", "user.email"], capture_output=True,
-                                   text=True, timeout=10).stdout.strip()
+            email = subprocess.run(
+                ["git", "-C", str(repo), "config", "--get", "user.email"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             email = ""
     return f"{user} <{email}>" if email else user

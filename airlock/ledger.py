@@ -23,7 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,8 +66,10 @@ class Ledger:
                         prev_entry = untrusted.loads(last, "the last ledger entry")
                         seq, prev = int(prev_entry["seq"]) + 1, str(prev_entry["hash"])
                     except (AirlockError, ValueError, KeyError, TypeError):
-                        raise LedgerError(f"the last entry of {self.path} is unreadable",
-                                          "run 'airlock ledger verify' and restore the log from a backup") from None
+                        raise LedgerError(
+                            f"the last entry of {self.path} is unreadable",
+                            "run 'airlock ledger verify' and restore the log from a backup",
+                        ) from None
                 entry = {
                     "seq": seq,
                     "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
@@ -98,21 +100,27 @@ class Ledger:
                     if type(seq) is not int or not isinstance(claimed, str) or not isinstance(link, str):
                         raise TypeError
                 except (AirlockError, KeyError, TypeError):
-                    raise LedgerError(f"{self.path} line {lineno} is not a ledger entry",
-                                      "the log was edited by hand: restore it from a backup") from None
+                    raise LedgerError(
+                        f"{self.path} line {lineno} is not a ledger entry",
+                        "the log was edited by hand: restore it from a backup",
+                    ) from None
                 # Edited entry: its content no longer hashes to the hash it carries.
                 if _entry_hash(entry) != claimed:
-                    raise LedgerError(f"{self.path} line {lineno} (seq {seq}) was edited: its hash does not match its content",
-                                      "treat the log as tampered; restore it from a backup and investigate")
+                    raise LedgerError(
+                        f"{self.path} line {lineno} (seq {seq}) was edited: its hash does not match its content",
+                        "treat the log as tampered; restore it from a backup and investigate",
+                    )
                 # Removed or reordered entry: the sequence and the link to the previous hash break.
                 if seq != expected_seq or link != prev:
-                    raise LedgerError(f"{self.path} line {lineno} (seq {seq}) does not follow seq {expected_seq - 1}: "
-                                      "an entry was removed, inserted or reordered",
-                                      "treat the log as tampered; restore it from a backup and investigate")
+                    raise LedgerError(
+                        f"{self.path} line {lineno} (seq {seq}) does not follow seq {expected_seq - 1}: "
+                        "an entry was removed, inserted or reordered",
+                        "treat the log as tampered; restore it from a backup and investigate",
+                    )
                 yield entry
                 prev, expected_seq = claimed, seq + 1
 
-    def verify(self, anchors: list[Anchor] = ()) -> tuple[int, str]:
+    def verify(self, anchors: Sequence[Anchor] = ()) -> tuple[int, str]:
         """Verify the whole chain and that every anchor is still in it. Returns (entries, head hash)."""
         seen: dict[int, str] = {}
         count, head = 0, GENESIS
@@ -124,12 +132,14 @@ class Ledger:
         # Truncated tail: an anchor recorded elsewhere (at promotion) is missing from the chain.
         for a in anchors:
             if seen.get(a.seq) != a.hash:
-                raise LedgerError(f"{self.path} lacks entry seq {a.seq} anchored by the registry: the log was truncated or rewritten",
-                                  "treat the log as tampered; restore it from a backup and investigate")
+                raise LedgerError(
+                    f"{self.path} lacks entry seq {a.seq} anchored by the registry: the log was truncated or rewritten",
+                    "treat the log as tampered; restore it from a backup and investigate",
+                )
         return count, head
 
     def head(self) -> Anchor:
-        tail = collections.deque(self.entries(), maxlen=1)      # the whole chain is verified on the way
+        tail = collections.deque(self.entries(), maxlen=1)  # the whole chain is verified on the way
         return Anchor(tail[0]["seq"], tail[0]["hash"]) if tail else Anchor(-1, GENESIS)
 
 
@@ -147,5 +157,5 @@ def _last_line(f) -> bytes | None:
         stripped = buf.rstrip(b"\n")
         nl = stripped.rfind(b"\n")
         if nl >= 0:
-            return stripped[nl + 1:]
+            return stripped[nl + 1 :]
     return buf.rstrip(b"\n") or None

@@ -37,8 +37,10 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 def build(directory: str | Path, dataset: str) -> dict:
     tree = hash_tree(directory)
     if tree.symlinks or tree.special:
-        raise DataError(f"{directory} holds links or special files: {', '.join(tree.symlinks + tree.special)}",
-                        "replace them with regular files before writing a manifest")
+        raise DataError(
+            f"{directory} holds links or special files: {', '.join(tree.symlinks + tree.special)}",
+            "replace them with regular files before writing a manifest",
+        )
     return to_manifest(tree, dataset)
 
 
@@ -51,8 +53,14 @@ def to_manifest(tree: Tree, dataset: str) -> dict:
     }
 
 
-def versioned(dataset: str, files: dict[str, tuple[str, int, str | None]], version: int, parent: str | None,
-              batches: dict[str, dict], stats: dict) -> dict:
+def versioned(
+    dataset: str,
+    files: dict[str, tuple[str, int, str | None]],
+    version: int,
+    parent: str | None,
+    batches: dict[str, dict],
+    stats: dict,
+) -> dict:
     """A manifest with lineage: ``files`` maps path -> (sha256, size, batch id or None)."""
     entries = {}
     for p, (d, s, b) in sorted(files.items()):
@@ -80,14 +88,18 @@ def load(path: str | Path) -> dict:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise DataError(f"cannot read manifest {path}: {e.strerror}", "commit the dataset's manifest in the repository") from None
+        raise DataError(
+            f"cannot read manifest {path}: {e.strerror}", "commit the dataset's manifest in the repository"
+        ) from None
     m = untrusted.loads(raw, f"manifest {path}", "regenerate it with 'airlock data manifest'")
     if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("files"), dict):
         raise DataError(f"manifest {path} is not an {FORMAT} manifest", "regenerate it with 'airlock data manifest'")
     files = _entries(path, m["files"])
     # A manifest whose file list was edited without its root digest (or vice versa) is inconsistent.
     if m.get("root_digest") != root_digest(files):
-        raise DataError(f"manifest {path}: root_digest does not match its file list", "regenerate it with 'airlock data manifest'")
+        raise DataError(
+            f"manifest {path}: root_digest does not match its file list", "regenerate it with 'airlock data manifest'"
+        )
     _check_lineage(path, m)
     m["_files"] = files
     m["_path"] = str(path)
@@ -104,20 +116,31 @@ def _entries(path: Path, entries: dict) -> dict[str, tuple[str, int]]:
     try:
         files = {name: (e["sha256"], e["size"]) for name, e in entries.items()}
         values = list(files.values())
-        ok = all(_HEX64_LINES.fullmatch("".join([d + "\n" for d, _ in values[i:i + 4096]])) is not None
-                 for i in range(0, len(values), 4096)) \
-            and all(type(s) is int and s >= 0 for _, s in values) \
+        ok = (
+            all(
+                _HEX64_LINES.fullmatch("".join([d + "\n" for d, _ in values[i : i + 4096]])) is not None
+                for i in range(0, len(values), 4096)
+            )
+            and all(type(s) is int and s >= 0 for _, s in values)
             and not any(_escapes(n) for n in files)
+        )
     except (TypeError, KeyError):
         ok = False
     if ok:
         return files
     for name, entry in entries.items():
-        ok = isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _HEX64.fullmatch(entry["sha256"]) \
-            and type(entry.get("size")) is int and entry["size"] >= 0
+        ok = bool(
+            isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str)
+            and _HEX64.fullmatch(entry["sha256"])
+            and type(entry.get("size")) is int
+            and entry["size"] >= 0
+        )
         # A path escaping the dataset root ("../x", "/etc/x") could make the gate vouch for files elsewhere.
         if not ok or _escapes(name):
-            raise DataError(f"manifest {path} has a malformed entry for {name!r}", "regenerate it with 'airlock data manifest'")
+            raise DataError(
+                f"manifest {path} has a malformed entry for {name!r}", "regenerate it with 'airlock data manifest'"
+            )
     raise AssertionError("unreachable: a malformed entry was found in bulk but not one by one")
 
 
@@ -127,6 +150,7 @@ def _escapes(name: str) -> bool:
 
 def _check_lineage(path: Path, m: dict) -> None:
     """The ingest fields, when present, are well-formed (a lineage that cannot be read is refused, not guessed)."""
+
     def bad(what: str) -> DataError:
         return DataError(f"manifest {path}: {what}", "restore it from the dataset's history or re-ingest the batch")
 
@@ -145,8 +169,12 @@ def _check_lineage(path: Path, m: dict) -> None:
     if not isinstance(batches, dict):
         raise bad("batches is not a map")
     for bid, b in batches.items():
-        if not (isinstance(b, dict) and isinstance(b.get("source"), str) and isinstance(b.get("files"), list)
-                and all(isinstance(f, str) for f in b["files"])):
+        if not (
+            isinstance(b, dict)
+            and isinstance(b.get("source"), str)
+            and isinstance(b.get("files"), list)
+            and all(isinstance(f, str) for f in b["files"])
+        ):
             raise bad(f"batch {bid!r} is malformed")
     for name, entry in m["files"].items():
         b = entry.get("batch")

@@ -61,9 +61,11 @@ def unexpected_in_object(obj: Path) -> list[str]:
 def _copy_regular(src: Path, dest: Path) -> None:
     try:
         fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as e:        # ELOOP: a link (to a key, to /etc/passwd...) is never followed
-        raise ModelDirError(f"the trainer's {src.name} is not a regular file ({e.strerror})",
-                            "the trainer must write plain files, no links") from None
+    except OSError as e:  # ELOOP: a link (to a key, to /etc/passwd...) is never followed
+        raise ModelDirError(
+            f"the trainer's {src.name} is not a regular file ({e.strerror})",
+            "the trainer must write plain files, no links",
+        ) from None
     with os.fdopen(fd, "rb") as fin:
         if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
             raise ModelDirError(f"the trainer's {src.name} is not a regular file", "the trainer must write plain files")

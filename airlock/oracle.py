@@ -56,7 +56,7 @@ class Oracle:
         self.job, self.timeout = job, timeout
         self.proc = job.spawn(["{python}", "-I", job.path("oracle.py"), str(job.threads)])
         self._in = self.proc.stdin
-        self._fd = self.proc.stdout.fileno()       # type: ignore[union-attr]
+        self._fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
         self._buf = bytearray()
         self._log = _drain(self.proc.stderr, on_line)
         self.calls = 0
@@ -70,7 +70,7 @@ class Oracle:
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
-                _wire.write_frame(self._in, {"op": "quit"})     # type: ignore[arg-type]
+                _wire.write_frame(self._in, {"op": "quit"})  # type: ignore[arg-type]
                 self.proc.wait(timeout=10)
             except (OSError, ValueError, TimeoutError, Exception):  # noqa: BLE001 - closing: kill whatever is left
                 pass
@@ -84,29 +84,36 @@ class Oracle:
         while len(self._buf) < n:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise OracleError(f"the model (sandboxed) did not answer within {self.timeout:g} s",
-                                  "make the model faster or raise training.timeout_seconds")
+                raise OracleError(
+                    f"the model (sandboxed) did not answer within {self.timeout:g} s",
+                    "make the model faster or raise training.timeout_seconds",
+                )
             ready, _, _ = select.select([self._fd], [], [], left)
             if ready:
                 chunk = os.read(self._fd, max(65536, n - len(self._buf)))
                 if not chunk:
-                    raise OracleError(f"the model's sandbox exited (code {self.proc.poll()}): {self._log.last()}",
-                                      "check that training/model.py builds the architecture the trainer saved")
+                    raise OracleError(
+                        f"the model's sandbox exited (code {self.proc.poll()}): {self._log.last()}",
+                        "check that training/model.py builds the architecture the trainer saved",
+                    )
                 self._buf += chunk
         out = bytes(self._buf[:n])
         del self._buf[:n]
         return out
 
-    def request(self, header: dict, arrays: tuple = (), expect: list[tuple[int | None, ...]] | None = None
-                ) -> tuple[dict, list[np.ndarray]]:
+    def request(
+        self, header: dict, arrays: tuple = (), expect: list[tuple[int | None, ...]] | None = None
+    ) -> tuple[dict, list[np.ndarray]]:
         """Send one request; read and validate one answer. ``expect``: the shape of each array the answer must
         hold (None in a dimension = any size up to the byte limit)."""
         self.calls += 1
         try:
-            _wire.write_frame(self._in, header, arrays)        # type: ignore[arg-type]
+            _wire.write_frame(self._in, header, arrays)  # type: ignore[arg-type]
         except (BrokenPipeError, OSError, ValueError):
-            raise OracleError(f"the model's sandbox is gone: {self._log.last()}",
-                              "check that training/model.py builds the architecture the trainer saved") from None
+            raise OracleError(
+                f"the model's sandbox is gone: {self._log.last()}",
+                "check that training/model.py builds the architecture the trainer saved",
+            ) from None
         deadline = time.monotonic() + self.timeout
         (n,) = struct.unpack(">I", self._read(4, deadline))
         if n > _wire.MAX_HEADER:
@@ -114,24 +121,37 @@ class Oracle:
         try:
             head = json.loads(self._read(n, deadline))
         except (ValueError, UnicodeDecodeError):
-            raise OracleError("the model's sandbox sent an unreadable answer", "the model code is misbehaving") from None
+            raise OracleError(
+                "the model's sandbox sent an unreadable answer", "the model code is misbehaving"
+            ) from None
         if not isinstance(head, dict):
             raise OracleError("the model's sandbox sent an unreadable answer", "the model code is misbehaving")
         specs = head.get("arrays", [])
         if isinstance(head.get("error"), str) and not specs:
-            raise OracleError(f"the model failed in its sandbox: {head['error'][:300]}",
-                              "check that training/model.py builds the architecture the trainer saved")
+            raise OracleError(
+                f"the model failed in its sandbox: {head['error'][:300]}",
+                "check that training/model.py builds the architecture the trainer saved",
+            )
         expect = expect or []
         if not isinstance(specs, list) or len(specs) != len(expect):
-            raise OracleError("the model's sandbox answered with the wrong number of arrays", "the model code is misbehaving")
+            raise OracleError(
+                "the model's sandbox answered with the wrong number of arrays", "the model code is misbehaving"
+            )
         out = []
         for spec, want in zip(specs, expect):
             shape = spec.get("shape") if isinstance(spec, dict) else None
-            if not (isinstance(spec, dict) and spec.get("dtype") in _wire.DTYPES and isinstance(shape, list)
-                    and len(shape) == len(want) and all(type(d) is int and d >= 0 for d in shape)
-                    and all(w is None or w == d for w, d in zip(want, shape))):
-                raise OracleError(f"the model answered an array of shape {shape}, expected {list(want)}",
-                                  "the model's output must match training.json (nb_classes, input_shape)")
+            if not (
+                isinstance(spec, dict)
+                and spec.get("dtype") in _wire.DTYPES
+                and isinstance(shape, list)
+                and len(shape) == len(want)
+                and all(type(d) is int and d >= 0 for d in shape)
+                and all(w is None or w == d for w, d in zip(want, shape))
+            ):
+                raise OracleError(
+                    f"the model answered an array of shape {shape}, expected {list(want)}",
+                    "the model's output must match training.json (nb_classes, input_shape)",
+                )
             size = 4 * int(np.prod(shape, dtype=np.int64))
             if size > MAX_ARRAY_BYTES:
                 raise OracleError("the model's sandbox sent an oversized array", "the model code is misbehaving")
@@ -146,22 +166,24 @@ class Oracle:
     def load(self, model_id: str, model_dir: str, meta: dict) -> RemoteModel:
         """Build the model from the export in its sandbox: ``model_dir`` is the path *inside* the sandbox."""
         head, _ = self.request({"op": "load", "id": model_id, "src": self.job.path("src"), "model_dir": model_dir})
-        layers = head.get("layers") if isinstance(head.get("layers"), list) else []
-        return RemoteModel(self, model_id, meta, [str(x) for x in layers[:10000]])
+        layers = head.get("layers")
+        names = [str(x) for x in layers[:10000]] if isinstance(layers, list) else []
+        return RemoteModel(self, model_id, meta, names)
 
 
 class _Remote(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, model):                     # type: ignore[override]
+    def forward(ctx, x, model):  # type: ignore[override]
         need = bool(ctx.needs_input_grad[0])
         arr = x.detach().to(torch.float32).cpu().numpy()
-        head, (logits,) = model.oracle.request({"op": "forward", "id": model.model_id, "grad": need}, (arr,),
-                                               [(arr.shape[0], model.nb_classes)])
+        head, (logits,) = model.oracle.request(
+            {"op": "forward", "id": model.model_id, "grad": need}, (arr,), [(arr.shape[0], model.nb_classes)]
+        )
         ctx.model, ctx.handle, ctx.shape, ctx.dtype = model, head.get("handle"), arr.shape, x.dtype
         return torch.from_numpy(logits).to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad_out):                    # type: ignore[override]
+    def backward(ctx, grad_out):  # type: ignore[override]
         if ctx.handle is None:
             raise OracleError("a gradient was asked of a forward pass made without one", "an Airlock bug: report it")
         g = grad_out.detach().to(torch.float32).contiguous().numpy()
@@ -178,16 +200,17 @@ class RemoteModel(torch.nn.Module):
         self.nb_classes = int(meta["nb_classes"])
         self.input_shape = tuple(int(d) for d in meta["input_shape"])
 
-    def forward(self, x):                           # type: ignore[override]
+    def forward(self, x):  # type: ignore[override]
         return _Remote.apply(x, self)
 
     def activations(self, x: np.ndarray, layer: str, batch_size: int = 1024) -> np.ndarray:
         """A layer's activations for every row of x (flattened per sample)."""
         parts = []
         for i in range(0, len(x), batch_size):
-            chunk = np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)
-            _, (a,) = self.oracle.request({"op": "features", "id": self.model_id, "layer": layer}, (chunk,),
-                                          [(len(chunk), None)])
+            chunk = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)
+            _, (a,) = self.oracle.request(
+                {"op": "features", "id": self.model_id, "layer": layer}, (chunk,), [(len(chunk), None)]
+            )
             parts.append(a)
         return np.concatenate(parts).astype(np.float64)
 

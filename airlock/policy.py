@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -29,46 +30,58 @@ class _Strict(BaseModel):
 class RepoPolicy(_Strict):
     path: Path = Field(description="the training repository (git work tree)")
     base_commit: str | None = Field(
-        default=None, pattern=r"^[0-9a-f]{7,64}$",
-        description="history start when nothing is in production yet (default: the repository's whole history)")
+        default=None,
+        pattern=r"^[0-9a-f]{7,64}$",
+        description="history start when nothing is in production yet (default: the repository's whole history)",
+    )
 
 
 class TrustPolicy(_Strict):
     ref: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9._/-]+$",
+        default=None,
+        pattern=r"^[A-Za-z0-9._/-]+$",
         description="read the trust files from this protected git ref of the training repository (e.g. origin/main); "
-                    "else they are paths outside the repository")
+        "else they are paths outside the repository",
+    )
     allowed_signers: Path = Field(description="OpenSSH allowed_signers file of who may sign training commits")
     approvers: Path = Field(description="OpenSSH allowed_signers file of who may approve a promotion")
     model_signing_public_key: Path = Field(description="PEM public key that verifies model signatures")
     revoked_keys: Path | None = Field(default=None, description="OpenSSH revocation file (KRL or public keys)")
     gpg_home: Path | None = Field(default=None, description="dedicated GnuPG home holding the trusted public keys")
     gpg_fingerprints: list[Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{40}$")]] = Field(
-        default_factory=list, description="allow-list of primary-key fingerprints of GPG commit signers")
+        default_factory=list, description="allow-list of primary-key fingerprints of GPG commit signers"
+    )
     policy: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
-        description="read the deciding sections (thresholds, quorum, sandbox, trainer) from this file inside trust.ref")
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        description="read the deciding sections (thresholds, quorum, sandbox, trainer) from this file inside trust.ref",
+    )
 
 
 class SigningPolicy(_Strict):
     private_key: Path | None = Field(
-        default=None, description="PEM EC private key for model signing; else $AIRLOCK_SIGNING_KEY")
+        default=None, description="PEM EC private key for model signing; else $AIRLOCK_SIGNING_KEY"
+    )
 
 
 class ValidationPolicy(_Strict):
     """Content checks of a dataset by the data gate (gates/data_validation.py). Each is off unless declared."""
 
     splits: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] | None = Field(
-        default=None, min_length=1, description="splits to check (default: every <split>_x.npy/<split>_y.npy pair)")
+        default=None, min_length=1, description="splits to check (default: every <split>_x.npy/<split>_y.npy pair)"
+    )
     x_shape: list[Annotated[int, Field(ge=1)]] | None = Field(
-        default=None, min_length=1, description="shape of one sample, e.g. [1, 8, 8] for x of shape (N, 1, 8, 8)")
+        default=None, min_length=1, description="shape of one sample, e.g. [1, 8, 8] for x of shape (N, 1, 8, 8)"
+    )
     x_dtype: str | None = Field(default=None, description="numpy dtype of x, e.g. float32")
     x_min: float | None = Field(default=None, allow_inf_nan=False, description="smallest allowed x value")
     x_max: float | None = Field(default=None, allow_inf_nan=False, description="largest allowed x value")
     labels: list[int] | None = Field(default=None, min_length=1, description="the allowed label set")
     max_label_shift: Fraction | None = Field(
-        default=None, description="largest total-variation distance between a split's label distribution and the "
-                                  "previous manifest version's")
+        default=None,
+        description="largest total-variation distance between a split's label distribution and the "
+        "previous manifest version's",
+    )
 
     @field_validator("x_dtype")
     @classmethod
@@ -114,8 +127,11 @@ class TrainingPolicy(_Strict):
 class SandboxPolicy(_Strict):
     """Where team code runs (airlock/sandbox.py). "environment" only where the host itself is the sandbox."""
 
-    mode: str = Field(default="bubblewrap", pattern=r"^(bubblewrap|environment)$",
-                      description='"bubblewrap" (namespaces; the default) or "environment" (the pod is the sandbox)')
+    mode: str = Field(
+        default="bubblewrap",
+        pattern=r"^(bubblewrap|environment)$",
+        description='"bubblewrap" (namespaces; the default) or "environment" (the pod is the sandbox)',
+    )
     bubblewrap: str = Field(default="bwrap", min_length=1, description="the bubblewrap executable")
     memory_mb: int = Field(default=8192, ge=64, le=1 << 20, description="memory cap per process of team code")
     output_mb: int = Field(default=2048, ge=1, le=1 << 22, description="cap on what team code may write")
@@ -164,7 +180,8 @@ class AdvisoryPolicy(_Strict):
     enabled: bool = True
     mia_samples: int = Field(default=360, ge=10)
     extraction_budgets: list[Annotated[int, Field(ge=1)]] = Field(
-        default=[25, 50, 100, 150, 200, 300, 400, 600, 800], min_length=1)
+        default=[25, 50, 100, 150, 200, 300, 400, 600, 800], min_length=1
+    )
     extraction_agreement: Fraction = 0.90
     spectral_top: int = Field(default=20, ge=1)
 
@@ -213,7 +230,12 @@ class Policy(_Strict):
     protected: str | None = None
 
 
-
+@overload
+def _resolve(p: Path, base: Path) -> Path: ...
+@overload
+def _resolve(p: None, base: Path) -> None: ...
+@overload
+def _resolve(p: Path | None, base: Path) -> Path | None: ...
 def _resolve(p: Path | None, base: Path) -> Path | None:
     if p is None:
         return None
@@ -221,7 +243,7 @@ def _resolve(p: Path | None, base: Path) -> Path | None:
     return p if p.is_absolute() else (base / p)
 
 
-def _describe(err: dict) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     key = ".".join(str(x) for x in err["loc"])
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
@@ -259,7 +281,7 @@ def _toml(data: bytes, what: str, hint: str) -> dict:
         raise PolicyError(f"{what} is not valid UTF-8", hint) from None
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"{what} is not valid TOML: {e}", hint) from None
-    except ValueError:           # an integer beyond Python's digit limit
+    except ValueError:  # an integer beyond Python's digit limit
         raise PolicyError(f"{what} is not valid TOML: a number is too large", hint) from None
     except RecursionError:
         raise PolicyError(f"{what} is not valid TOML: nested too deeply", hint) from None
@@ -284,21 +306,27 @@ def _protected(pol: Policy, raw: dict, path: Path) -> tuple[dict, bytes, str]:
         raise PolicyError(f"{path}: trust.policy needs trust.ref", "name the protected ref the policy is read from")
     local = [k for k in DECIDING if k in raw]
     if local:
-        raise PolicyError(f"{path}: [{local[0]}] is decided by the protected policy {t.ref}:{t.policy}",
-                          f"remove it from {path.name}; change it through a reviewed merge to the protected branch")
+        raise PolicyError(
+            f"{path}: [{local[0]}] is decided by the protected policy {t.ref}:{t.policy}",
+            f"remove it from {path.name}; change it through a reviewed merge to the protected branch",
+        )
     repo = _resolve(pol.repo.path, path.resolve().parent)
     try:
         sha = git(repo, "rev-parse", "--verify", "--end-of-options", f"{t.ref}^{{commit}}").stdout.strip()
         blob = git(repo, "show", f"{sha}:{t.policy}", binary=True).stdout
     except GitError:
-        raise PolicyError(f"{path}: trust.policy {t.policy} is not in {t.ref}",
-                          "commit it to the protected branch (and fetch it), or fix trust.policy") from None
+        raise PolicyError(
+            f"{path}: trust.policy {t.policy} is not in {t.ref}",
+            "commit it to the protected branch (and fetch it), or fix trust.policy",
+        ) from None
     where = f"{t.ref}@{sha}:{t.policy}"
     sections = _toml(blob, f"the protected policy {where}", "fix it on the protected branch")
     other = sorted(set(sections) - set(DECIDING))
     if other:
-        raise PolicyError(f"the protected policy {where} holds [{other[0]}], which belongs in the local airlock.toml",
-                          f"keep only {', '.join(DECIDING)} there")
+        raise PolicyError(
+            f"the protected policy {where} holds [{other[0]}], which belongs in the local airlock.toml",
+            f"keep only {', '.join(DECIDING)} there",
+        )
     return sections, blob, where
 
 
@@ -314,8 +342,9 @@ def load(path: str | Path) -> Policy:
     try:
         raw_bytes = path.read_bytes()
     except OSError as e:
-        raise PolicyError(f"cannot read policy {path}: {e.strerror}",
-                          "pass --config PATH to an airlock.toml (see docs/policy.md)") from None
+        raise PolicyError(
+            f"cannot read policy {path}: {e.strerror}", "pass --config PATH to an airlock.toml (see docs/policy.md)"
+        ) from None
     raw = _toml(raw_bytes, str(path), "fix the syntax at the position shown")
     pol = _validate(raw, str(path))
     protected_bytes, protected_at = None, None
@@ -329,10 +358,12 @@ def load(path: str | Path) -> Policy:
         "repo": RepoPolicy(path=repo),
         "trust": _resolve_trust(pol.trust, base),
         "signing": SigningPolicy(private_key=_resolve(pol.signing.private_key, base)),
-        "data": DataPolicy(**{
-            name: ds.model_copy(update={"dir": _resolve(ds.dir, base), "manifest": _resolve(ds.manifest, repo)})
-            for name, ds in (("train", pol.data.train), ("golden", pol.data.golden))
-        }),
+        "data": DataPolicy(
+            **{
+                name: ds.model_copy(update={"dir": _resolve(ds.dir, base), "manifest": _resolve(ds.manifest, repo)})
+                for name, ds in (("train", pol.data.train), ("golden", pol.data.golden))
+            }
+        ),
         "registry": RegistryPolicy(path=_resolve(pol.registry.path, base)),
         "ledger": LedgerPolicy(path=_resolve(pol.ledger.path, base)),
         "run": RunPolicy(workdir=_resolve(pol.run.workdir, base)),

@@ -50,7 +50,7 @@ from airlock.errors import AirlockError
 MODES = ("bubblewrap", "environment")
 # Variables a child may inherit. Everything else (tokens, keys, agent sockets, API URLs) is dropped.
 ALLOWED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-INSIDE = "/airlock"          # where a job's binds appear in the sandbox: /airlock/<name>
+INSIDE = "/airlock"  # where a job's binds appear in the sandbox: /airlock/<name>
 _OS_DIRS = ("/usr",)
 _OS_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
 _ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime")
@@ -87,27 +87,41 @@ class Sandbox:
             return
         exe = shutil.which(self.bwrap)
         if exe is None:
-            raise SandboxError(f"bubblewrap ({self.bwrap}) is not installed, so team code cannot be sandboxed",
-                               "install it (apt-get install bubblewrap; ./setup.sh does) — or, only where the pod "
-                               "itself is the sandbox, set sandbox.mode = \"environment\" in airlock.toml")
+            raise SandboxError(
+                f"bubblewrap ({self.bwrap}) is not installed, so team code cannot be sandboxed",
+                "install it (apt-get install bubblewrap; ./setup.sh does) — or, only where the pod "
+                'itself is the sandbox, set sandbox.mode = "environment" in airlock.toml',
+            )
         probe = self.job("sandbox probe", timeout=60)
         try:
             probe.run([sys.executable, "-I", "-c", "pass"])
         except SandboxError as e:
-            raise SandboxError(f"bubblewrap cannot start a sandbox here: {e.what}",
-                               "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) or run "
-                               "as root — or, only where the pod itself is the sandbox, set sandbox.mode = "
-                               "\"environment\" in airlock.toml") from None
+            raise SandboxError(
+                f"bubblewrap cannot start a sandbox here: {e.what}",
+                "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) or run "
+                "as root — or, only where the pod itself is the sandbox, set sandbox.mode = "
+                '"environment" in airlock.toml',
+            ) from None
 
     def describe(self) -> dict:
         """What the provenance, the AIBOM and the approvers are told about where team code ran."""
         if self.isolated:
-            return {"mode": "bubblewrap", "isolated": True, "memory_mb": self.memory_mb, "output_mb": self.output_mb,
-                    "guarantees": "own user, PID, network, IPC and UTS namespaces; read-only OS and Python; no "
-                                  "policy, key, trust file, registry, ledger or .git visible; allowlisted environment"}
-        return {"mode": "environment", "isolated": False, "memory_mb": self.memory_mb, "output_mb": self.output_mb,
-                "warning": "team code ran without Airlock's sandbox: the policy declares the environment (e.g. a pod "
-                           "with no secrets) to be the sandbox"}
+            return {
+                "mode": "bubblewrap",
+                "isolated": True,
+                "memory_mb": self.memory_mb,
+                "output_mb": self.output_mb,
+                "guarantees": "own user, PID, network, IPC and UTS namespaces; read-only OS and Python; no "
+                "policy, key, trust file, registry, ledger or .git visible; allowlisted environment",
+            }
+        return {
+            "mode": "environment",
+            "isolated": False,
+            "memory_mb": self.memory_mb,
+            "output_mb": self.output_mb,
+            "warning": "team code ran without Airlock's sandbox: the policy declares the environment (e.g. a pod "
+            "with no secrets) to be the sandbox",
+        }
 
     def refuse_exposure(self, what: str, binds: list[Path], protected: dict[str, Path | None]) -> None:
         """Fail closed when a secret or trust root lies under a bind that team code will see (a misconfigured
@@ -121,11 +135,21 @@ class Sandbox:
             rp = Path(p).resolve()
             for b in paths:
                 if rp == b or b in rp.parents:
-                    raise SandboxError(f"{label} {p} would be visible to the {what} (it lies under {b})",
-                                       "move it out of the run, data and Python directories")
+                    raise SandboxError(
+                        f"{label} {p} would be visible to the {what} (it lies under {b})",
+                        "move it out of the run, data and Python directories",
+                    )
 
-    def job(self, what: str, *, ro: dict[str, Path] | None = None, rw: dict[str, Path] | None = None,
-            cwd: str | None = None, timeout: float = 1800, threads: int = 1) -> Job:
+    def job(
+        self,
+        what: str,
+        *,
+        ro: dict[str, Path] | None = None,
+        rw: dict[str, Path] | None = None,
+        cwd: str | None = None,
+        timeout: float = 1800,
+        threads: int = 1,
+    ) -> Job:
         return Job(self, what, dict(ro or {}), dict(rw or {}), cwd, timeout, threads)
 
 
@@ -141,7 +165,7 @@ class Job:
     timeout: float
     threads: int
     env_extra: dict[str, str] = field(default_factory=dict)
-    host_cwd: Path | None = None         # environment mode only: start here instead of at a bind
+    host_cwd: Path | None = None  # environment mode only: start here instead of at a bind
 
     def path(self, name: str) -> str:
         """The path a bind has for the code inside (pass this, not the host path, on its command line)."""
@@ -162,12 +186,24 @@ class Job:
         py_bin = str(Path(sys.executable).parent)
         t = str(self.threads)
         tmp = "/tmp" if self.sandbox.isolated else home
-        env.update({
-            "PATH": f"{py_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": tmp, "USER": "sandbox",
-            "LOGNAME": "sandbox", "PYTHONNOUSERSITE": "1", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t,
-            "TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
-        })
+        env.update(
+            {
+                "PATH": f"{py_bin}:/usr/local/bin:/usr/bin:/bin",
+                "HOME": home,
+                "TMPDIR": tmp,
+                "USER": "sandbox",
+                "LOGNAME": "sandbox",
+                "PYTHONNOUSERSITE": "1",
+                "PYTHONHASHSEED": "0",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONUNBUFFERED": "1",
+                "OMP_NUM_THREADS": t,
+                "MKL_NUM_THREADS": t,
+                "OPENBLAS_NUM_THREADS": t,
+                "TQDM_DISABLE": "1",
+                "MPLBACKEND": "Agg",
+            }
+        )
         env.update(self.env_extra)
         return env
 
@@ -175,8 +211,20 @@ class Job:
         cmd = [sys.executable if c == "{python}" else c for c in cmd]
         if not self.sandbox.isolated:
             return cmd
-        args = [self.sandbox.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-                "--uid", "65534", "--gid", "65534", "--hostname", "airlock-sandbox"]
+        args = [
+            self.sandbox.bwrap,
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+            "--hostname",
+            "airlock-sandbox",
+        ]
         for d in _OS_DIRS:
             args += ["--ro-bind", d, d]
         for link, target in _OS_LINKS.items():
@@ -190,8 +238,18 @@ class Job:
         for d in _python_dirs():
             args += ["--ro-bind", d, d]
         # A private /tmp in memory, capped like the output; the sandbox's own root is read-only once set up.
-        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.sandbox.output_mb << 20), "--tmpfs", "/tmp",
-                 "--dir", "/tmp/home"]
+        args += [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            str(self.sandbox.output_mb << 20),
+            "--tmpfs",
+            "/tmp",
+            "--dir",
+            "/tmp/home",
+        ]
         for name, host in self.ro.items():
             args += ["--ro-bind", str(Path(host).resolve()), f"{INSIDE}/{name}"]
         for name, host in self.rw.items():
@@ -203,15 +261,16 @@ class Job:
         mem = self.sandbox.memory_mb << 20
         out = self.sandbox.output_mb << 20
 
-        def apply() -> None:     # in the child, before exec: bwrap and everything it starts inherit these
+        def apply() -> None:  # in the child, before exec: bwrap and everything it starts inherit these
             resource.setrlimit(resource.RLIMIT_DATA, (mem, mem))
             resource.setrlimit(resource.RLIMIT_FSIZE, (out, out))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
         return apply
 
     def _cwd(self) -> str:
         if self.sandbox.isolated:
-            return "/"                    # bwrap's --chdir sets the directory inside
+            return "/"  # bwrap's --chdir sets the directory inside
         if self.host_cwd is not None:
             return str(self.host_cwd)
         return str(self.ro.get(self.cwd) or self.rw.get(self.cwd) or "/") if self.cwd else "/"
@@ -231,12 +290,19 @@ class Job:
             Path(d).mkdir(parents=True, exist_ok=True)
         home, keep = self._home()
         try:
-            proc = subprocess.Popen(self.argv(cmd), cwd=self._cwd(), env=self._env(home), stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                    preexec_fn=self._limits())
+            proc = subprocess.Popen(
+                self.argv(cmd),
+                cwd=self._cwd(),
+                env=self._env(home),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=self._limits(),
+            )
         except OSError as e:
             raise SandboxError(f"cannot start the {self.what}: {e.strerror}", "check sandbox.bubblewrap") from None
-        proc.airlock_home = keep           # type: ignore[attr-defined]  # removed with the process object
+        proc.airlock_home = keep  # type: ignore[attr-defined]  # removed with the process object
         return proc
 
     def run(self, cmd: list[str], on_line: Callable[[str], None] | None = None) -> float:
@@ -255,18 +321,29 @@ class Job:
         start = time.monotonic()
         tail: deque[str] = deque(maxlen=20)
         try:
-            proc = subprocess.Popen(self.argv(cmd), cwd=self._cwd(), env=self._env(home), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                    start_new_session=True, preexec_fn=self._limits())
+            proc = subprocess.Popen(
+                self.argv(cmd),
+                cwd=self._cwd(),
+                env=self._env(home),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+                preexec_fn=self._limits(),
+            )
         except OSError as e:
-            raise SandboxError(f"cannot start the {self.what} ({cmd[0]}): {e.strerror}",
-                               "check training.command and sandbox.bubblewrap in airlock.toml") from None
+            raise SandboxError(
+                f"cannot start the {self.what} ({cmd[0]}): {e.strerror}",
+                "check training.command and sandbox.bubblewrap in airlock.toml",
+            ) from None
         stopped: list[str] = []
 
         def kill(why: str) -> None:
             stopped.append(why)
             try:
-                os.killpg(proc.pid, signal.SIGKILL)   # the whole group: grandchildren hold the pipe too
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole group: grandchildren hold the pipe too
             except ProcessLookupError:
                 pass
 
@@ -288,25 +365,37 @@ class Job:
             timer.cancel()
             done.set()
             watcher.join()
-            if not self.sandbox.isolated:       # no PID namespace to end them: whatever is left of its group goes
+            if not self.sandbox.isolated:  # no PID namespace to end them: whatever is left of its group goes
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
         limit_mb = self.sandbox.output_mb
-        if "output" in stopped or self._output_bytes() > limit_mb << 20 or any("File too large" in line for line in tail):
-            raise SandboxError(f"the {self.what} wrote more than its {limit_mb} MB output cap and was stopped",
-                               "write less, or raise sandbox.output_mb in airlock.toml")
+        if (
+            "output" in stopped
+            or self._output_bytes() > limit_mb << 20
+            or any("File too large" in line for line in tail)
+        ):
+            raise SandboxError(
+                f"the {self.what} wrote more than its {limit_mb} MB output cap and was stopped",
+                "write less, or raise sandbox.output_mb in airlock.toml",
+            )
         if "timeout" in stopped:
-            raise SandboxError(f"the {self.what} ran longer than {self.timeout:g} s and was stopped",
-                               "raise training.timeout_seconds in airlock.toml or make it faster")
+            raise SandboxError(
+                f"the {self.what} ran longer than {self.timeout:g} s and was stopped",
+                "raise training.timeout_seconds in airlock.toml or make it faster",
+            )
         if proc.returncode != 0:
             last = next((line for line in reversed(tail) if line.strip()), "no output").strip()[:200]
             if any("MemoryError" in line or "Cannot allocate memory" in line for line in tail):
-                raise SandboxError(f"the {self.what} ran out of its {self.sandbox.memory_mb} MB memory cap: {last}",
-                                   "use less memory, or raise sandbox.memory_mb in airlock.toml")
-            raise SandboxError(f"the {self.what} exited with code {proc.returncode}: {last}",
-                               "run it by hand from a clean checkout to debug")
+                raise SandboxError(
+                    f"the {self.what} ran out of its {self.sandbox.memory_mb} MB memory cap: {last}",
+                    "use less memory, or raise sandbox.memory_mb in airlock.toml",
+                )
+            raise SandboxError(
+                f"the {self.what} exited with code {proc.returncode}: {last}",
+                "run it by hand from a clean checkout to debug",
+            )
         return time.monotonic() - start
 
     def _output_bytes(self) -> int:
@@ -332,8 +421,13 @@ def _python_dirs() -> list[str]:
     """The Python environment the sandbox needs, read-only: the interpreter's prefixes and any site directory
     outside them, except Airlock's own source checkout (an editable install) and anything under /usr (bound)."""
     dirs: list[str] = []
-    cands = [sys.base_prefix, sys.prefix, sys.exec_prefix, sys.base_exec_prefix,
-             str(Path(os.path.realpath(sys.executable)).parent.parent)]
+    cands = [
+        sys.base_prefix,
+        sys.prefix,
+        sys.exec_prefix,
+        sys.base_exec_prefix,
+        str(Path(os.path.realpath(sys.executable)).parent.parent),
+    ]
     cands += [p for p in sys.path if p and os.path.isdir(p)]
     for c in cands:
         p = Path(os.path.realpath(c))
@@ -346,8 +440,15 @@ def _python_dirs() -> list[str]:
     return dirs
 
 
-def run_trusted(cmd: list[str], cwd: Path, home: Path, timeout: float, what: str, threads: int = 1,
-                on_line: Callable[[str], None] | None = None) -> float:
+def run_trusted(
+    cmd: list[str],
+    cwd: Path,
+    home: Path,
+    timeout: float,
+    what: str,
+    threads: int = 1,
+    on_line: Callable[[str], None] | None = None,
+) -> float:
     """Run Airlock's own code (never team code) in a child with the same allowlisted environment and caps but no
     namespace: the trusted evaluator, which starts its own sandboxes for the team's model."""
     job = Sandbox(mode="environment").job(what, rw={"home": home}, timeout=timeout, threads=threads)

@@ -35,26 +35,50 @@ def sign(key: str | Path, data: bytes, namespace: str) -> str:
         res = _run(["ssh-keygen", "-q", "-Y", "sign", "-f", str(key), "-n", namespace, str(msg)])
         if res.returncode != 0:
             err = res.stderr.decode(errors="replace").strip().splitlines()
-            raise ApprovalError(f"ssh-keygen could not sign with {key}: {err[-1] if err else res.returncode}",
-                                "check the key path and passphrase (or load it into ssh-agent)")
+            raise ApprovalError(
+                f"ssh-keygen could not sign with {key}: {err[-1] if err else res.returncode}",
+                "check the key path and passphrase (or load it into ssh-agent)",
+            )
         return (Path(d) / "statement.sig").read_text()
 
 
-def verify(allowed_signers: str | Path, principal: str, namespace: str, data: bytes, signature: str,
-           revoked_keys: str | Path | None = None) -> str:
+def verify(
+    allowed_signers: str | Path,
+    principal: str,
+    namespace: str,
+    data: bytes,
+    signature: str,
+    revoked_keys: str | Path | None = None,
+) -> str:
     """Return the signing key's fingerprint, or raise ApprovalError with the reason (a key listed in
     `revoked_keys`, an OpenSSH KRL or public-key file, is refused)."""
     if not Path(allowed_signers).is_file():
         raise TrustRootError(f"cannot read signers file {allowed_signers}", "check trust.approvers in airlock.toml")
     if not principal or any(c in principal for c in "\n\r\0,*?!") or principal.startswith("-"):
         raise ApprovalError(f"malformed approver name {principal!r}", "use the principal listed in the approvers file")
+
     def attempt(revoked: str | Path | None):
         with tempfile.TemporaryDirectory() as d:
             sig = Path(d) / "sig"
             sig.write_text(signature)
             revocation = ["-r", str(revoked)] if revoked else []
-            res = _run(["ssh-keygen", "-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", namespace,
-                        "-s", str(sig), *revocation], stdin=data)
+            res = _run(
+                [
+                    "ssh-keygen",
+                    "-Y",
+                    "verify",
+                    "-f",
+                    str(allowed_signers),
+                    "-I",
+                    principal,
+                    "-n",
+                    namespace,
+                    "-s",
+                    str(sig),
+                    *revocation,
+                ],
+                stdin=data,
+            )
         out = res.stdout.decode(errors="replace").strip()
         m = _GOOD.match(out)
         ok = res.returncode == 0 and m is not None and m.group("principal") == principal and m.group("ns") == namespace
@@ -66,11 +90,15 @@ def verify(allowed_signers: str | Path, principal: str, namespace: str, data: by
         if revoked_keys:
             good, m2, _, _ = attempt(None)
             if good and m2 is not None:
-                raise ApprovalError(f"the key {m2.group('fp')} of {principal} is revoked (listed in the revoked keys "
-                                    f"{revoked_keys})", "approve with a key that is not revoked")
+                raise ApprovalError(
+                    f"the key {m2.group('fp')} of {principal} is revoked (listed in the revoked keys {revoked_keys})",
+                    "approve with a key that is not revoked",
+                )
         return_reason = (res.stderr.decode(errors="replace").strip().splitlines() or [out or "verification failed"])[-1]
-        raise ApprovalError(f"signature does not verify for {principal} in the approvers file ({return_reason})",
-                            "sign with a key listed for you in the approvers file")
+        raise ApprovalError(
+            f"signature does not verify for {principal} in the approvers file ({return_reason})",
+            "sign with a key listed for you in the approvers file",
+        )
     assert m is not None
     return m.group("fp")
 

@@ -66,24 +66,35 @@ def resolve(pol, dest: Path) -> TrustRoots:
     except GitError as e:
         if t.ref:
             raise TrustRootError(f"trust.ref needs the training repository: {e.what}", e.hint) from None
-        top = None      # no repository here (e.g. `airlock verify` on a serving host): nothing to be inside of
+        top = None  # no repository here (e.g. `airlock verify` on a serving host): nothing to be inside of
     # A policy inside the repository under test could point the gates anywhere: it must live outside.
     if top is not None and _inside(pol.source, top):
-        raise TrustRootError(f"the policy {pol.source} lies inside the repository under test",
-                             "keep airlock.toml outside the training repository (it is a trust root)")
+        raise TrustRootError(
+            f"the policy {pol.source} lies inside the repository under test",
+            "keep airlock.toml outside the training repository (it is a trust root)",
+        )
     if t.gpg_home is not None and top is not None and _inside(t.gpg_home, top):
-        raise TrustRootError(f"trust.gpg_home {t.gpg_home} lies inside the repository under test",
-                             "keep the GnuPG home outside the training repository")
+        raise TrustRootError(
+            f"trust.gpg_home {t.gpg_home} lies inside the repository under test",
+            "keep the GnuPG home outside the training repository",
+        )
     dest.mkdir(parents=True, exist_ok=True)
-    names = {"allowed_signers": t.allowed_signers, "approvers": t.approvers,
-             "model_signing_public_key": t.model_signing_public_key, "revoked_keys": t.revoked_keys}
+    names = {
+        "allowed_signers": t.allowed_signers,
+        "approvers": t.approvers,
+        "model_signing_public_key": t.model_signing_public_key,
+        "revoked_keys": t.revoked_keys,
+    }
     out: dict[str, Path | None] = {}
     if t.ref:
+        assert top is not None  # trust.ref without a repository was refused above
         try:
             sha = git(top, "rev-parse", "--verify", "--end-of-options", f"{t.ref}^{{commit}}").stdout.strip()
         except GitError:
-            raise TrustRootError(f"trust.ref {t.ref!r} does not name a commit in {top}",
-                                 "fetch the protected branch first (git fetch origin main)") from None
+            raise TrustRootError(
+                f"trust.ref {t.ref!r} does not name a commit in {top}",
+                "fetch the protected branch first (git fetch origin main)",
+            ) from None
         source = f"ref {t.ref} @ {sha}"
         for key, rel in names.items():
             if rel is None:
@@ -91,8 +102,10 @@ def resolve(pol, dest: Path) -> TrustRoots:
                 continue
             res = git(top, "show", f"{sha}:{Path(rel).as_posix()}", binary=True, check=False)
             if res.returncode != 0:
-                raise TrustRootError(f"trust.{key} {rel} is not in {t.ref} ({sha[:12]})",
-                                     "commit it to the protected branch, or fix the path in airlock.toml")
+                raise TrustRootError(
+                    f"trust.{key} {rel} is not in {t.ref} ({sha[:12]})",
+                    "commit it to the protected branch, or fix the path in airlock.toml",
+                )
             (dest / key).write_bytes(res.stdout)
             out[key] = dest / key
     else:
@@ -103,9 +116,10 @@ def resolve(pol, dest: Path) -> TrustRoots:
                 continue
             # Self-vouching commit: a trust file inside the repository would be judged by itself.
             if top is not None and _inside(path, top):
-                raise TrustRootError(f"trust file trust.{key} = {path} lies inside the repository under test",
-                                     "keep trust files outside the training repository, or read them from a "
-                                     "protected ref (trust.ref)")
+                raise TrustRootError(
+                    f"trust file trust.{key} = {path} lies inside the repository under test",
+                    "keep trust files outside the training repository, or read them from a protected ref (trust.ref)",
+                )
             if not Path(path).is_file():
                 raise TrustRootError(f"cannot read trust.{key} = {path}", "fix the path in airlock.toml")
             shutil.copyfile(path, dest / key)
@@ -121,10 +135,19 @@ def resolve(pol, dest: Path) -> TrustRoots:
         shutil.copytree(t.gpg_home, gpg_home, ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*"))
         gpg_home.chmod(stat.S_IRWXU)
     digests = {k: _sha(v) for k, v in out.items() if v is not None}
+    required = {k: out[k] for k in ("allowed_signers", "approvers", "model_signing_public_key")}
+    missing = [k for k, v in required.items() if v is None]
+    if missing:
+        raise TrustRootError(f"trust.{missing[0]} is not set", "name it in airlock.toml")
     return TrustRoots(
-        allowed_signers=out["allowed_signers"], approvers=out["approvers"],
-        model_signing_public_key=out["model_signing_public_key"], revoked_keys=out["revoked_keys"],
-        gpg_home=gpg_home, gpg_fingerprints=frozenset(t.gpg_fingerprints), source=source, digests=digests,
+        allowed_signers=Path(str(required["allowed_signers"])),
+        approvers=Path(str(required["approvers"])),
+        model_signing_public_key=Path(str(required["model_signing_public_key"])),
+        revoked_keys=out["revoked_keys"],
+        gpg_home=gpg_home,
+        gpg_fingerprints=frozenset(t.gpg_fingerprints),
+        source=source,
+        digests=digests,
     )
 
 
@@ -132,9 +155,15 @@ def pin(pol, roots: TrustRoots):
     """The policy with its trust section pointing at the resolved copies: every later step judges by them."""
     from airlock.policy import TrustPolicy
 
-    trust = TrustPolicy(ref=None, allowed_signers=roots.allowed_signers, approvers=roots.approvers,
-                        model_signing_public_key=roots.model_signing_public_key, revoked_keys=roots.revoked_keys,
-                        gpg_home=roots.gpg_home, gpg_fingerprints=sorted(roots.gpg_fingerprints))
+    trust = TrustPolicy(
+        ref=None,
+        allowed_signers=roots.allowed_signers,
+        approvers=roots.approvers,
+        model_signing_public_key=roots.model_signing_public_key,
+        revoked_keys=roots.revoked_keys,
+        gpg_home=roots.gpg_home,
+        gpg_fingerprints=sorted(roots.gpg_fingerprints),
+    )
     return pol.model_copy(update={"trust": trust})
 
 
@@ -154,9 +183,10 @@ def recheck(roots: TrustRoots) -> None:
         except OSError:
             now = "missing"
         if now != digest:
-            raise TrustRootError(f"the run's copy of trust.{key} ({path}) changed during the run (sha256 "
-                                 f"{digest[:12]}… → {now[:12]}…)", "nothing was approved or promoted; find who "
-                                 "wrote it, then start a new run")
+            raise TrustRootError(
+                f"the run's copy of trust.{key} ({path}) changed during the run (sha256 {digest[:12]}… → {now[:12]}…)",
+                "nothing was approved or promoted; find who wrote it, then start a new run",
+            )
 
 
 def recheck_policy(pol) -> None:
@@ -170,10 +200,15 @@ def recheck_policy(pol) -> None:
     except PolicyError:
         digest, protected = "missing or unreadable", None
     if digest != pol.digest:
-        which = (f"the protected policy {pol.protected} (now {protected})" if pol.protected and protected != pol.protected
-                 else f"the policy {pol.source}")
-        raise TrustRootError(f"{which} changed during the run ({pol.digest[:19]}… → {digest[:19]}…)",
-                             "nothing was approved or promoted; start a new run under the new policy")
+        which = (
+            f"the protected policy {pol.protected} (now {protected})"
+            if pol.protected and protected != pol.protected
+            else f"the policy {pol.source}"
+        )
+        raise TrustRootError(
+            f"{which} changed during the run ({pol.digest[:19]}… → {digest[:19]}…)",
+            "nothing was approved or promoted; start a new run under the new policy",
+        )
 
 
 def at_decision(original_pol, roots: TrustRoots, dest: Path) -> TrustRoots:

@@ -56,8 +56,9 @@ def _float(text: str) -> float:
     return v
 
 
-def loads(data: bytes | str, what: str, hint: str = "restore it from a trusted copy",
-          max_depth: int = MAX_DEPTH) -> Any:
+def loads(
+    data: bytes | str, what: str, hint: str = "restore it from a trusted copy", max_depth: int = MAX_DEPTH
+) -> Any:
     """Parse ``data`` (what it is, e.g. ``"manifest /x/train.json"``, names it in a refusal)."""
     if isinstance(data, (bytes, bytearray)):
         try:
@@ -67,19 +68,18 @@ def loads(data: bytes | str, what: str, hint: str = "restore it from a trusted c
     elif isinstance(data, str):
         text = data
         try:
-            text.encode("utf-8")          # raw surrogates (text decoded with surrogateescape, or an API's input)
+            text.encode("utf-8")  # raw surrogates (text decoded with surrogateescape, or an API's input)
         except UnicodeEncodeError:
             raise UntrustedInputError(f"{what} is not valid UTF-8 text", hint) from None
     else:
         raise UntrustedInputError(f"{what} is not text", hint)
     try:
-        obj = json.loads(text, parse_constant=_constant, object_pairs_hook=_pairs, parse_int=_int,
-                         parse_float=_float)
+        obj = json.loads(text, parse_constant=_constant, object_pairs_hook=_pairs, parse_int=_int, parse_float=_float)
     except _Refused as e:
         raise UntrustedInputError(f"{what} {e}", hint) from None
     except RecursionError:
         raise UntrustedInputError(f"{what} is nested too deeply", hint) from None
-    except ValueError as e:          # json.JSONDecodeError, and int()'s own digit limit
+    except ValueError as e:  # json.JSONDecodeError, and int()'s own digit limit
         where = f" ({e.msg} at line {e.lineno} column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
         raise UntrustedInputError(f"{what} is not JSON{where}", hint) from None
     _depth(obj, what, hint, max_depth)
@@ -88,8 +88,9 @@ def loads(data: bytes | str, what: str, hint: str = "restore it from a trusted c
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise UntrustedInputError(f"{what} holds a lone surrogate (\\ud800-\\udfff), which is no character",
-                                      hint) from None
+            raise UntrustedInputError(
+                f"{what} holds a lone surrogate (\\ud800-\\udfff), which is no character", hint
+            ) from None
     return obj
 
 
@@ -114,8 +115,14 @@ def dict_of(obj: Any, what: str, hint: str = "restore it from a trusted copy") -
     return obj
 
 
-def field(obj: dict[str, Any], key: str, typ: type, what: str, hint: str = "restore it from a trusted copy",
-          optional: bool = False) -> Any:
+def field(
+    obj: dict[str, Any],
+    key: str,
+    typ: type,
+    what: str,
+    hint: str = "restore it from a trusted copy",
+    optional: bool = False,
+) -> Any:
     """``obj[key]`` if it has JSON type ``typ`` (an int is not a bool, nor a bool an int), else a refusal."""
     if key not in obj and optional:
         return None

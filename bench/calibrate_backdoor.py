@@ -40,8 +40,12 @@ from gates import robustness as R
 from tests import _model_fixtures as F
 from tests.poison import attack_success_rate
 
-VARIANTS = (("clean", 0.0, "corner"), ("poison-1%-corner", 0.01, "corner"), ("poison-0.5%-corner", 0.005, "corner"),
-            ("poison-1%-square", 0.01, "square"))
+VARIANTS = (
+    ("clean", 0.0, "corner"),
+    ("poison-1%-corner", 0.01, "corner"),
+    ("poison-0.5%-corner", 0.005, "corner"),
+    ("poison-1%-square", 0.01, "square"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     prod, meta = F.clean_model(1234)
     ref_prod = B.reverse_engineer(prod, meta, gx, gy, params)
-    ref_gold = B.combine([B.reverse_engineer(m, mm, gx, gy, params)
-                          for m, mm in F.golden_stand_in_models(params.stand_in_models)])
+    ref_gold = B.combine(
+        [B.reverse_engineer(m, mm, gx, gy, params) for m, mm in F.golden_stand_in_models(params.stand_in_models)]
+    )
     rows = []
     for s in range(args.seeds):
         target = s % int(meta["nb_classes"])
@@ -72,18 +77,30 @@ def main(argv: list[str] | None = None) -> int:
             rp = B.relative_ratios(nc["norms"], ref_prod["norms"])
             rg = B.relative_ratios(nc["norms"], ref_gold["norms"])
             raw = list(np.asarray(nc["norms"]) / np.asarray(ref_prod["norms"]))
-            row = {"seed": s + 1, "variant": name, "target": target, "attack_success": round(asr, 3),
-                   "min_ratio_production": round(min(rp), 4), "argmin_production": int(np.argmin(rp)),
-                   "target_ratio_production": round(rp[target], 4),
-                   "min_ratio_golden": round(min(rg), 4), "argmin_golden": int(np.argmin(rg)),
-                   "min_raw_ratio_production": round(float(min(raw)), 4),
-                   "max_anomaly_index": round(max(B.anomaly_index(nc["norms"])), 3), "nc_seconds": nc["seconds"]}
+            row = {
+                "seed": s + 1,
+                "variant": name,
+                "target": target,
+                "attack_success": round(asr, 3),
+                "min_ratio_production": round(min(rp), 4),
+                "argmin_production": int(np.argmin(rp)),
+                "target_ratio_production": round(rp[target], 4),
+                "min_ratio_golden": round(min(rg), 4),
+                "argmin_golden": int(np.argmin(rg)),
+                "min_raw_ratio_production": round(float(min(raw)), 4),
+                "max_anomaly_index": round(max(B.anomaly_index(nc["norms"])), 3),
+                "nc_seconds": nc["seconds"],
+            }
             if frac == 0.0 or name == "poison-1%-corner":
                 rob = R.check(model, meta, tx, ty, R.RobustnessParams(), reference=prod)
                 gold = G.check(model, meta, gx, gy, reference=prod)
-                row.update(robustness=rob.verdict.value, robust_p=round(rob.metrics["regression_p_value"], 4),
-                           robust_drop=round(rob.metrics["robust_drop"], 4), golden_regression=gold.verdict.value,
-                           golden_p=round(gold.metrics["p_value"], 4))
+                row.update(
+                    robustness=rob.verdict.value,
+                    robust_p=round(rob.metrics["regression_p_value"], 4),
+                    robust_drop=round(rob.metrics["robust_drop"], 4),
+                    golden_regression=gold.verdict.value,
+                    golden_p=round(gold.metrics["p_value"], 4),
+                )
             rows.append(row)
             print(json.dumps(row), flush=True)
     elapsed = time.perf_counter() - t0
@@ -95,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             out[name] = {"min": min(v), "median": float(np.median(v)), "max": max(v)}
         return out
 
-    print(f"\nNeural Cleanse: {params.images} golden images, {params.steps} steps x {params.batch_size} images/class, "
-          f"{len(rows) + 2} models, {elapsed:.0f} s total (incl. training); python {platform.python_version()}, "
-          f"torch {torch.__version__}, 1 thread")
+    print(
+        f"\nNeural Cleanse: {params.images} golden images, {params.steps} steps x {params.batch_size} images/class, "
+        f"{len(rows) + 2} models, {elapsed:.0f} s total (incl. training); python {platform.python_version()}, "
+        f"torch {torch.__version__}, 1 thread"
+    )
     for key, thr in (("min_ratio_production", params.ratio), ("min_ratio_golden", params.ratio_no_production)):
         print(f"\n{key} (threshold {thr}):")
         print("| variant | min | median | max | blocked |")
@@ -111,14 +130,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"separating interval at 1%: poisoned max {pois_max:.3f} < threshold <= clean min {clean_min:.3f}")
     for name in ("clean", "poison-1%-corner"):
         sel = [r for r in rows if r["variant"] == name and "robustness" in r]
-        print(f"\n{name}: robustness gate FAIL {sum(r['robustness'] == 'fail' for r in sel)}/{len(sel)} "
-              f"(min McNemar p {min(r['robust_p'] for r in sel):.3g}, max drop {max(r['robust_drop'] for r in sel):.3f}); "
-              f"golden regression FAIL {sum(r['golden_regression'] == 'fail' for r in sel)}/{len(sel)} "
-              f"(min p {min(r['golden_p'] for r in sel):.3g})")
+        print(
+            f"\n{name}: robustness gate FAIL {sum(r['robustness'] == 'fail' for r in sel)}/{len(sel)} "
+            f"(min McNemar p {min(r['robust_p'] for r in sel):.3g}, max drop {max(r['robust_drop'] for r in sel):.3f}); "
+            f"golden regression FAIL {sum(r['golden_regression'] == 'fail' for r in sel)}/{len(sel)} "
+            f"(min p {min(r['golden_p'] for r in sel):.3g})"
+        )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"rows": rows, "reference_production": ref_prod, "reference_golden": ref_gold,
-                       "params": params.optimisation()}, fh, indent=1)
+            json.dump(
+                {
+                    "rows": rows,
+                    "reference_production": ref_prod,
+                    "reference_golden": ref_gold,
+                    "params": params.optimisation(),
+                },
+                fh,
+                indent=1,
+            )
     return 0
 
 

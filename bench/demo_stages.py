@@ -38,8 +38,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="airlock-bench-")) / "demo"
 
     start = time.time()
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--workdir", str(work), "--json"],
-                         capture_output=True, text=True, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "demo", "--workdir", str(work), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     wall = time.time() - start
     if res.returncode != 0:
         print(res.stderr[-2000:], file=sys.stderr)
@@ -56,10 +60,17 @@ def main() -> int:
     marks = [
         ("process start, demo setup, Prefect start-up", start, first("run.start")),
         ("commit gate", first("run.start"), first("gate.verdict", "commit")),
-        ("data gates (hash + snapshot + re-verify)", first("gate.verdict", "commit"), first("gate.verdict", "data:golden")),
+        (
+            "data gates (hash + snapshot + re-verify)",
+            first("gate.verdict", "commit"),
+            first("gate.verdict", "data:golden"),
+        ),
         ("training + artifact gate", first("gate.verdict", "data:golden"), first("gate.verdict", "artifact")),
-        ("model gates (sandboxed; first promotion: incl. 5-model golden stand-in)", first("gate.verdict", "artifact"),
-         first("gate.verdict", "evaluation")),
+        (
+            "model gates (sandboxed; first promotion: incl. 5-model golden stand-in)",
+            first("gate.verdict", "artifact"),
+            first("gate.verdict", "evaluation"),
+        ),
         ("AIBOM + signing + staging", first("gate.verdict", "evaluation"), first("registry.stage")),
         ("two approvals from separate processes", first("approval.requested"), first("gate.verdict", "approval")),
         ("promotion (registry re-verifies)", first("gate.verdict", "approval"), first("registry.promote")),
@@ -70,9 +81,21 @@ def main() -> int:
     # Baseline in the same run: the trainer alone on the same data.
     with tempfile.TemporaryDirectory() as d:
         b0 = time.time()
-        subprocess.run([sys.executable, "-m", "training.train", "--data", str(work / "data" / "train"),
-                        "--out", str(Path(d) / "out")], cwd=ROOT, check=True, capture_output=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "training.train",
+                "--data",
+                str(work / "data" / "train"),
+                "--out",
+                str(Path(d) / "out"),
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         baseline = time.time() - b0
 
     result = {
@@ -82,8 +105,10 @@ def main() -> int:
         "demo_wall_seconds": round(wall, 2),
         "baseline_training_seconds": round(baseline, 2),
         "demo_over_training": round(wall / baseline, 2),
-        "stages": [s | {"share": round(s["seconds"] / wall, 3), "over_training": round(s["seconds"] / baseline, 2)}
-                   for s in stages],
+        "stages": [
+            s | {"share": round(s["seconds"] / wall, 3), "over_training": round(s["seconds"] / baseline, 2)}
+            for s in stages
+        ],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

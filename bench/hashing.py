@@ -46,7 +46,9 @@ def hwm():
             return int(line.split()[1]) / 1024
 """
 
-GATE = HWM + r"""
+GATE = (
+    HWM
+    + r"""
 import json, sys, time
 t0 = time.perf_counter()
 from gates import data
@@ -57,8 +59,11 @@ assert r.passed, r.reason
 print(json.dumps({"seconds": t2 - t1, "import_seconds": t1 - t0,
                   "maxrss_mb": hwm()}))
 """
+)
 
-MODEL_SIGNING = HWM + r"""
+MODEL_SIGNING = (
+    HWM
+    + r"""
 import json, sys, time
 from model_signing import hashing
 t1 = time.perf_counter()
@@ -66,6 +71,7 @@ m = hashing.Config().use_file_serialization(hashing_algorithm="sha256").hash(sys
 t2 = time.perf_counter()
 print(json.dumps({"seconds": t2 - t1, "maxrss_mb": hwm()}))
 """
+)
 
 
 def make_large(d: Path, files: int, mib: int) -> None:
@@ -85,7 +91,7 @@ def make_small(d: Path, files: int, kib: int) -> None:
         sub = d / f"part-{i // per_dir:02d}"
         if i % per_dir == 0:
             sub.mkdir(exist_ok=True)
-        (sub / f"sample-{i:05d}.bin").write_bytes(data[i * kib * 1024:(i + 1) * kib * 1024])
+        (sub / f"sample-{i:05d}.bin").write_bytes(data[i * kib * 1024 : (i + 1) * kib * 1024])
 
 
 def rel_files(d: Path) -> list[str]:
@@ -109,11 +115,11 @@ def python_child(code: str, *args: str) -> dict:
 def bench_set(name: str, d: Path, manifest: Path, repeat: int) -> dict:
     files = rel_files(d)
     total = sum((d / f).stat().st_size for f in files)
-    subprocess.run(["cat", *files], cwd=d, check=True, stdout=subprocess.DEVNULL)       # warm the page cache
+    subprocess.run(["cat", *files], cwd=d, check=True, stdout=subprocess.DEVNULL)  # warm the page cache
     runs: dict[str, list] = {"openssl": [], "sha256sum": [], "gate": [], "model_signing": []}
     tools = list(runs)
     for i in range(repeat):
-        for tool in tools[i % len(tools):] + tools[:i % len(tools)]:                    # rotate the order
+        for tool in tools[i % len(tools) :] + tools[: i % len(tools)]:  # rotate the order
             if tool == "openssl":
                 runs[tool].append(timed(["openssl", "dgst", "-sha256", *files], d))
             elif tool == "sha256sum":
@@ -122,22 +128,29 @@ def bench_set(name: str, d: Path, manifest: Path, repeat: int) -> dict:
                 runs[tool].append(python_child(GATE, str(d), str(manifest)))
             else:
                 runs[tool].append(python_child(MODEL_SIGNING, str(d)))
-    med = {t: statistics.median(r if t in ("openssl", "sha256sum") else [x["seconds"] for x in r]) for t, r in runs.items()}
+    med = {
+        t: statistics.median(r if t in ("openssl", "sha256sum") else [x["seconds"] for x in r]) for t, r in runs.items()
+    }
     gate_wall = statistics.median(x["wall_seconds"] for x in runs["gate"])
     rss = max(x["maxrss_mb"] for x in runs["gate"])
     ms_rss = max(x["maxrss_mb"] for x in runs["model_signing"])
     mbps = {t: total / s / 1e6 for t, s in med.items()}
     return {
-        "set": name, "files": len(files), "bytes": total,
+        "set": name,
+        "files": len(files),
+        "bytes": total,
         "seconds": {t: round(s, 4) for t, s in med.items()} | {"gate_process_wall": round(gate_wall, 4)},
         "MB_per_s": {t: round(v, 1) for t, v in mbps.items()},
         "gate_vs_openssl": round(med["openssl"] / med["gate"], 2),
         "gate_vs_sha256sum": round(med["sha256sum"] / med["gate"], 2),
         "gate_process_vs_openssl": round(med["openssl"] / gate_wall, 2),
         "gate_process_vs_sha256sum": round(med["sha256sum"] / gate_wall, 2),
-        "gate_peak_rss_mb": round(rss, 1), "model_signing_peak_rss_mb": round(ms_rss, 1),
-        "runs": {t: [round(x, 4) if isinstance(x, float) else {k: round(v, 4) for k, v in x.items()} for x in r]
-                 for t, r in runs.items()},
+        "gate_peak_rss_mb": round(rss, 1),
+        "model_signing_peak_rss_mb": round(ms_rss, 1),
+        "runs": {
+            t: [round(x, 4) if isinstance(x, float) else {k: round(v, 4) for k, v in x.items()} for x in r]
+            for t, r in runs.items()
+        },
     }
 
 
@@ -148,28 +161,36 @@ def make_many(d: Path, files: int, _size: int = 0) -> None:
         sub = d / f"part-{i // 1000:03d}"
         if i % 1000 == 0:
             sub.mkdir()
-        (sub / f"r{i:06d}").write_bytes(data[i * 64:i * 64 + i % 64])
+        (sub / f"r{i:06d}").write_bytes(data[i * 64 : i * 64 + i % 64])
 
 
 def bench_memory(d: Path, manifest: Path) -> dict:
     """The gate alone on very many tiny files: how its memory grows with the number of files."""
     subprocess.run(["find", str(d), "-type", "f", "-exec", "cat", "{}", "+"], check=True, stdout=subprocess.DEVNULL)
     r = python_child(GATE, str(d), str(manifest))
-    return {"files": sum(1 for _ in d.rglob("*") if _.is_file()), "gate_seconds": round(r["seconds"], 3),
-            "gate_peak_rss_mb": round(r["maxrss_mb"], 1), "manifest_mb": round(manifest.stat().st_size / 1e6, 1)}
+    return {
+        "files": sum(1 for _ in d.rglob("*") if _.is_file()),
+        "gate_seconds": round(r["seconds"], 3),
+        "gate_peak_rss_mb": round(r["maxrss_mb"], 1),
+        "manifest_mb": round(manifest.stat().st_size / 1e6, 1),
+    }
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [SECTION, "",
-             f"`{result['command']}` — {result['when']}, {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, "
-             f"{m['openssl']}, {m['sha256sum']}; load average at start {m['loadavg']}. Page cache warm (hashing speed, "
-             f"not disk speed); median of {result['repeat']} runs per tool, in rotating order. The gate is "
-             "`gates.data.check` (list, hash, compare with the manifest) in a fresh Python process; \"+ start-up\" adds "
-             "that process's interpreter start and imports.", "",
-             "| set | openssl dgst -sha256 (1 process) | sha256sum | data gate | data gate + start-up | "
-             "model_signing (sha256) | gate ÷ openssl | gate ÷ sha256sum | gate peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        SECTION,
+        "",
+        f"`{result['command']}` — {result['when']}, {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, "
+        f"{m['openssl']}, {m['sha256sum']}; load average at start {m['loadavg']}. Page cache warm (hashing speed, "
+        f"not disk speed); median of {result['repeat']} runs per tool, in rotating order. The gate is "
+        '`gates.data.check` (list, hash, compare with the manifest) in a fresh Python process; "+ start-up" adds '
+        "that process's interpreter start and imports.",
+        "",
+        "| set | openssl dgst -sha256 (1 process) | sha256sum | data gate | data gate + start-up | "
+        "model_signing (sha256) | gate ÷ openssl | gate ÷ sha256sum | gate peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in result["sets"]:
         sec, mb = s["seconds"], s["MB_per_s"]
         lines.append(
@@ -178,29 +199,40 @@ def markdown(result: dict) -> str:
             f"| {sec['gate_process_wall']:.3f} s | {sec['model_signing']:.3f} s ({mb['model_signing']:,.0f} MB/s) "
             f"| **{s['gate_vs_openssl']:.2f}×** (with start-up {s['gate_process_vs_openssl']:.2f}×) "
             f"| **{s['gate_vs_sha256sum']:.2f}×** (with start-up {s['gate_process_vs_sha256sum']:.2f}×) "
-            f"| {s['gate_peak_rss_mb']:.0f} MB |")
+            f"| {s['gate_peak_rss_mb']:.0f} MB |"
+        )
     mem = result.get("memory")
     if mem:
-        lines += ["", f"Memory against the number of files (the gate alone, {mem['files']:,} files of 0–63 bytes, "
-                      f"manifest {mem['manifest_mb']} MB): {mem['gate_seconds']:.3f} s, peak RSS "
-                      f"**{mem['gate_peak_rss_mb']:.0f} MB**. The bytes hashed never grow memory "
-                      f"({result['sets'][-1]['bytes'] / 2**30:.2f} GiB: {result['sets'][-1]['gate_peak_rss_mb']:.0f} MB); "
-                      "the file list does, by about 1 KB per file "
-                      "(the parsed manifest and the listing), so 200 MB is reached near 200,000 files."]
-    lines += ["", "Targets (issue 3): large files ≥ 1.6× single-process openssl on 2 cores; 4 KiB files ≥ 1.0× "
-              "sha256sum (stretch: ≥ 1.0× openssl); gate peak RSS ≤ 200 MB whatever the dataset size.", "",
-              "How (airlock/hashing.py): `os.scandir` listing (no `stat` per file). Few files: one thread per usable "
-              "core pulling files from a shared index; hashlib and `read` release the GIL on large buffers, so the 2 GiB "
-              "spread over both cores. Many files (≥ 1,000): per-file Python work would serialise threads on the GIL, "
-              "so files ≤ 1 MiB are shared in chunks between the gate's thread and one helper process per other core "
-              "(`airlock/_hashworker.py` in `python -I -S`, started while the listing goes on), and the manifest is "
-              "parsed while the helper hashes; larger files come back and are streamed in threads. A file ≤ 1 MiB is "
-              "read in one `read`, larger ones stream through a 1 MiB buffer per thread.", "",
-              "model_signing's file serializer (`model_signing.hashing`, a thread pool with one future per file over "
-              "its `SimpleFileHasher`) is measured for reference and not reused: it is more than 10× slower on many "
-              "small files, skips git paths (`.gitignore`, `.git/`) and raises on a symlink instead of listing it for "
-              "the gate's per-file report; on large files it is as fast as the gate (same hashlib, same threads).", "",
-              "Raw numbers: `bench/results/hashing.json`.", ""]
+        lines += [
+            "",
+            f"Memory against the number of files (the gate alone, {mem['files']:,} files of 0–63 bytes, "
+            f"manifest {mem['manifest_mb']} MB): {mem['gate_seconds']:.3f} s, peak RSS "
+            f"**{mem['gate_peak_rss_mb']:.0f} MB**. The bytes hashed never grow memory "
+            f"({result['sets'][-1]['bytes'] / 2**30:.2f} GiB: {result['sets'][-1]['gate_peak_rss_mb']:.0f} MB); "
+            "the file list does, by about 1 KB per file "
+            "(the parsed manifest and the listing), so 200 MB is reached near 200,000 files.",
+        ]
+    lines += [
+        "",
+        "Targets (issue 3): large files ≥ 1.6× single-process openssl on 2 cores; 4 KiB files ≥ 1.0× "
+        "sha256sum (stretch: ≥ 1.0× openssl); gate peak RSS ≤ 200 MB whatever the dataset size.",
+        "",
+        "How (airlock/hashing.py): `os.scandir` listing (no `stat` per file). Few files: one thread per usable "
+        "core pulling files from a shared index; hashlib and `read` release the GIL on large buffers, so the 2 GiB "
+        "spread over both cores. Many files (≥ 1,000): per-file Python work would serialise threads on the GIL, "
+        "so files ≤ 1 MiB are shared in chunks between the gate's thread and one helper process per other core "
+        "(`airlock/_hashworker.py` in `python -I -S`, started while the listing goes on), and the manifest is "
+        "parsed while the helper hashes; larger files come back and are streamed in threads. A file ≤ 1 MiB is "
+        "read in one `read`, larger ones stream through a 1 MiB buffer per thread.",
+        "",
+        "model_signing's file serializer (`model_signing.hashing`, a thread pool with one future per file over "
+        "its `SimpleFileHasher`) is measured for reference and not reused: it is more than 10× slower on many "
+        "small files, skips git paths (`.gitignore`, `.git/`) and raises on a symlink instead of listing it for "
+        "the gate's per-file report; on large files it is as fast as the gate (same hashlib, same threads).",
+        "",
+        "Raw numbers: `bench/results/hashing.json`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -209,7 +241,7 @@ def write_section(path: Path, text: str) -> None:
     if SECTION in doc:
         start = doc.index(SECTION)
         nxt = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + (doc[nxt + 1:] if nxt >= 0 else "")
+        doc = doc[:start] + text + (doc[nxt + 1 :] if nxt >= 0 else "")
     else:
         doc = doc.rstrip("\n") + "\n\n" + text
     path.write_text(doc)
@@ -234,10 +266,14 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="airlock-bench-hash-", dir=args.dir))
     try:
         sets = []
-        for name, make, n, size in (("small", make_small, args.small_files, args.small_kib),
-                                    ("large", make_large, args.large_files, args.large_mib)):
+        for name, make, n, size in (
+            ("small", make_small, args.small_files, args.small_kib),
+            ("large", make_large, args.large_files, args.large_mib),
+        ):
             d = tmp / name
-            print(f"making {name}: {n} x {size} {'KiB' if name == 'small' else 'MiB'} in {d}", file=sys.stderr, flush=True)
+            print(
+                f"making {name}: {n} x {size} {'KiB' if name == 'small' else 'MiB'} in {d}", file=sys.stderr, flush=True
+            )
             make(d, n, size)
             mf = tmp / f"{name}.manifest.json"
             manifest.write(mf, manifest.build(d, "bench"))
@@ -261,16 +297,26 @@ def main() -> int:
     def first_line(cmd: list[str]) -> str:
         return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0].strip()
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     result = {
         "command": "python3 bench/hashing.py --write",
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "repeat": args.repeat,
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "cpu": cpu, "python": platform.python_version(),
-                    "openssl": first_line(["openssl", "version"]).split(" (")[0],
-                    "sha256sum": first_line(["sha256sum", "--version"]),
-                    "loadavg": loadavg},
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "cpu": cpu,
+            "python": platform.python_version(),
+            "openssl": first_line(["openssl", "version"]).split(" (")[0],
+            "sha256sum": first_line(["sha256sum", "--version"]),
+            "loadavg": loadavg,
+        },
         "sets": sets,
         "memory": memory,
     }

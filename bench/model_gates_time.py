@@ -51,8 +51,9 @@ def stage(candidate, meta, data, production=None, production_norms=None, workdir
     timed("robustness", lambda: R.check(candidate, meta, tx, ty, reference=production))
     cand_norms = timed("backdoor: Neural Cleanse on candidate", lambda: B.reverse_engineer(candidate, meta, gx, gy))
     if production_norms is None:
-        ref = timed("backdoor: golden stand-in (train 5 + Neural Cleanse 5)",
-                    lambda: B.stand_in_reference(gx, gy, workdir))
+        ref = timed(
+            "backdoor: golden stand-in (train 5 + Neural Cleanse 5)", lambda: B.stand_in_reference(gx, gy, workdir)
+        )
     else:
         ref = production_norms
     timed("backdoor: decision", lambda: B.check(cand_norms, ref))

@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def art_run(batch):
-        attack = ProjectedGradientDescent(clf, eps=eps, eps_step=step, max_iter=args.steps, num_random_init=0,
-                                          batch_size=batch, verbose=False)
+        attack = ProjectedGradientDescent(
+            clf, eps=eps, eps_step=step, max_iter=args.steps, num_random_init=0, batch_size=batch, verbose=False
+        )
         return attack.generate(x=x, y=y)
 
     # warm-up
@@ -79,15 +80,19 @@ def main(argv: list[str] | None = None) -> int:
         acc_art = float((model(torch.from_numpy(a)).argmax(1) == yt).float().mean())
         acc_torch = float((model(torch.from_numpy(b)).argmax(1) == yt).float().mean())
     m_art, m_torch, m_art32 = (statistics.median(t) for t in (t_art, t_torch, t_art32))
-    print(f"PGD L-inf eps={eps} step={step} steps={args.steps}, n={len(x)}, {args.repeats} repeats, 1 thread, "
-          f"python {platform.python_version()}, torch {torch.__version__}")
+    print(
+        f"PGD L-inf eps={eps} step={step} steps={args.steps}, n={len(x)}, {args.repeats} repeats, 1 thread, "
+        f"python {platform.python_version()}, torch {torch.__version__}"
+    )
     print("| implementation | median s | min s | robust acc |")
     print("|---|---|---|---|")
     print(f"| plain torch loop (batch {len(x)}) | {m_torch:.4f} | {min(t_torch):.4f} | {acc_torch:.3f} |")
     print(f"| ART ProjectedGradientDescent (batch {len(x)}) | {m_art:.4f} | {min(t_art):.4f} | {acc_art:.3f} |")
     print(f"| ART ProjectedGradientDescent (batch 32, ART default) | {m_art32:.4f} | {min(t_art32):.4f} | |")
-    print(f"ratio ART/torch (medians, batch {len(x)}): {m_art / m_torch:.2f}x; batch 32: {m_art32 / m_torch:.2f}x; "
-          f"max |x_art - x_torch| = {max_diff:.2e}")
+    print(
+        f"ratio ART/torch (medians, batch {len(x)}): {m_art / m_torch:.2f}x; batch 32: {m_art32 / m_torch:.2f}x; "
+        f"max |x_art - x_torch| = {max_diff:.2e}"
+    )
     return 0
 
 

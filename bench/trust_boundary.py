@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))   # also runnable as python3 bench/<name>.py
+sys.path.insert(0, str(ROOT))  # also runnable as python3 bench/<name>.py
 
 import torch  # noqa: E402
 
@@ -51,13 +51,24 @@ def training(data: Path, work: Path, repeats: int) -> dict:
         boxed.append(_train(Sandbox(), data, work / f"boxed-{i}"))
     b, s = statistics.median(bare), statistics.median(boxed)
     same = (work / "bare-0" / "model.safetensors").read_bytes() == (work / "boxed-0" / "model.safetensors").read_bytes()
-    return {"bare_s": bare, "sandboxed_s": boxed, "bare_median": b, "sandboxed_median": s, "ratio": s / b,
-            "added_s": s - b, "identical_weights": same}
+    return {
+        "bare_s": bare,
+        "sandboxed_s": boxed,
+        "bare_median": b,
+        "sandboxed_median": s,
+        "ratio": s / b,
+        "added_s": s - b,
+        "identical_weights": same,
+    }
 
 
-PARAMS = {"evaluation": {"min_test_accuracy": 0.9, "min_golden_accuracy": 0.9},
-          "robustness": RobustnessPolicy().model_dump(), "backdoor": BackdoorPolicy().model_dump(),
-          "golden_regression": GoldenRegressionPolicy().model_dump(), "advisory": AdvisoryPolicy().model_dump()}
+PARAMS = {
+    "evaluation": {"min_test_accuracy": 0.9, "min_golden_accuracy": 0.9},
+    "robustness": RobustnessPolicy().model_dump(),
+    "backdoor": BackdoorPolicy().model_dump(),
+    "golden_regression": GoldenRegressionPolicy().model_dump(),
+    "advisory": AdvisoryPolicy().model_dump(),
+}
 
 
 def in_process(model_dir: Path, data: Path, golden: Path, work: Path) -> tuple[float, dict]:
@@ -76,13 +87,19 @@ def in_process(model_dir: Path, data: Path, golden: Path, work: Path) -> tuple[f
     gx, gy = load_split(golden, "golden")
     verdicts = {}
     verdicts["evaluation"] = E.check(model, meta, (tx, ty), (gx, gy), E.EvalThresholds(0.9, 0.9)).verdict.value
-    verdicts["robustness"] = R.check(model, meta, tx, ty, _params(R.RobustnessParams, PARAMS["robustness"])).verdict.value
+    verdicts["robustness"] = R.check(
+        model, meta, tx, ty, _params(R.RobustnessParams, PARAMS["robustness"])
+    ).verdict.value
     bp = _params(B.BackdoorParams, PARAMS["backdoor"])
     cand = B.reverse_engineer(model, meta, gx, gy, bp)
 
     def plain(d: Path, out: Path, cfg: Path) -> None:
-        subprocess.run([sys.executable, "-m", "training.train", "--data", str(d), "--out", str(out), "--config",
-                        str(cfg)], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "training.train", "--data", str(d), "--out", str(out), "--config", str(cfg)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
 
     ref = B.stand_in_reference(gx, gy, work / "stand-in-inproc", bp, trainer=plain, parallel=1)
     verdicts["backdoor"] = B.check(cand, ref, bp, reference_kind="golden-stand-in").verdict.value
@@ -97,11 +114,20 @@ def in_process(model_dir: Path, data: Path, golden: Path, work: Path) -> tuple[f
 def out_of_process(model_dir: Path, data: Path, golden: Path, work: Path, parallel: int) -> tuple[float, dict, int]:
     from flows import _evaluate
 
-    req = {"src": str(ROOT), "model": str(model_dir), "workdir": str(work), "train_dir": str(data),
-           "golden_dir": str(golden), "threads": 1, "seed": 0, "timeout": 1200,
-           "training_command": ["{python}", "-m", "training.train"], "parallel": parallel,
-           "sandbox": {"mode": "bubblewrap", "bwrap": "bwrap", "memory_mb": 8192, "output_mb": 2048},
-           "params": PARAMS}
+    req = {
+        "src": str(ROOT),
+        "model": str(model_dir),
+        "workdir": str(work),
+        "train_dir": str(data),
+        "golden_dir": str(golden),
+        "threads": 1,
+        "seed": 0,
+        "timeout": 1200,
+        "training_command": ["{python}", "-m", "training.train"],
+        "parallel": parallel,
+        "sandbox": {"mode": "bubblewrap", "bwrap": "bwrap", "memory_mb": 8192, "output_mb": 2048},
+        "params": PARAMS,
+    }
     t0 = time.perf_counter()
     out = _evaluate.run(req)
     return time.perf_counter() - t0, {r["gate"]: r["verdict"] for r in out["results"]}, out.get("oracle_calls", 0)
@@ -122,26 +148,44 @@ def main(argv: list[str] | None = None) -> int:
         new2_s, new2_v, calls = out_of_process(model_dir, data, golden, work / "oop-2", parallel=2)
         new1_s, new1_v, _ = out_of_process(model_dir, data, golden, work / "oop-1", parallel=1)
     result = {
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()
-                    or platform.machine(), "cores": __import__("os").cpu_count()},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "cores": __import__("os").cpu_count(),
+        },
         "training": tr,
-        "model_gates": {"in_process_s": old_s, "out_of_process_parallel2_s": new2_s,
-                        "out_of_process_parallel1_s": new1_s, "ratio_parallel2": new2_s / old_s,
-                        "ratio_parallel1": new1_s / old_s, "oracle_calls_candidate": calls,
-                        "verdicts_in_process": old_v, "verdicts_out_of_process": new2_v},
+        "model_gates": {
+            "in_process_s": old_s,
+            "out_of_process_parallel2_s": new2_s,
+            "out_of_process_parallel1_s": new1_s,
+            "ratio_parallel2": new2_s / old_s,
+            "ratio_parallel1": new1_s / old_s,
+            "oracle_calls_candidate": calls,
+            "verdicts_in_process": old_v,
+            "verdicts_out_of_process": new2_v,
+        },
     }
     out = ROOT / "bench" / "results" / "trust_boundary.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("| measurement | baseline (s) | trust boundary (s) | ratio |")
     print("|---|---|---|---|")
-    print(f"| training (median of {args.repeats}): bare child vs bubblewrap | {tr['bare_median']:.2f} | "
-          f"{tr['sandboxed_median']:.2f} | {tr['ratio']:.3f}× ({tr['added_s']:+.2f} s) |")
-    print(f"| model-gate stage, first promotion: in-process vs oracle, 2 stand-in trainers at once | {old_s:.1f} | "
-          f"{new2_s:.1f} | {new2_s / old_s:.2f}× |")
-    print(f"| model-gate stage, first promotion: in-process vs oracle, 1 stand-in trainer at a time | {old_s:.1f} | "
-          f"{new1_s:.1f} | {new1_s / old_s:.2f}× |")
-    print(f"identical weights bare vs sandboxed: {tr['identical_weights']}; verdicts in-process {old_v}, "
-          f"oracle {new2_v}; {calls} oracle calls for the candidate")
+    print(
+        f"| training (median of {args.repeats}): bare child vs bubblewrap | {tr['bare_median']:.2f} | "
+        f"{tr['sandboxed_median']:.2f} | {tr['ratio']:.3f}× ({tr['added_s']:+.2f} s) |"
+    )
+    print(
+        f"| model-gate stage, first promotion: in-process vs oracle, 2 stand-in trainers at once | {old_s:.1f} | "
+        f"{new2_s:.1f} | {new2_s / old_s:.2f}× |"
+    )
+    print(
+        f"| model-gate stage, first promotion: in-process vs oracle, 1 stand-in trainer at a time | {old_s:.1f} | "
+        f"{new1_s:.1f} | {new1_s / old_s:.2f}× |"
+    )
+    print(
+        f"identical weights bare vs sandboxed: {tr['identical_weights']}; verdicts in-process {old_v}, "
+        f"oracle {new2_v}; {calls} oracle calls for the candidate"
+    )
     return 0
 
 

@@ -79,7 +79,7 @@ def run(req: dict) -> dict:
 
     def add(result: GateResult) -> GateResult:
         out["results"].append(result.to_dict())
-        print(f"{result.gate} done ({result.verdict.value})", flush=True)   # progress; verdicts come from the flow
+        print(f"{result.gate} done ({result.verdict.value})", flush=True)  # progress; verdicts come from the flow
         return result
 
     with contextlib.ExitStack() as stack:
@@ -89,8 +89,9 @@ def run(req: dict) -> dict:
         prod = prod_meta = None
         if req.get("prod_model"):
             prod_meta = _meta(Path(req["prod_model"]))
-            prod_oracle = _oracle(sb, req, "production model",
-                                  {"src": Path(req["prod_src"]), "model": Path(req["prod_model"])}, stack)
+            prod_oracle = _oracle(
+                sb, req, "production model", {"src": Path(req["prod_src"]), "model": Path(req["prod_model"])}, stack
+            )
             prod = prod_oracle.load("production", prod_oracle.job.path("model"), prod_meta)
         x_tr, y_tr = load_split(Path(req["train_dir"]), "train")
         x_te, y_te = load_split(Path(req["train_dir"]), "test")
@@ -98,9 +99,17 @@ def run(req: dict) -> dict:
 
         # Accuracy on the test split and the golden set.
         if "evaluation" in wanted:
-            add(evaluation.check(cand, meta, (x_te, y_te), (x_go, y_go),
-                                 evaluation.EvalThresholds(p["evaluation"]["min_test_accuracy"],
-                                                           p["evaluation"]["min_golden_accuracy"], seed)))
+            add(
+                evaluation.check(
+                    cand,
+                    meta,
+                    (x_te, y_te),
+                    (x_go, y_go),
+                    evaluation.EvalThresholds(
+                        p["evaluation"]["min_test_accuracy"], p["evaluation"]["min_golden_accuracy"], seed
+                    ),
+                )
+            )
 
         # Evasion robustness, decided on the Wilson lower bound, and its regression against production.
         if "robustness" in wanted:
@@ -126,34 +135,56 @@ def run(req: dict) -> dict:
             add(advisory.extraction_effort(cand, meta, x_tr, x_te, ap))
             flagged = b.metrics.get("min_trigger_ratio_class") if b is not None else None
             if "penultimate" in cand.layers:
-                add(advisory.spectral_signatures(cand, meta, x_tr, y_tr, ap,
-                                                 classes=None if flagged is None else [int(flagged)]))
+                add(
+                    advisory.spectral_signatures(
+                        cand, meta, x_tr, y_tr, ap, classes=None if flagged is None else [int(flagged)]
+                    )
+                )
         out["oracle_calls"] = cand_oracle.calls
     return out
 
 
-def _backdoor(req, sb: Sandbox, cand: RemoteModel, meta, prod, prod_meta, x_go, y_go, cand_oracle: Oracle,
-              standin: Path) -> GateResult:
+def _backdoor(
+    req, sb: Sandbox, cand: RemoteModel, meta, prod, prod_meta, x_go, y_go, cand_oracle: Oracle, standin: Path
+) -> GateResult:
     bp = _params(backdoor.BackdoorParams, req["params"]["backdoor"], seed=int(req["seed"]), threads=int(req["threads"]))
     cand_norms = backdoor.reverse_engineer(cand, meta, x_go, y_go, bp)
     reference, kind = req.get("prod_backdoor"), "production"
     if reference is not None and not _compatible(reference, cand_norms):
-        reference = None                        # cached with other images or params: recompute on production
+        reference = None  # cached with other images or params: recompute on production
     if reference is None and prod is not None:
         reference = backdoor.reverse_engineer(prod, prod_meta, x_go, y_go, bp)
     if reference is None:
         kind = "golden-stand-in"
-        print(f"         {'backdoor':18} no production model: training {bp.stand_in_models} stand-in model(s) "
-              "on the golden set (sandboxed)", flush=True)
+        print(
+            f"         {'backdoor':18} no production model: training {bp.stand_in_models} stand-in model(s) "
+            "on the golden set (sandboxed)",
+            flush=True,
+        )
         src = Path(req["src"])
         command = [c for c in req["training_command"]]
 
         # The stand-in is trained by the verified commit's own trainer, in the sandbox like any training.
         def train(data: Path, out: Path, cfg: Path) -> None:
-            job = sb.job("stand-in trainer", ro={"src": src, "data": data}, rw={"out": out}, cwd="src",
-                         timeout=float(req["timeout"]), threads=int(req["threads"]))
-            job.run([*command, "--data", job.path("data"), "--out", job.path("out"),
-                     "--config", f"{job.path('data')}/{cfg.name}"])
+            job = sb.job(
+                "stand-in trainer",
+                ro={"src": src, "data": data},
+                rw={"out": out},
+                cwd="src",
+                timeout=float(req["timeout"]),
+                threads=int(req["threads"]),
+            )
+            job.run(
+                [
+                    *command,
+                    "--data",
+                    job.path("data"),
+                    "--out",
+                    job.path("out"),
+                    "--config",
+                    f"{job.path('data')}/{cfg.name}",
+                ]
+            )
 
         def load(d: Path) -> tuple[RemoteModel, dict]:
             # Like the candidate's: a new directory with the trainer's two files alone, judged by the artifact gate.
@@ -161,8 +192,16 @@ def _backdoor(req, sb: Sandbox, cand: RemoteModel, meta, prod, prod_meta, x_go, 
             m = _meta(model)
             return cand_oracle.load(f"stand-in-{d.name}", f"{cand_oracle.job.path('standin')}/{model.name}", m), m
 
-        reference = backdoor.stand_in_reference(x_go, y_go, standin, bp, config=src / "training" / "config.toml",
-                                                loader=load, trainer=train, parallel=int(req.get("parallel", 1)))
+        reference = backdoor.stand_in_reference(
+            x_go,
+            y_go,
+            standin,
+            bp,
+            config=src / "training" / "config.toml",
+            loader=load,
+            trainer=train,
+            parallel=int(req.get("parallel", 1)),
+        )
     return backdoor.check(cand_norms, reference, bp, reference_kind=kind)
 
 
@@ -177,12 +216,19 @@ def main(argv: list[str] | None = None) -> int:
         out = run(req)
     except Exception as e:  # noqa: BLE001 - the team's model can fail any way: that is a refusal, not a crash
         if not isinstance(e, AirlockError):
-            traceback.print_exc()          # a bug of Airlock's own: the run's log keeps where it happened
+            traceback.print_exc()  # a bug of Airlock's own: the run's log keeps where it happened
         what = e.one_line() if isinstance(e, AirlockError) else f"{type(e).__name__}: {str(e)[:200]}"
-        out = {"results": [GateResult(evaluation.GATE, Verdict.FAIL,
-                                      f"cannot evaluate the model: {what} — check that training/model.py builds "
-                                      "the architecture the trainer saved").to_dict()],
-               "plots": {}}
+        out = {
+            "results": [
+                GateResult(
+                    evaluation.GATE,
+                    Verdict.FAIL,
+                    f"cannot evaluate the model: {what} — check that training/model.py builds "
+                    "the architecture the trainer saved",
+                ).to_dict()
+            ],
+            "plots": {},
+        }
     Path(argv[1]).write_text(json.dumps(out, default=str))
     return 0
 

@@ -56,8 +56,14 @@ def gate_markdown(r: GateResult) -> str:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in r.metrics.items()]
         lines.append("")
-    lines += ["<details><summary>Evidence</summary>", "", "```json",
-              json.dumps(r.evidence, indent=2, sort_keys=True, default=str)[:20000], "```", "</details>"]
+    lines += [
+        "<details><summary>Evidence</summary>",
+        "",
+        "```json",
+        json.dumps(r.evidence, indent=2, sort_keys=True, default=str)[:20000],
+        "```",
+        "</details>",
+    ]
     return "\n".join(lines)
 
 
@@ -79,7 +85,9 @@ class RunRecorder:
         self.ledger.append("gate.verdict", result.to_dict(), run_id=self.run_id)
         self.evidence_dir.mkdir(parents=True, exist_ok=True)
         name = artifact_key(result.gate)
-        (self.evidence_dir / f"{name}.json").write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        (self.evidence_dir / f"{name}.json").write_text(
+            json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
+        )
         if publish:
             publish_markdown(f"gate-{name}", gate_markdown(result), f"{result.gate}: {result.verdict.value}")
         emit("gate", result=result)
@@ -111,10 +119,18 @@ def publish_curve(png: Path, result: GateResult) -> None:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     data = base64.b64encode(png.read_bytes()).decode()
-    create_markdown_artifact(key="robustness-curve", markdown=f"![robustness curve](data:image/png;base64,{data})",
-                             description="accuracy against epsilon, candidate vs production")
+    create_markdown_artifact(
+        key="robustness-curve",
+        markdown=f"![robustness curve](data:image/png;base64,{data})",
+        description="accuracy against epsilon, candidate vs production",
+    )
     ref = {p["epsilon"]: p["accuracy"] for p in (result.evidence.get("reference_curve") or [])}
-    rows = [{"epsilon": p["epsilon"], "candidate": round(p["accuracy"], 4),
-             "production": round(ref[p["epsilon"]], 4) if p["epsilon"] in ref else None}
-            for p in result.evidence.get("curve") or []]
+    rows = [
+        {
+            "epsilon": p["epsilon"],
+            "candidate": round(p["accuracy"], 4),
+            "production": round(ref[p["epsilon"]], 4) if p["epsilon"] in ref else None,
+        }
+        for p in result.evidence.get("curve") or []
+    ]
     create_table_artifact(key="robustness-table", table=rows, description="PGD accuracy against epsilon")

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 from airlock.errors import AirlockError
 
@@ -39,7 +40,7 @@ def _trusted_policy(config: str):
 
     pol = policy.load(config)
     d = tempfile.TemporaryDirectory(prefix="airlock-trust-")
-    _TRUST_DIRS.append(d)          # removed when the command ends
+    _TRUST_DIRS.append(d)  # removed when the command ends
     return trust.pin(pol, trust.resolve(pol, Path(d.name)))
 
 
@@ -71,8 +72,12 @@ class Printer:
         elif event == "staged":
             print(f"  {'SIGNED':8} {'staging':20} {data['digest']}", file=out, flush=True)
         elif event == "awaiting":
-            print(f"  {'PAUSED':8} {'approval':20} waiting for {data['quorum']} approvals of {data['digest']}\n"
-                  f"           approve with: {data['command']}", file=out, flush=True)
+            print(
+                f"  {'PAUSED':8} {'approval':20} waiting for {data['quorum']} approvals of {data['digest']}\n"
+                f"           approve with: {data['command']}",
+                file=out,
+                flush=True,
+            )
         elif event == "failed":
             print(f"  {'STOPPED':8} {'':20} {data['reason']}", file=out, flush=True)
         elif event == "promoted":
@@ -82,17 +87,20 @@ class Printer:
 
 # -- commands --------------------------------------------------------------------------------------------------
 
+
 def cmd_run(args) -> int:
     from airlock import policy
 
-    pol = policy.load(args.config)            # validate before Prefect starts: a bad key fails in a second
+    pol = policy.load(args.config)  # validate before Prefect starts: a bad key fails in a second
     _prefect_env(args.verbose)
+    from prefect.states import State
+
     from flows import _report
     from flows.retrain import retrain
 
     printer = Printer()
     _report.LISTENERS.append(printer)
-    state = retrain(str(pol.source), return_state=True)
+    state = cast(State, retrain(str(pol.source), return_state=True))
     return EXIT_OK if state.is_completed() else EXIT_REFUSED
 
 
@@ -119,8 +127,10 @@ def cmd_approve(args) -> int:
         keytype, blob = sshsig.public_key_of(args.key)
         names = sshsig.principals_for(pol.trust.approvers, keytype, blob)
         if not names:
-            raise approval.Refused(f"key {sshsig.fingerprint(keytype, blob)} is not listed in the approvers file",
-                                   "ask the trust-root owners to add your key, or pass --as NAME")
+            raise approval.Refused(
+                f"key {sshsig.fingerprint(keytype, blob)} is not listed in the approvers file",
+                "ask the trust-root owners to add your key, or pass --as NAME",
+            )
         principal = names[0]
     decision = "reject" if args.reject else "approve"
     statement = approval.make_statement(args.run_id, staged.digest, principal, decision, args.reason or "")
@@ -138,8 +148,10 @@ def cmd_approve(args) -> int:
         from prefect.settings import PREFECT_API_URL
 
         where = PREFECT_API_URL.value() or "the embedded server of PREFECT_HOME"
-        raise approval.Refused(f"cannot reach the Prefect API at {where}: {type(e).__name__}",
-                               "set PREFECT_API_URL (or PREFECT_HOME) to where the run is paused") from None
+        raise approval.Refused(
+            f"cannot reach the Prefect API at {where}: {type(e).__name__}",
+            "set PREFECT_API_URL (or PREFECT_HOME) to where the run is paused",
+        ) from None
 
 
 def _submit_approval(args, signed, statement: str, principal: str, decision: str) -> int:
@@ -155,17 +167,22 @@ def _submit_approval(args, signed, statement: str, principal: str, decision: str
         try:
             fr = client.read_flow_run(args.run_id)
         except (ObjectNotFound, ValueError):
-            raise approval.Refused(f"no flow run {args.run_id} on this Prefect API",
-                                   "check the run id and PREFECT_API_URL / PREFECT_HOME") from None
+            raise approval.Refused(
+                f"no flow run {args.run_id} on this Prefect API", "check the run id and PREFECT_API_URL / PREFECT_HOME"
+            ) from None
         if not (fr.state and fr.state.is_paused()):
-            raise approval.Refused(f"run {args.run_id} is not waiting for approval (state {fr.state and fr.state.name})",
-                                   "approve only runs that 'airlock run' left paused")
+            raise approval.Refused(
+                f"run {args.run_id} is not waiting for approval (state {fr.state and fr.state.name})",
+                "approve only runs that 'airlock run' left paused",
+            )
         print(f"submitting {decision} as {principal} ...", flush=True)
         try:
             resume_flow_run(args.run_id, run_input=signed.to_dict())
         except Exception as e:  # noqa: BLE001 - NotPausedError, schema rejection, API errors
-            raise approval.Refused(f"the run did not accept the input: {type(e).__name__}: {' '.join(str(e).split())[:200]}",
-                                   "check that the run is still paused") from None
+            raise approval.Refused(
+                f"the run did not accept the input: {type(e).__name__}: {' '.join(str(e).split())[:200]}",
+                "check that the run is still paused",
+            ) from None
         key = verdict_key(statement)
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline:
@@ -178,7 +195,9 @@ def _submit_approval(args, signed, statement: str, principal: str, decision: str
                 _err(f"approval refused by the flow: {verdict.get('reason')}")
                 return EXIT_REFUSED
             time.sleep(0.5)
-    _err(f"no verdict from run {args.run_id} within {args.wait} s — check the run in Prefect; the flow may not be running")
+    _err(
+        f"no verdict from run {args.run_id} within {args.wait} s — check the run in Prefect; the flow may not be running"
+    )
     return EXIT_REFUSED
 
 
@@ -189,8 +208,10 @@ def cmd_verify(args) -> int:
     reg_path = Path(args.registry) if args.registry else pol.registry.path
     reg = Registry.from_policy(pol, root=reg_path)
     model, verdict = reg.verify_stage(args.stage, pol.approval.quorum, pol.approval.forbid_self_approval)
-    print(f"{args.stage} model {model.digest} verified: signature by the trusted key, digest over every file"
-          + (f", {verdict.reason}, ledger anchor present" if verdict else ""))
+    print(
+        f"{args.stage} model {model.digest} verified: signature by the trusted key, digest over every file"
+        + (f", {verdict.reason}, ledger anchor present" if verdict else "")
+    )
     return EXIT_OK
 
 
@@ -232,17 +253,33 @@ def cmd_data_ingest(args) -> int:
 
     pol = policy.load(args.config)
     ds = _dataset_policy(pol, args.dataset)
-    r = ingest.ingest(args.dataset, args.src, data_dir=ds.dir, manifest_path=ds.manifest, ledger=Ledger(pol.ledger.path),
-                      source=args.source, note=args.note or "", repo=pol.repo.path)
-    replaced = f", replaced: {', '.join(r.replaced[:10])}" + (f" (+{len(r.replaced) - 10} more)" if len(r.replaced) > 10 else "") \
-        if r.replaced else ""
-    print(f"ingested batch {r.batch} into dataset '{r.dataset}': {len(r.files)} file{'s' * (len(r.files) != 1)}{replaced}")
+    r = ingest.ingest(
+        args.dataset,
+        args.src,
+        data_dir=ds.dir,
+        manifest_path=ds.manifest,
+        ledger=Ledger(pol.ledger.path),
+        source=args.source,
+        note=args.note or "",
+        repo=pol.repo.path,
+    )
+    replaced = (
+        f", replaced: {', '.join(r.replaced[:10])}"
+        + (f" (+{len(r.replaced) - 10} more)" if len(r.replaced) > 10 else "")
+        if r.replaced
+        else ""
+    )
+    print(
+        f"ingested batch {r.batch} into dataset '{r.dataset}': {len(r.files)} file{'s' * (len(r.files) != 1)}{replaced}"
+    )
     print(f"version {r.version}  {r.root_digest}  parent {r.parent or '-'}")
     print(f"wrote {r.manifest} and {r.history}; ledger entry seq {r.ledger_seq}")
     print("commit both with the code (signed): the data gate reads them from the verified commit")
     if ds.pinned_root_digest and ds.pinned_root_digest != r.root_digest:
-        print(f"note: data.{args.dataset}.pinned_root_digest in {pol.source} is {ds.pinned_root_digest}: the data gate "
-              f"refuses this version until the trust-root owners pin {r.root_digest}")
+        print(
+            f"note: data.{args.dataset}.pinned_root_digest in {pol.source} is {ds.pinned_root_digest}: the data gate "
+            f"refuses this version until the trust-root owners pin {r.root_digest}"
+        )
     return EXIT_OK
 
 
@@ -254,8 +291,10 @@ def cmd_data_log(args) -> int:
     ds = _dataset_policy(pol, args.dataset)
     versions = ingest.lineage(args.dataset, ds.manifest, Ledger(pol.ledger.path))
     cur = versions[-1]
-    print(f"dataset {args.dataset}: {len(versions)} version{'s' * (len(versions) != 1)}, current v{cur.version} "
-          f"{cur.root_digest} ({ds.manifest})")
+    print(
+        f"dataset {args.dataset}: {len(versions)} version{'s' * (len(versions) != 1)}, current v{cur.version} "
+        f"{cur.root_digest} ({ds.manifest})"
+    )
     for v in versions:
         print(f"v{v.version}  {v.root_digest}  {v.files} files  parent {v.parent or '-'}")
         if v.batch is None:
@@ -274,7 +313,8 @@ def cmd_data_log(args) -> int:
         raise ingest.LineageError(
             f"version{'s' * (len(unlogged) > 1)} {', '.join(f'v{v.version}' for v in unlogged)} of '{args.dataset}' "
             f"{'have' if len(unlogged) > 1 else 'has'} no matching data.ingest entry in {pol.ledger.path}",
-            "treat those versions as not ingested through Airlock: investigate before training on them")
+            "treat those versions as not ingested through Airlock: investigate before training on them",
+        )
     return EXIT_OK
 
 
@@ -289,18 +329,33 @@ def cmd_data_trace(args) -> int:
     prov = model.provenance
     rows = ingest.trace_rows(prov)
     if args.json:
-        print(json.dumps({"stage": args.stage, "model_digest": model.digest, "run_id": prov.get("run_id"),
-                          "commit": (prov.get("commit") or {}).get("commit"), "files": rows}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "stage": args.stage,
+                    "model_digest": model.digest,
+                    "run_id": prov.get("run_id"),
+                    "commit": (prov.get("commit") or {}).get("commit"),
+                    "files": rows,
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
     c = prov.get("commit") or {}
-    print(f"{args.stage} model {model.digest} (signature verified) — run {prov.get('run_id')}, "
-          f"commit {str(c.get('commit'))[:12]} signed by {c.get('signer')}")
+    print(
+        f"{args.stage} model {model.digest} (signature verified) — run {prov.get('run_id')}, "
+        f"commit {str(c.get('commit'))[:12]} signed by {c.get('signer')}"
+    )
     for name, ds in sorted((prov.get("datasets") or {}).items()):
-        print(f"dataset {name} v{ds.get('version')} {ds.get('root_digest')} ({ds.get('manifest')}): "
-              f"{ds.get('file_count', len(ds.get('files') or {}))} files")
+        print(
+            f"dataset {name} v{ds.get('version')} {ds.get('root_digest')} ({ds.get('manifest')}): "
+            f"{ds.get('file_count', len(ds.get('files') or {}))} files"
+        )
     table = [("DATASET", "FILE", "SHA256", "BATCH", "SOURCE")] + [
         (r["dataset"], r["path"], r["sha256"], r["batch"] or "-", r["source"] or "unrecorded (no ingest record)")
-        for r in rows]
+        for r in rows
+    ]
     widths = [max(len(t[i]) for t in table) for i in range(4)]
     for t in table:
         print("  ".join(v.ljust(w) for v, w in zip(t[:4], widths)) + "  " + t[4])
@@ -321,9 +376,14 @@ def cmd_demo(args) -> int:
 
 # -- parser ----------------------------------------------------------------------------------------------------
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, no usage dump
-        _err(f"{message} — see 'airlock {self.prog.split(' ', 1)[-1] if ' ' in self.prog else ''} --help'".replace("  ", " "))
+        _err(
+            f"{message} — see 'airlock {self.prog.split(' ', 1)[-1] if ' ' in self.prog else ''} --help'".replace(
+                "  ", " "
+            )
+        )
         raise SystemExit(EXIT_USAGE)
 
 
@@ -348,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--reason", default="", help="free text recorded with the decision")
     a.add_argument("--config", default="airlock.toml")
     a.add_argument("--as", dest="as_", metavar="PRINCIPAL", help="approver name (default: looked up from your key)")
-    a.add_argument("--print-only", action="store_true", help="print the signed approval as JSON (to paste into the Prefect UI)")
+    a.add_argument(
+        "--print-only", action="store_true", help="print the signed approval as JSON (to paste into the Prefect UI)"
+    )
     a.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the flow's verdict")
     a.set_defaults(func=cmd_approve)
 

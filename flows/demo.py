@@ -23,7 +23,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from airlock import modelsign
 from airlock.datasets import write_digits
@@ -48,8 +50,18 @@ def _ssh_key(path: Path, comment: str) -> str:
 
 
 def signed_commit(repo: Path, key: Path, email: str, message: str) -> None:
-    cfg = ["-c", f"user.name={email.split('@')[0]}", "-c", f"user.email={email}", "-c", "gpg.format=ssh",
-           "-c", f"user.signingkey={key}", "-c", "gpg.ssh.program=ssh-keygen"]
+    cfg = [
+        "-c",
+        f"user.name={email.split('@')[0]}",
+        "-c",
+        f"user.email={email}",
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        f"user.signingkey={key}",
+        "-c",
+        "gpg.ssh.program=ssh-keygen",
+    ]
     env = isolated_env()
     subprocess.run(["git", *cfg, "-C", str(repo), "add", "-A"], check=True, env=env)
     subprocess.run(["git", *cfg, "-C", str(repo), "commit", "-q", "-S", "-m", message], check=True, env=env)
@@ -83,22 +95,42 @@ def build(workdir: Path) -> dict[str, Path]:
     incoming = workdir / "incoming"
     write_digits(incoming / "train", incoming / "golden")
     roots = {}
-    for ds, note in (("train", "train/test splits of the 1,797 digits minus the golden set, stratified, seed 0, "
-                               "pixels scaled to [0, 1]"),
-                     ("golden", "300 digits held out before the train/test split, stratified, seed 0, known-clean")):
-        roots[ds] = ingest(ds, incoming / ds, data_dir=workdir / "data" / ds, manifest_path=repo / "manifests" / f"{ds}.json",
-                           ledger=Ledger(workdir / "ledger.jsonl"), note=note,
-                           source=f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__}, bundled)").root_digest
+    for ds, note in (
+        (
+            "train",
+            "train/test splits of the 1,797 digits minus the golden set, stratified, seed 0, pixels scaled to [0, 1]",
+        ),
+        ("golden", "300 digits held out before the train/test split, stratified, seed 0, known-clean"),
+    ):
+        roots[ds] = ingest(
+            ds,
+            incoming / ds,
+            data_dir=workdir / "data" / ds,
+            manifest_path=repo / "manifests" / f"{ds}.json",
+            ledger=Ledger(workdir / "ledger.jsonl"),
+            note=note,
+            source=f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__}, bundled)",
+        ).root_digest
     shutil.rmtree(incoming)
     (repo / ".gitignore").write_text("__pycache__/\n")
-    (repo / "README.md").write_text("# Demo training repository\n\nThe example trainer and the committed data manifests.\n")
+    (repo / "README.md").write_text(
+        "# Demo training repository\n\nThe example trainer and the committed data manifests.\n"
+    )
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=isolated_env())
     signed_commit(repo, keys / "committer", COMMITTER, "Example digits trainer and data manifests")
 
     # Written last: it pins the golden set's root digest, known only once the golden set is ingested.
     (workdir / "airlock.toml").write_text(POLICY.replace("@GOLDEN_ROOT_DIGEST@", roots["golden"]))
-    return {"workdir": workdir, "policy": workdir / "airlock.toml", "repo": repo, "keys": keys, "trust": trust,
-            "registry": workdir / "registry", "ledger": workdir / "ledger.jsonl", "prefect_home": workdir / "prefect"}
+    return {
+        "workdir": workdir,
+        "policy": workdir / "airlock.toml",
+        "repo": repo,
+        "keys": keys,
+        "trust": trust,
+        "registry": workdir / "registry",
+        "ledger": workdir / "ledger.jsonl",
+        "prefect_home": workdir / "prefect",
+    }
 
 
 POLICY = """\
@@ -184,13 +216,24 @@ workdir = "runs"
 """
 
 
-def approver_process(paths: dict[str, Path], run_id: str, who: str, log, extra: list[str] = ()) -> int:
+def approver_process(paths: dict[str, Path], run_id: str, who: str, log, extra: Sequence[str] = ()) -> int:
     """An approver in a separate process, through the real CLI path."""
-    cmd = [sys.executable, "-m", "flows.cli", "approve", run_id, "--key", str(paths["keys"] / who),
-           "--config", str(paths["policy"]), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "approve",
+        run_id,
+        "--key",
+        str(paths["keys"] / who),
+        "--config",
+        str(paths["policy"]),
+        *extra,
+    ]
     env = dict(os.environ, PREFECT_HOME=str(paths["prefect_home"]))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.strip():
@@ -219,10 +262,16 @@ def main(args) -> int:
     print(f"airlock demo in {workdir}", file=log, flush=True)
     t0 = time.monotonic()
     paths = build(workdir.resolve())
-    print(f"  {'READY':8} {'setup':20} signed repo, keys for 1 committer + 2 approvers, digits data, policy "
-          f"({time.monotonic() - t0:.1f} s)", file=log, flush=True)
+    print(
+        f"  {'READY':8} {'setup':20} signed repo, keys for 1 committer + 2 approvers, digits data, policy "
+        f"({time.monotonic() - t0:.1f} s)",
+        file=log,
+        flush=True,
+    )
 
     _prefect_env(getattr(args, "verbose", False), home=paths["prefect_home"])
+    from prefect.states import State
+
     from flows import _report
     from flows.retrain import retrain
 
@@ -241,7 +290,7 @@ def main(args) -> int:
     thread = threading.Thread(target=approvers, name="demo-approvers", daemon=True)
     thread.start()
     try:
-        state = retrain(str(paths["policy"]), return_state=True)
+        state = cast(State, retrain(str(paths["policy"]), return_state=True))
     finally:
         stop.set()
         thread.join(timeout=60)
@@ -256,8 +305,13 @@ def main(args) -> int:
         pol = trust.pin(loaded, trust.resolve(loaded, paths["workdir"] / "runs" / "verify-trust"))
         reg = Registry.from_policy(pol)
         model, verdict = reg.verify_stage("production", pol.approval.quorum)
+        assert verdict is not None  # production always has an approval verdict
         verified = True
-        print(f"  {'VERIFIED':8} {'production':20} {model.digest}: signature, digest, {verdict.reason}", file=log, flush=True)
+        print(
+            f"  {'VERIFIED':8} {'production':20} {model.digest}: signature, digest, {verdict.reason}",
+            file=log,
+            flush=True,
+        )
     promoted = printer.events.get("promoted", {})
     started = printer.events.get("start", {})
     result = {
@@ -273,7 +327,10 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"\n{'promoted and verified' if ok else 'NOT promoted'} in {result['seconds']} s. Try:\n"
-              f"  airlock verify --config {paths['policy']}\n"
-              f"  airlock ledger verify --path {paths['ledger']}", file=log)
+        print(
+            f"\n{'promoted and verified' if ok else 'NOT promoted'} in {result['seconds']} s. Try:\n"
+            f"  airlock verify --config {paths['policy']}\n"
+            f"  airlock ledger verify --path {paths['ledger']}",
+            file=log,
+        )
     return 0 if ok and verified else 1

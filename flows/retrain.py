@@ -56,7 +56,7 @@ from gates._result import GateResult, Verdict
 from registry import Registry
 
 MODEL_METRIC_GATES = ("evaluation", "robustness", "backdoor", "golden_regression")
-_report.install_log_filter()          # a refusal raised in a task: one line in the logs, not a traceback
+_report.install_log_filter()  # a refusal raised in a task: one line in the logs, not a traceback
 
 
 class ApprovalInput(RunInput):
@@ -73,12 +73,15 @@ def retrain(config: str):
     ledger = Ledger(pol.ledger.path)
     run_dir = pol.run.workdir / run_id
     rec = RunRecorder(ledger, run_id, run_dir / "evidence")
-    ledger.append("run.start", {"config": str(pol.source), "policy_digest": pol.digest, "protected_policy": pol.protected},
-                  run_id=run_id)
+    ledger.append(
+        "run.start",
+        {"config": str(pol.source), "policy_digest": pol.digest, "protected_policy": pol.protected},
+        run_id=run_id,
+    )
     emit("start", run_id=run_id, run_dir=str(run_dir))
     try:
         # 0. Trust roots: from a protected ref or from outside the repository, never from the commit under test.
-        started = pol                       # as loaded: re-hashed, and its roots re-read, at every decision
+        started = pol  # as loaded: re-hashed, and its roots re-read, at every decision
         roots = trust_roots(pol, run_dir)
         pol = trust.pin(pol, roots)
         #    The sandbox every piece of team code runs in: where it cannot start, refuse now (fail closed).
@@ -106,11 +109,12 @@ def retrain(config: str):
 
         # 5. Signing: provenance + evidence + weights signed together, then staged (the registry verifies).
         staged = sign_and_stage(pol, box, run_id, run_dir, src, model_dir, c, datasets, rec, ledger)
-        rec.evidence_dir = run_dir / "evidence-after-signing"     # the signed directory is never touched again
+        rec.evidence_dir = run_dir / "evidence-after-signing"  # the signed directory is never touched again
 
         # 6. Dual approval: pause until a quorum of distinct approvers signs for this run and this model digest.
-        approvals = collect_approvals(started, pol, roots, run_dir, run_id, staged.digest, c.evidence.get("signer"),
-                                      rec, ledger, box)
+        approvals = collect_approvals(
+            started, pol, roots, run_dir, run_id, staged.digest, c.evidence.get("signer"), rec, ledger, box
+        )
 
         # 7. Promotion: trust roots re-checked; the registry re-verifies everything itself and moves production.
         pointer = promote(started, pol, roots, run_dir, staged.digest, approvals, ledger)
@@ -119,16 +123,22 @@ def retrain(config: str):
         emit("failed", reason=e.one_line())
         return Failed(message=e.one_line())
     ledger.append("run.promoted", {"digest": staged.digest}, run_id=run_id)
-    summary = {"run_id": run_id, "model_digest": staged.digest, "production": pointer,
-               "verdicts": [r.to_dict() for r in rec.results]}
-    _report.publish_markdown("run-summary", _report.summary_markdown(rec.results, f"Run {run_id}: promoted"),
-                             "gate verdicts of this run")
+    summary = {
+        "run_id": run_id,
+        "model_digest": staged.digest,
+        "production": pointer,
+        "verdicts": [r.to_dict() for r in rec.results],
+    }
+    _report.publish_markdown(
+        "run-summary", _report.summary_markdown(rec.results, f"Run {run_id}: promoted"), "gate verdicts of this run"
+    )
     emit("promoted", **summary)
     return Completed(message=f"promoted {staged.digest}", data=summary)
 
 
 # -- steps -----------------------------------------------------------------------------------------------------
 # Each step runs as a Prefect task (visible in the UI); the decisions themselves are in gates/.
+
 
 def task(name: str):
     # No caching: a security check is never skipped because an earlier run already passed it.
@@ -156,11 +166,19 @@ def sandbox_ready(pol) -> sandbox.Sandbox:
     box = sandbox.Sandbox.from_policy(pol)
     box.check()
     if box.isolated:
-        emit("progress", step="sandbox", message="team code runs in bubblewrap: no keys, trust files, registry, "
-                                                 "ledger or network; nothing survives it")
+        emit(
+            "progress",
+            step="sandbox",
+            message="team code runs in bubblewrap: no keys, trust files, registry, "
+            "ledger or network; nothing survives it",
+        )
     else:
-        emit("progress", step="sandbox", message="WARNING: sandbox.mode = environment — team code runs without "
-                                                 "Airlock's sandbox (recorded in the provenance, shown to approvers)")
+        emit(
+            "progress",
+            step="sandbox",
+            message="WARNING: sandbox.mode = environment — team code runs without "
+            "Airlock's sandbox (recorded in the provenance, shown to approvers)",
+        )
     return box
 
 
@@ -168,12 +186,20 @@ def protected_paths(pol) -> dict[str, Path | None]:
     """What team code must never see, checked against every bind before a sandbox starts."""
     t = pol.trust
     prefect_home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
-    return {"the policy": pol.source, "the allowed signers": t.allowed_signers, "the approvers": t.approvers,
-            "the model-signing public key": t.model_signing_public_key, "the revoked keys": t.revoked_keys,
-            "the GnuPG home": t.gpg_home, "the model-signing key": pol.signing.private_key or
-            (Path(os.environ["AIRLOCK_SIGNING_KEY"]) if os.environ.get("AIRLOCK_SIGNING_KEY") else None),
-            "the registry": pol.registry.path, "the ledger": pol.ledger.path, "the Prefect home": Path(prefect_home),
-            "the training repository's .git": pol.repo.path / ".git"}
+    return {
+        "the policy": pol.source,
+        "the allowed signers": t.allowed_signers,
+        "the approvers": t.approvers,
+        "the model-signing public key": t.model_signing_public_key,
+        "the revoked keys": t.revoked_keys,
+        "the GnuPG home": t.gpg_home,
+        "the model-signing key": pol.signing.private_key
+        or (Path(os.environ["AIRLOCK_SIGNING_KEY"]) if os.environ.get("AIRLOCK_SIGNING_KEY") else None),
+        "the registry": pol.registry.path,
+        "the ledger": pol.ledger.path,
+        "the Prefect home": Path(prefect_home),
+        "the training repository's .git": pol.repo.path / ".git",
+    }
 
 
 def history_base(pol, ledger: Ledger) -> str | None:
@@ -208,9 +234,12 @@ def data_gate(pol, name: str, src: Path, run_dir: Path) -> GateResult:
     try:
         rel = ds.manifest.resolve().relative_to(top)
     except ValueError:
-        return GateResult.fail(f"data:{name}", f"manifest {ds.manifest} is not in the training repository — commit it "
-                                               "there so that the commit signature covers it")
-    manifest = src / rel          # the manifest as committed in the verified commit, not the working tree
+        return GateResult.fail(
+            f"data:{name}",
+            f"manifest {ds.manifest} is not in the training repository — commit it "
+            "there so that the commit signature covers it",
+        )
+    manifest = src / rel  # the manifest as committed in the verified commit, not the working tree
     result = data.check(name, ds.dir, manifest)
     if not result.passed:
         return result
@@ -219,8 +248,9 @@ def data_gate(pol, name: str, src: Path, run_dir: Path) -> GateResult:
     shutil.copytree(ds.dir, dest)
     again = data.check(name, dest, manifest)
     if not again.passed:
-        return GateResult.fail(again.gate, f"dataset '{name}' changed while it was copied: {again.reason}",
-                               evidence=again.evidence)
+        return GateResult.fail(
+            again.gate, f"dataset '{name}' changed while it was copied: {again.reason}", evidence=again.evidence
+        )
     evidence = dict(result.evidence, snapshot=str(dest), manifest_in_commit=str(rel))
     # Content, judged on the snapshot training reads: shape, dtype, value range and label set as the policy declares;
     # label shift against the previous version (from the history committed beside the manifest); the pinned root
@@ -236,13 +266,22 @@ def data_gate(pol, name: str, src: Path, run_dir: Path) -> GateResult:
 @task(name="train")
 def train(pol, box: sandbox.Sandbox, src: Path, run_dir: Path) -> Path:
     out = _fresh(run_dir / "out")
-    job = box.job("trainer", ro={"src": src, "data": run_dir / "data" / "train"}, rw={"out": out}, cwd="src",
-                  timeout=pol.training.timeout_seconds, threads=pol.training.threads)
+    job = box.job(
+        "trainer",
+        ro={"src": src, "data": run_dir / "data" / "train"},
+        rw={"out": out},
+        cwd="src",
+        timeout=pol.training.timeout_seconds,
+        threads=pol.training.threads,
+    )
     job.refuse_exposure(protected_paths(pol))
     cmd = [*pol.training.command, "--data", job.path("data"), "--out", job.path("out")]
     shown = " ".join("python" if c == "{python}" else c for c in pol.training.command)
-    emit("progress", step="train", message=f"training: {shown} ({'sandboxed' if box.isolated else 'unsandboxed'}, "
-                                           "no secrets)")
+    emit(
+        "progress",
+        step="train",
+        message=f"training: {shown} ({'sandboxed' if box.isolated else 'unsandboxed'}, no secrets)",
+    )
     seconds = job.run(cmd, on_line=lambda line: emit("progress", step="train", message=f"  trainer | {line}"))
     emit("progress", step="train", message=f"training finished in {seconds:.1f} s")
     return out
@@ -264,20 +303,29 @@ def recheck_data(datasets: dict[str, GateResult], src: Path, run_dir: Path) -> N
 
 
 @task(name="model-gates")
-def model_gates(pol, box: sandbox.Sandbox, src: Path, model_dir: Path, run_dir: Path, ledger: Ledger
-                ) -> list[GateResult]:
+def model_gates(
+    pol, box: sandbox.Sandbox, src: Path, model_dir: Path, run_dir: Path, ledger: Ledger
+) -> list[GateResult]:
     """Accuracy, robustness, backdoor, golden regression and advisories, computed by Airlock's evaluator; the
     team's model answers from its sandbox."""
     work = _fresh(run_dir / "model-gates")
     work.mkdir(parents=True)
     req = {
-        "src": str(src), "model": str(model_dir), "workdir": str(work),
-        "train_dir": str(run_dir / "data" / "train"), "golden_dir": str(run_dir / "data" / "golden"),
-        "threads": pol.training.threads, "seed": pol.evaluation.seed, "timeout": pol.training.timeout_seconds,
-        "training_command": pol.training.command, "parallel": min(2, os.cpu_count() or 1),
+        "src": str(src),
+        "model": str(model_dir),
+        "workdir": str(work),
+        "train_dir": str(run_dir / "data" / "train"),
+        "golden_dir": str(run_dir / "data" / "golden"),
+        "threads": pol.training.threads,
+        "seed": pol.evaluation.seed,
+        "timeout": pol.training.timeout_seconds,
+        "training_command": pol.training.command,
+        "parallel": min(2, os.cpu_count() or 1),
         "sandbox": dataclasses.asdict(box),
-        "params": {name: getattr(pol, name).model_dump() for name in
-                   ("evaluation", "robustness", "backdoor", "golden_regression", "advisory")},
+        "params": {
+            name: getattr(pol, name).model_dump()
+            for name in ("evaluation", "robustness", "backdoor", "golden_regression", "advisory")
+        },
     }
     prod = production_reference(pol, work, ledger)
     if prod:
@@ -287,12 +335,21 @@ def model_gates(pol, box: sandbox.Sandbox, src: Path, model_dir: Path, run_dir: 
     request, result_file = work / "request.json", work / "results.json"
     request.write_text(json.dumps(req, indent=2))
     against = f"production {prod['prod_digest'][:19]}…" if prod else "a golden-set stand-in (nothing in production)"
-    emit("progress", step="model-gates", message=f"accuracy, robustness, backdoor, golden regression against {against} "
-                                                 "(the model answers from its sandbox)")
-    sandbox.run_trusted(["{python}", "-P", "-m", "flows._evaluate", str(request), str(result_file)],
-                        cwd=run_dir, home=run_dir / "home-eval", timeout=pol.training.timeout_seconds,
-                        what="model-gate evaluator", threads=pol.training.threads,
-                        on_line=lambda line: emit("progress", step="model-gates", message=f"  evaluator | {line}"))
+    emit(
+        "progress",
+        step="model-gates",
+        message=f"accuracy, robustness, backdoor, golden regression against {against} "
+        "(the model answers from its sandbox)",
+    )
+    sandbox.run_trusted(
+        ["{python}", "-P", "-m", "flows._evaluate", str(request), str(result_file)],
+        cwd=run_dir,
+        home=run_dir / "home-eval",
+        timeout=pol.training.timeout_seconds,
+        what="model-gate evaluator",
+        threads=pol.training.threads,
+        on_line=lambda line: emit("progress", step="model-gates", message=f"  evaluator | {line}"),
+    )
     out_json = json.loads(result_file.read_text())
     results = [GateResult.from_dict(d) for d in out_json["results"]]
     curve = out_json.get("plots", {}).get("robustness")
@@ -320,9 +377,13 @@ def production_reference(pol, work: Path, ledger: Ledger) -> dict | None:
     cached = None
     bd = prod.model_dir / "evidence" / "backdoor.json"
     if bd.exists():
-        cached = json.loads(bd.read_text()).get("evidence", {}).get("candidate")   # signed with production
-    return {"prod_model": str(prod_model), "prod_src": str(prod_src), "prod_backdoor": cached,
-            "prod_digest": prod.digest}
+        cached = json.loads(bd.read_text()).get("evidence", {}).get("candidate")  # signed with production
+    return {
+        "prod_model": str(prod_model),
+        "prod_src": str(prod_src),
+        "prod_backdoor": cached,
+        "prod_digest": prod.digest,
+    }
 
 
 def _trace_suspicious(result: GateResult, src: Path, pol) -> GateResult:
@@ -338,14 +399,36 @@ def _trace_suspicious(result: GateResult, src: Path, pol) -> GateResult:
     entry = m["files"].get("train_x.npy", {})
     batch = entry.get("batch")
     source = (m.get("batches") or {}).get(batch, {}).get("source") if batch else None
-    traced = [dict(s, file="train_x.npy", row=s.get("index"), sha256=entry.get("sha256"), batch=batch, source=source,
-                   manifest_root_digest=m["root_digest"]) for s in suspicious]
-    return GateResult(result.gate, result.verdict, result.reason, result.metrics, {**result.evidence, "suspicious": traced})
+    traced = [
+        dict(
+            s,
+            file="train_x.npy",
+            row=s.get("index"),
+            sha256=entry.get("sha256"),
+            batch=batch,
+            source=source,
+            manifest_root_digest=m["root_digest"],
+        )
+        for s in suspicious
+    ]
+    return GateResult(
+        result.gate, result.verdict, result.reason, result.metrics, {**result.evidence, "suspicious": traced}
+    )
 
 
 @task(name="sign-and-stage")
-def sign_and_stage(pol, box: sandbox.Sandbox, run_id, run_dir, src: Path, model_dir: Path, c: GateResult,
-                   datasets: dict, rec: RunRecorder, ledger: Ledger):
+def sign_and_stage(
+    pol,
+    box: sandbox.Sandbox,
+    run_id,
+    run_dir,
+    src: Path,
+    model_dir: Path,
+    c: GateResult,
+    datasets: dict,
+    rec: RunRecorder,
+    ledger: Ledger,
+):
     provenance = {
         "format": "airlock-provenance/v1",
         "run_id": run_id,
@@ -353,8 +436,12 @@ def sign_and_stage(pol, box: sandbox.Sandbox, run_id, run_dir, src: Path, model_
         "policy": {"path": str(pol.source), "digest": pol.digest, "protected": pol.protected},
         "commit": {k: c.evidence.get(k) for k in ("commit", "signer", "key_fingerprint", "author", "subject", "repo")},
         # Which files, from where: each file's sha256 and batch, each batch's source (read by `airlock data trace`).
-        "datasets": {name: provenance_entry(manifest.load(src / r.evidence["manifest_in_commit"]),
-                                            r.evidence["manifest_in_commit"]) for name, r in datasets.items()},
+        "datasets": {
+            name: provenance_entry(
+                manifest.load(src / r.evidence["manifest_in_commit"]), r.evidence["manifest_in_commit"]
+            )
+            for name, r in datasets.items()
+        },
         "trainer": {"command": pol.training.command, "metadata": "training.json"},
         # Where team code ran: an unsandboxed run (sandbox.mode = environment) says so in what approvers see.
         "sandbox": box.describe(),
@@ -363,8 +450,12 @@ def sign_and_stage(pol, box: sandbox.Sandbox, run_id, run_dir, src: Path, model_
     (model_dir / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     # AI bill of materials: data hashes, preprocessing, hyperparameters, commit, packages (signed with the model).
     committed = {name: manifest.load(src / r.evidence["manifest_in_commit"]) for name, r in datasets.items()}
-    metrics = {f"{r.gate}:{k}": v for r in rec.results if r.gate in MODEL_METRIC_GATES or r.verdict is Verdict.ADVISORY
-               for k, v in r.metrics.items()}
+    metrics = {
+        f"{r.gate}:{k}": v
+        for r in rec.results
+        if r.gate in MODEL_METRIC_GATES or r.verdict is Verdict.ADVISORY
+        for k, v in r.metrics.items()
+    }
     aibom.write(model_dir, provenance, committed, metrics)
     modeldir.add_evidence(model_dir, sorted((run_dir / "evidence").iterdir()))
     # Smuggled files: what is signed is exactly the layout Airlock builds.
@@ -374,27 +465,54 @@ def sign_and_stage(pol, box: sandbox.Sandbox, run_id, run_dir, src: Path, model_
     key = pol.signing.private_key or _env_key()
     sig = run_dir / "model.sig"
     modelsign.sign(model_dir, sig, key)
-    ledger.append("model.signed", {"signature": str(sig), "public_key": str(pol.trust.model_signing_public_key)}, run_id=run_id)
+    ledger.append(
+        "model.signed", {"signature": str(sig), "public_key": str(pol.trust.model_signing_public_key)}, run_id=run_id
+    )
     registry = _registry(pol, ledger)
     staged = registry.stage(model_dir, sig, run_id)
     emit("staged", digest=staged.digest, path=str(staged.path))
     return staged
 
 
-def collect_approvals(started, pol, roots: trust.TrustRoots, run_dir: Path, run_id: str, digest: str,
-                      commit_signer: str | None, rec: RunRecorder, ledger: Ledger,
-                      box: sandbox.Sandbox) -> list[approval.Approval]:
+def collect_approvals(
+    started,
+    pol,
+    roots: trust.TrustRoots,
+    run_dir: Path,
+    run_id: str,
+    digest: str,
+    commit_signer: str | None,
+    rec: RunRecorder,
+    ledger: Ledger,
+    box: sandbox.Sandbox,
+) -> list[approval.Approval]:
     """The pause. Runs in the flow body (Prefect cannot pause inside a task)."""
-    ctx = approval.Context(run_id=run_id, model_digest=digest, approvers_file=pol.trust.approvers,
-                           revoked_keys=pol.trust.revoked_keys,
-                           commit_signer=commit_signer, forbid_self_approval=pol.approval.forbid_self_approval)
+    ctx = approval.Context(
+        run_id=run_id,
+        model_digest=digest,
+        approvers_file=pol.trust.approvers,
+        revoked_keys=pol.trust.revoked_keys,
+        commit_signer=commit_signer,
+        forbid_self_approval=pol.approval.forbid_self_approval,
+    )
     command = f"airlock approve {run_id} --key ~/.ssh/id_ed25519 --config {pol.source}"
-    warning = "" if box.isolated else ("**WARNING: team code ran without Airlock's sandbox** (sandbox.mode = "
-                                       "environment): approve only if the pod it ran in held no secret.\n\n")
-    description = (warning + _report.summary_markdown(rec.results, f"Approve model {digest}?")
-                   + f"\n\nApprove from a terminal:\n\n    {command}\n\n"
-                   "Paste-in approvals must be a statement and an SSH signature made by `airlock approve --print-only`.")
-    ledger.append("approval.requested", {"digest": digest, "quorum": pol.approval.quorum, "command": command}, run_id=run_id)
+    warning = (
+        ""
+        if box.isolated
+        else (
+            "**WARNING: team code ran without Airlock's sandbox** (sandbox.mode = "
+            "environment): approve only if the pod it ran in held no secret.\n\n"
+        )
+    )
+    description = (
+        warning
+        + _report.summary_markdown(rec.results, f"Approve model {digest}?")
+        + f"\n\nApprove from a terminal:\n\n    {command}\n\n"
+        "Paste-in approvals must be a statement and an SSH signature made by `airlock approve --print-only`."
+    )
+    ledger.append(
+        "approval.requested", {"digest": digest, "quorum": pol.approval.quorum, "command": command}, run_id=run_id
+    )
     emit("awaiting", run_id=run_id, digest=digest, command=command, quorum=pol.approval.quorum)
     accepted: list[approval.Verified] = []
     deadline = time.monotonic() + pol.approval.timeout_seconds
@@ -405,9 +523,12 @@ def collect_approvals(started, pol, roots: trust.TrustRoots, run_dir: Path, run_
         if remaining <= 0:
             break
         try:
-            raw = pause_flow_run(wait_for_input=ApprovalInput.with_initial_data(description=description),
-                                 timeout=remaining, poll_interval=int(max(1, pol.approval.poll_seconds)),
-                                 key=f"approval-{attempt}")
+            raw = pause_flow_run(
+                wait_for_input=ApprovalInput.with_initial_data(description=description),
+                timeout=remaining,
+                poll_interval=int(max(1, pol.approval.poll_seconds)),
+                key=f"approval-{attempt}",
+            )
             submitted = approval.Approval(str(raw.statement), str(raw.signature))
             result, verified = approval.verify_one(submitted, ctx, accepted)
         except FlowPauseTimeout:
@@ -420,7 +541,7 @@ def collect_approvals(started, pol, roots: trust.TrustRoots, run_dir: Path, run_
             # trust roots in force now (a key revoked while the run waited is refused here).
             try:
                 result, verified = _under_roots_now(started, roots, run_dir, submitted, ctx, accepted, result, verified)
-            except AirlockError as e:          # the run ends here: the approver hears why, not a timeout
+            except AirlockError as e:  # the run ends here: the approver hears why, not a timeout
                 ended = GateResult.fail(approval.GATE, e.one_line())
                 ledger.append("approval.received", ended.to_dict(), run_id=run_id)
                 _publish_approval_verdict(submitted, ended)
@@ -429,36 +550,48 @@ def collect_approvals(started, pol, roots: trust.TrustRoots, run_dir: Path, run_
         _publish_approval_verdict(submitted, result)
         emit("approval", result=result)
         if verified is None:
-            continue            # refused: say why, keep waiting for a valid one
+            continue  # refused: say why, keep waiting for a valid one
         accepted.append(verified)
         if verified.decision == "reject":
             raise GateFailed(f"{verified.approver} rejected the model: {verified.reason or 'no reason given'}")
     final = approval.check_quorum([v.approval for v in accepted], ctx, pol.approval.quorum)
     if not final.passed:
         ledger.append("approval.timeout", {"accepted": [v.approver for v in accepted]}, run_id=run_id)
-        raise GateFailed(f"approval gate refused: {final.reason} before the approval window closed (or "
-                         f"{pol.approval.max_attempts} submissions were used up) — nothing was promoted; start a new run")
+        raise GateFailed(
+            f"approval gate refused: {final.reason} before the approval window closed (or "
+            f"{pol.approval.max_attempts} submissions were used up) — nothing was promoted; start a new run"
+        )
     rec.record(final)
     return [v.approval for v in accepted]
 
 
 def _under_roots_now(started, roots, run_dir: Path, submitted, ctx, accepted, result, verified):
-    now = trust.at_decision(started, roots, run_dir / "trust-now")      # raises: a changed copy or policy ends the run
-    again, v = approval.verify_one(submitted, dataclasses.replace(ctx, approvers_file=now.approvers,
-                                                                  revoked_keys=now.revoked_keys), accepted)
+    now = trust.at_decision(started, roots, run_dir / "trust-now")  # raises: a changed copy or policy ends the run
+    again, v = approval.verify_one(
+        submitted, dataclasses.replace(ctx, approvers_file=now.approvers, revoked_keys=now.revoked_keys), accepted
+    )
     if v is None:
-        return GateResult.fail(approval.GATE, f"{again.reason} (under the trust roots in force now)",
-                               evidence=again.evidence), None
+        return GateResult.fail(
+            approval.GATE, f"{again.reason} (under the trust roots in force now)", evidence=again.evidence
+        ), None
     return result, verified
 
 
 @task(name="promote")
-def promote(started, pol, roots: trust.TrustRoots, run_dir: Path, digest: str, approvals: list[approval.Approval],
-            ledger: Ledger) -> dict:
+def promote(
+    started,
+    pol,
+    roots: trust.TrustRoots,
+    run_dir: Path,
+    digest: str,
+    approvals: list[approval.Approval],
+    ledger: Ledger,
+) -> dict:
     now = trust.at_decision(started, roots, run_dir / "trust-now")
     # The approvals were collected under the run's trust roots: they must still meet them ...
-    verdict = _registry(pol, ledger).check_approvals(digest, approvals, pol.approval.quorum,
-                                                     pol.approval.forbid_self_approval)
+    verdict = _registry(pol, ledger).check_approvals(
+        digest, approvals, pol.approval.quorum, pol.approval.forbid_self_approval
+    )
     if not verdict.passed:
         raise RegistryError(f"promotion refused: {verdict.reason}", "collect valid approvals in a new run")
     # ... and the registry re-verifies everything under the roots in force now (revocations since the start).
@@ -492,5 +625,7 @@ def _env_key() -> Path:
 
     k = os.environ.get("AIRLOCK_SIGNING_KEY")
     if not k:
-        raise SigningError("no model-signing key configured", "set signing.private_key in airlock.toml or $AIRLOCK_SIGNING_KEY")
+        raise SigningError(
+            "no model-signing key configured", "set signing.private_key in airlock.toml or $AIRLOCK_SIGNING_KEY"
+        )
     return Path(k)

@@ -56,8 +56,15 @@ def _advisory(gate: str, reason: str, metrics: dict[str, float], evidence: dict[
 # Membership inference
 
 
-def membership_inference(model, meta: dict, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                         y_test: np.ndarray, params: AdvisoryParams = AdvisoryParams()) -> GateResult:
+def membership_inference(
+    model,
+    meta: dict,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    params: AdvisoryParams = AdvisoryParams(),
+) -> GateResult:
     """Membership-inference advantage of ART's black-box attack (members: training rows; non-members: test rows).
 
     Reports the advantage of two attack features - the model's outputs ("prediction") and the per-sample loss
@@ -83,8 +90,7 @@ def membership_inference(model, meta: dict, x_train: np.ndarray, y_train: np.nda
             attack = MembershipInferenceBlackBox(clf, input_type=input_type, attack_model_type="rf")
             # A seeded forest. Passed as ``attack_model=`` an unfitted sklearn ensemble breaks ART 1.20's
             # ``if self.attack_model:`` (len() of an unfitted ensemble raises), so it replaces the default one.
-            attack.attack_model = RandomForestClassifier(n_estimators=100, min_samples_leaf=3,
-                                                         random_state=params.seed)
+            attack.attack_model = RandomForestClassifier(n_estimators=100, min_samples_leaf=3, random_state=params.seed)
             attack.fit(x=xm[:h], y=ym[:h], test_x=xn[:h], test_y=yn[:h])
             tpr = float(np.mean(attack.infer(xm[h:], ym[h:]).ravel() == 1))
             fpr = float(np.mean(attack.infer(xn[h:], yn[h:]).ravel() == 1))
@@ -93,13 +99,26 @@ def membership_inference(model, meta: dict, x_train: np.ndarray, y_train: np.nda
             metrics[f"membership_fpr_{input_type}"] = fpr
     adv = max(metrics["membership_advantage_prediction"], metrics["membership_advantage_loss"])
     metrics["membership_advantage"] = adv
-    evidence = {"attack": "ART MembershipInferenceBlackBox, RandomForest(100, min_samples_leaf=3), features: "
-                          "prediction and loss", "members": int(m), "non_members": int(m), "fit_per_side": h,
-                "measure_per_side": m - h, "seconds": round(time.perf_counter() - t0, 3)}
-    hint = ("the model leaks training membership: regularise, early-stop or train with differential privacy"
-            if adv > 0.1 else "no material leak at this sample size")
-    return _advisory("membership_inference", f"membership-inference advantage {adv:.3f} (TPR-FPR on {m - h}+{m - h} "
-                                             f"held-out records) - {hint}", metrics, evidence)
+    evidence = {
+        "attack": "ART MembershipInferenceBlackBox, RandomForest(100, min_samples_leaf=3), features: "
+        "prediction and loss",
+        "members": int(m),
+        "non_members": int(m),
+        "fit_per_side": h,
+        "measure_per_side": m - h,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    hint = (
+        "the model leaks training membership: regularise, early-stop or train with differential privacy"
+        if adv > 0.1
+        else "no material leak at this sample size"
+    )
+    return _advisory(
+        "membership_inference",
+        f"membership-inference advantage {adv:.3f} (TPR-FPR on {m - h}+{m - h} held-out records) - {hint}",
+        metrics,
+        evidence,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -125,17 +144,36 @@ def copycat_network(input_shape, nb_classes: int, hidden: int = 64):
     if len(shape) == 3:
         c, h, w = shape
         pool = 2 if h >= 2 and w >= 2 else 1
-        return nn.Sequential(nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-                             nn.MaxPool2d(pool), nn.Flatten(), nn.Linear(32 * (h // pool) * (w // pool), hidden),
-                             nn.ReLU(), nn.Linear(hidden, int(nb_classes)))
+        return nn.Sequential(
+            nn.Conv2d(c, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(pool),
+            nn.Flatten(),
+            nn.Linear(32 * (h // pool) * (w // pool), hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, int(nb_classes)),
+        )
     n = math.prod(shape)
-    return nn.Sequential(nn.Flatten(), nn.Linear(n, 4 * hidden), nn.ReLU(), nn.Linear(4 * hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, int(nb_classes)))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(n, 4 * hidden),
+        nn.ReLU(),
+        nn.Linear(4 * hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, int(nb_classes)),
+    )
 
 
-def extraction_effort(model, meta: dict, x_pool: np.ndarray, x_eval: np.ndarray,
-                      params: AdvisoryParams = AdvisoryParams(), copycat_factory: Callable | None = None
-                      ) -> GateResult:
+def extraction_effort(
+    model,
+    meta: dict,
+    x_pool: np.ndarray,
+    x_eval: np.ndarray,
+    params: AdvisoryParams = AdvisoryParams(),
+    copycat_factory: Callable | None = None,
+) -> GateResult:
     """Queries a copycat needs to agree with ``model`` on >= ``extraction_agreement`` of ``x_eval``.
 
     ``x_pool``: in-distribution inputs the attacker queries (unlabelled; e.g. the training inputs stand for what an
@@ -164,15 +202,27 @@ def extraction_effort(model, meta: dict, x_pool: np.ndarray, x_eval: np.ndarray,
                 net = copycat_factory()
             elif any(True for _ in model.parameters()):
                 net = _fresh_copy(model)
-            else:       # out-of-process victim: its code is not ours to copy
+            else:  # out-of-process victim: its code is not ours to copy
                 net = copycat_network(shape, k)
-            thief = PyTorchClassifier(net, loss=torch.nn.CrossEntropyLoss(),
-                                      optimizer=torch.optim.Adam(net.parameters(), lr=params.extraction_learning_rate),
-                                      input_shape=shape, nb_classes=k, clip_values=clip, device_type="cpu")
+            thief = PyTorchClassifier(
+                net,
+                loss=torch.nn.CrossEntropyLoss(),
+                optimizer=torch.optim.Adam(net.parameters(), lr=params.extraction_learning_rate),
+                input_shape=shape,
+                nb_classes=k,
+                clip_values=clip,
+                device_type="cpu",
+            )
             batches = math.ceil(budget / params.extraction_batch_size)
             epochs = max(1, math.ceil(params.extraction_steps / batches))
-            attack = CopycatCNN(victim, batch_size_fit=params.extraction_batch_size, batch_size_query=budget,
-                                nb_epochs=epochs, nb_stolen=budget, use_probability=False)
+            attack = CopycatCNN(
+                victim,
+                batch_size_fit=params.extraction_batch_size,
+                batch_size_query=budget,
+                nb_epochs=epochs,
+                nb_stolen=budget,
+                use_probability=False,
+            )
             stolen = attack.extract(x_pool, thieved_classifier=thief)
             agreement = float((stolen.predict(x_eval, batch_size=len(x_eval)).argmax(1) == target).mean())
             curve.append({"queries": budget, "agreement": round(agreement, 4)})
@@ -182,19 +232,36 @@ def extraction_effort(model, meta: dict, x_pool: np.ndarray, x_eval: np.ndarray,
             if budget >= len(x_pool):
                 break
     # JSON has no infinity: when the target is never reached, report the largest budget tried and reached = 0.
-    metrics = {"extraction_queries_to_target": float(reached if reached is not None else curve[-1]["queries"]),
-               "extraction_reached": 1.0 if reached is not None else 0.0,
-               "extraction_target_agreement": float(params.extraction_agreement),
-               "extraction_best_agreement": max(p["agreement"] for p in curve)}
-    evidence = {"attack": "ART CopycatCNN, victim labels (argmax), copycat = " + ("the given factory" if copycat_factory else "victim architecture re-initialised" if any(True for _ in model.parameters()) else "Airlock's copycat_network"),
-                "curve": curve, "pool": int(len(x_pool)), "eval": int(len(x_eval)),
-                "seconds": round(time.perf_counter() - t0, 3)}
+    metrics = {
+        "extraction_queries_to_target": float(reached if reached is not None else curve[-1]["queries"]),
+        "extraction_reached": 1.0 if reached is not None else 0.0,
+        "extraction_target_agreement": float(params.extraction_agreement),
+        "extraction_best_agreement": max(p["agreement"] for p in curve),
+    }
+    evidence = {
+        "attack": "ART CopycatCNN, victim labels (argmax), copycat = "
+        + (
+            "the given factory"
+            if copycat_factory
+            else "victim architecture re-initialised"
+            if any(True for _ in model.parameters())
+            else "Airlock's copycat_network"
+        ),
+        "curve": curve,
+        "pool": int(len(x_pool)),
+        "eval": int(len(x_eval)),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     if reached is None:
-        reason = (f"a copycat did not reach {params.extraction_agreement:.0%} agreement within "
-                  f"{curve[-1]['queries']} queries (best {metrics['extraction_best_agreement']:.3f})")
+        reason = (
+            f"a copycat did not reach {params.extraction_agreement:.0%} agreement within "
+            f"{curve[-1]['queries']} queries (best {metrics['extraction_best_agreement']:.3f})"
+        )
     else:
-        reason = (f"a copycat reaches {params.extraction_agreement:.0%} agreement after {reached} queries - "
-                  "rate-limit and monitor the serving endpoint accordingly")
+        reason = (
+            f"a copycat reaches {params.extraction_agreement:.0%} agreement after {reached} queries - "
+            "rate-limit and monitor the serving endpoint accordingly"
+        )
     return _advisory("extraction_effort", reason, metrics, evidence)
 
 
@@ -216,7 +283,7 @@ def penultimate_activations(model, x: np.ndarray, layer: str = "penultimate", ba
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)))
+                model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)))
     finally:
         handle.remove()
     return torch.cat(captured).numpy().astype(np.float64)
@@ -246,9 +313,15 @@ def spectral_scores(activations: np.ndarray, labels: np.ndarray, components: int
     return scores
 
 
-def spectral_signatures(model, meta: dict, x_train: np.ndarray, y_train: np.ndarray,
-                        params: AdvisoryParams = AdvisoryParams(), layer: str = "penultimate",
-                        classes: list[int] | None = None) -> GateResult:
+def spectral_signatures(
+    model,
+    meta: dict,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    params: AdvisoryParams = AdvisoryParams(),
+    layer: str = "penultimate",
+    classes: list[int] | None = None,
+) -> GateResult:
     """Rank training samples by spectral-signature score; report the top ``spectral_top`` as row indices.
 
     ``classes``: restrict the ranking to these labels - pass the class(es) the backdoor gate flagged (its
@@ -268,7 +341,9 @@ def spectral_signatures(model, meta: dict, x_train: np.ndarray, y_train: np.ndar
     scores = spectral_scores(act, y, params.spectral_components)
     pool = np.flatnonzero(np.isin(y, classes)) if classes is not None else np.arange(len(y))
     order = pool[np.argsort(-scores[pool], kind="stable")][: params.spectral_top]
-    suspicious = [{"index": int(i), "label": int(y[i]), "score": round(float(scores[i]), 3)} for i in order]
+    suspicious: list[dict[str, Any]] = [
+        {"index": int(i), "label": int(y[i]), "score": round(float(scores[i]), 3)} for i in order
+    ]
     per_class = {}
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
@@ -276,19 +351,29 @@ def spectral_signatures(model, meta: dict, x_train: np.ndarray, y_train: np.ndar
     by_class: dict[int, int] = {}
     for s in suspicious:
         by_class[s["label"]] = by_class.get(s["label"], 0) + 1
-    top_class = max(by_class, key=by_class.get) if by_class else -1
-    metrics = {"spectral_max_score": float(scores[order[0]]) if len(order) else 0.0,
-               "spectral_top_class": float(top_class),
-               "spectral_top_class_share": by_class.get(top_class, 0) / max(1, len(suspicious))}
-    evidence = {"method": f"spectral signatures (Tran et al. 2018) on model.{layer} activations: per class, whitened "
-                          f"projection on the top {params.spectral_components} singular vectors, class mean = 1",
-                "classes": None if classes is None else [int(c) for c in classes],
-                "suspicious": suspicious, "per_class": per_class,
-                "by_class": {str(k): v for k, v in sorted(by_class.items())}, "samples": int(len(y)),
-                "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()},
-                "seconds": round(time.perf_counter() - t0, 3)}
+    top_class = max(by_class, key=lambda c: by_class[c]) if by_class else -1
+    metrics = {
+        "spectral_max_score": float(scores[order[0]]) if len(order) else 0.0,
+        "spectral_top_class": float(top_class),
+        "spectral_top_class_share": by_class.get(top_class, 0) / max(1, len(suspicious)),
+    }
+    evidence = {
+        "method": f"spectral signatures (Tran et al. 2018) on model.{layer} activations: per class, whitened "
+        f"projection on the top {params.spectral_components} singular vectors, class mean = 1",
+        "classes": None if classes is None else [int(c) for c in classes],
+        "suspicious": suspicious,
+        "per_class": per_class,
+        "by_class": {str(k): v for k, v in sorted(by_class.items())},
+        "samples": int(len(y)),
+        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     scope = "all classes" if classes is None else f"class(es) {sorted(int(c) for c in classes)}"
-    return _advisory("spectral_signatures",
-                     f"top {len(suspicious)} suspicious training samples in {scope} listed (highest score "
-                     f"{metrics['spectral_max_score']:.1f}x class mean, {by_class.get(top_class, 0)} of them in "
-                     f"class {top_class}) - review those rows' files and provenance", metrics, evidence)
+    return _advisory(
+        "spectral_signatures",
+        f"top {len(suspicious)} suspicious training samples in {scope} listed (highest score "
+        f"{metrics['spectral_max_score']:.1f}x class mean, {by_class.get(top_class, 0)} of them in "
+        f"class {top_class}) - review those rows' files and provenance",
+        metrics,
+        evidence,
+    )

@@ -73,11 +73,17 @@ class Context:
 def make_statement(run_id: str, model_digest: str, approver: str, decision: str, reason: str = "") -> str:
     if decision not in DECISIONS:
         raise Refused(f"decision must be one of {DECISIONS}, got {decision!r}")
-    return canonical({
-        "type": STATEMENT_TYPE, "run_id": run_id, "model_digest": model_digest, "approver": approver,
-        "decision": decision, "reason": reason,
-        "issued_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }).decode()
+    return canonical(
+        {
+            "type": STATEMENT_TYPE,
+            "run_id": run_id,
+            "model_digest": model_digest,
+            "approver": approver,
+            "decision": decision,
+            "reason": reason,
+            "issued_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+    ).decode()
 
 
 def sign(key: str | Path, statement: str) -> Approval:
@@ -85,6 +91,7 @@ def sign(key: str | Path, statement: str) -> Approval:
 
 
 # -- rules ---------------------------------------------------------------------------------------------------------
+
 
 class Rule(Protocol):
     def verify(self, stmt: dict, approval: Approval, ctx: Context, accepted: list[Verified]) -> str | None:
@@ -114,8 +121,14 @@ class SignedByApprover:
 
     def verify(self, stmt, approval, ctx, accepted):
         try:
-            return sshsig.verify(ctx.approvers_file, stmt["approver"], NAMESPACE, approval.statement.encode(),
-                                 approval.signature, revoked_keys=ctx.revoked_keys)
+            return sshsig.verify(
+                ctx.approvers_file,
+                stmt["approver"],
+                NAMESPACE,
+                approval.statement.encode(),
+                approval.signature,
+                revoked_keys=ctx.revoked_keys,
+            )
         except AirlockError as e:
             raise Refused(f"approval by {stmt['approver']!r} refused: {e.what}") from None
 
@@ -140,8 +153,11 @@ class NotSelfApproval:
     """Self-approval: whoever signed the training commit cannot also approve its model."""
 
     def verify(self, stmt, approval, ctx, accepted):
-        if ctx.forbid_self_approval and ctx.commit_signer and \
-                _identity(stmt["approver"]) == _identity(ctx.commit_signer):
+        if (
+            ctx.forbid_self_approval
+            and ctx.commit_signer
+            and _identity(stmt["approver"]) == _identity(ctx.commit_signer)
+        ):
             raise Refused(f"{stmt['approver']} signed the training commit and cannot approve its own change")
 
 
@@ -149,7 +165,7 @@ def _identity(name: str) -> str:
     """An SSH principal ("alice@corp") or a GPG user id ("Alice <alice@corp>"), reduced to the address."""
     name = name.strip()
     if "<" in name and name.endswith(">"):
-        name = name[name.rindex("<") + 1:-1]
+        name = name[name.rindex("<") + 1 : -1]
     return name.lower()
 
 
@@ -163,8 +179,16 @@ class Distinct:
 
 @dataclass(frozen=True)
 class AllOf:
-    rules: list = field(default_factory=lambda: [WellFormed(), BoundToRun(), BoundToModel(), NotSelfApproval(),
-                                                 Distinct(), SignedByApprover()])
+    rules: list = field(
+        default_factory=lambda: [
+            WellFormed(),
+            BoundToRun(),
+            BoundToModel(),
+            NotSelfApproval(),
+            Distinct(),
+            SignedByApprover(),
+        ]
+    )
 
     def verify(self, approval: Approval, ctx: Context, accepted: list[Verified]) -> Verified:
         if not isinstance(approval.statement, str) or not isinstance(approval.signature, str):
@@ -194,9 +218,17 @@ def verify_one(approval: Approval, ctx: Context, accepted: list[Verified]) -> tu
     except Refused as e:
         return GateResult.fail(GATE, e.one_line(), evidence={"statement": approval.statement[:2000]}), None
     verb = "approved" if v.decision == "approve" else "REJECTED"
-    return GateResult.ok(GATE, f"{v.approver} {verb} with key {v.key_fingerprint}",
-                         evidence={"approver": v.approver, "decision": v.decision, "reason": v.reason,
-                                   "key_fingerprint": v.key_fingerprint, "statement": v.statement}), v
+    return GateResult.ok(
+        GATE,
+        f"{v.approver} {verb} with key {v.key_fingerprint}",
+        evidence={
+            "approver": v.approver,
+            "decision": v.decision,
+            "reason": v.reason,
+            "key_fingerprint": v.key_fingerprint,
+            "statement": v.statement,
+        },
+    ), v
 
 
 def check_quorum(approvals: list[Approval], ctx: Context, quorum: int) -> GateResult:
@@ -209,14 +241,22 @@ def check_quorum(approvals: list[Approval], ctx: Context, quorum: int) -> GateRe
         accepted.append(v)
     rejects = [v for v in accepted if v.decision != "approve"]
     if rejects:
-        return GateResult.fail(GATE, f"{rejects[0].approver} rejected the model: {rejects[0].reason or 'no reason given'}",
-                               evidence={"approvers": [v.approver for v in accepted]})
+        return GateResult.fail(
+            GATE,
+            f"{rejects[0].approver} rejected the model: {rejects[0].reason or 'no reason given'}",
+            evidence={"approvers": [v.approver for v in accepted]},
+        )
     # Too few approvers: one person (or none) cannot promote alone.
     if len(accepted) < quorum:
-        return GateResult.fail(GATE, f"{len(accepted)} of {quorum} required approvals — get approvals from "
-                                     f"{quorum - len(accepted)} more distinct approver(s)",
-                               evidence={"approvers": [v.approver for v in accepted]})
-    return GateResult.ok(GATE, f"{len(accepted)} of {quorum} approvals: " + ", ".join(v.approver for v in accepted),
-                         metrics={"approvals": float(len(accepted)), "quorum": float(quorum)},
-                         evidence={"approvers": [v.approver for v in accepted],
-                                   "keys": [v.key_fingerprint for v in accepted]})
+        return GateResult.fail(
+            GATE,
+            f"{len(accepted)} of {quorum} required approvals — get approvals from "
+            f"{quorum - len(accepted)} more distinct approver(s)",
+            evidence={"approvers": [v.approver for v in accepted]},
+        )
+    return GateResult.ok(
+        GATE,
+        f"{len(accepted)} of {quorum} approvals: " + ", ".join(v.approver for v in accepted),
+        metrics={"approvals": float(len(accepted)), "quorum": float(quorum)},
+        evidence={"approvers": [v.approver for v in accepted], "keys": [v.key_fingerprint for v in accepted]},
+    )

@@ -25,16 +25,24 @@ MAX_METADATA_BYTES = 1 << 20
 def check(output_dir: str | Path) -> GateResult:
     out = Path(output_dir)
     if not out.is_dir() or out.is_symlink():
-        return GateResult.fail(GATE, f"trainer output {out} is missing — the trainer must write {sorted(EXPECTED)} there")
+        return GateResult.fail(
+            GATE, f"trainer output {out} is missing — the trainer must write {sorted(EXPECTED)} there"
+        )
     entries = {p.name: p for p in out.iterdir()}
     evidence: dict = {"files": sorted(entries)}
     # Smuggled files, links and directories would be signed along with the model.
     odd = sorted(n for n, p in entries.items() if n not in EXPECTED or p.is_symlink() or not p.is_file())
     missing = sorted(EXPECTED - set(entries))
     if odd or missing:
-        parts = ([f"unexpected: {', '.join(odd)}"] if odd else []) + ([f"missing: {', '.join(missing)}"] if missing else [])
-        return GateResult.fail(GATE, f"trainer output must be exactly {sorted(EXPECTED)} — {'; '.join(parts)} — "
-                                     "write weights with safetensors.save_file and metadata as JSON only", evidence=evidence)
+        parts = ([f"unexpected: {', '.join(odd)}"] if odd else []) + (
+            [f"missing: {', '.join(missing)}"] if missing else []
+        )
+        return GateResult.fail(
+            GATE,
+            f"trainer output must be exactly {sorted(EXPECTED)} — {'; '.join(parts)} — "
+            "write weights with safetensors.save_file and metadata as JSON only",
+            evidence=evidence,
+        )
 
     # Code execution at load: only a parseable safetensors file is accepted, never a pickle.
     try:
@@ -44,10 +52,16 @@ def check(output_dir: str | Path) -> GateResult:
             keys = list(f.keys())
             tensors = {k: list(f.get_slice(k).get_shape()) for k in keys}
     except Exception as e:  # noqa: BLE001 - any parse failure is a refusal
-        return GateResult.fail(GATE, f"{WEIGHTS} is not a valid safetensors file ({type(e).__name__}: {str(e)[:80]}) — "
-                                     "save weights with safetensors, never torch.save/pickle", evidence=evidence)
+        return GateResult.fail(
+            GATE,
+            f"{WEIGHTS} is not a valid safetensors file ({type(e).__name__}: {str(e)[:80]}) — "
+            "save weights with safetensors, never torch.save/pickle",
+            evidence=evidence,
+        )
     if not keys:
-        return GateResult.fail(GATE, f"{WEIGHTS} holds no tensors — the trainer saved an empty state dict", evidence=evidence)
+        return GateResult.fail(
+            GATE, f"{WEIGHTS} holds no tensors — the trainer saved an empty state dict", evidence=evidence
+        )
     evidence["tensors"] = len(keys)
     evidence["parameters"] = int(sum(_prod(s) for s in tensors.values()))
 
@@ -71,13 +85,25 @@ def check(output_dir: str | Path) -> GateResult:
         if not isinstance(meta.get("hyperparameters"), dict):
             problems.append("hyperparameters must be an object")
         clip = meta.get("clip_values", [0.0, 1.0])
-        if not (isinstance(clip, list) and len(clip) == 2 and all(isinstance(c, (int, float)) for c in clip) and clip[0] < clip[1]):
+        if not (
+            isinstance(clip, list)
+            and len(clip) == 2
+            and all(isinstance(c, (int, float)) for c in clip)
+            and clip[0] < clip[1]
+        ):
             problems.append("clip_values must be [low, high]")
     if problems:
-        return GateResult.fail(GATE, f"{METADATA}: {'; '.join(problems)} — see the trainer contract in training/__init__.py",
-                               evidence=evidence)
-    return GateResult.ok(GATE, f"safetensors with {len(keys)} tensors ({evidence['parameters']} parameters) and valid metadata",
-                         metrics={"parameters": float(evidence["parameters"])}, evidence=evidence)
+        return GateResult.fail(
+            GATE,
+            f"{METADATA}: {'; '.join(problems)} — see the trainer contract in training/__init__.py",
+            evidence=evidence,
+        )
+    return GateResult.ok(
+        GATE,
+        f"safetensors with {len(keys)} tensors ({evidence['parameters']} parameters) and valid metadata",
+        metrics={"parameters": float(evidence["parameters"])},
+        evidence=evidence,
+    )
 
 
 def _prod(shape: list[int]) -> int:

@@ -98,8 +98,9 @@ def _select(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray
     return x[picked], y[picked]
 
 
-def reverse_engineer(model, meta: dict, x: np.ndarray, y: np.ndarray, params: BackdoorParams = BackdoorParams()
-                     ) -> dict[str, Any]:
+def reverse_engineer(
+    model, meta: dict, x: np.ndarray, y: np.ndarray, params: BackdoorParams = BackdoorParams()
+) -> dict[str, Any]:
     """Neural Cleanse in torch: per class, the L1 norm of the smallest mask that flips other-class images to it.
 
     ``x``, ``y`` are CLEAN images (the golden set); the same images and params must be used for the candidate and
@@ -172,7 +173,7 @@ def reverse_engineer(model, meta: dict, x: np.ndarray, y: np.ndarray, params: Ba
                     raise_ = up >= params.patience
                     lower = down >= params.patience
                     cost = torch.where(raise_, cost * params.cost_multiplier, cost)
-                    cost = torch.where(lower, cost / params.cost_multiplier ** 1.5, cost)
+                    cost = torch.where(lower, cost / params.cost_multiplier**1.5, cost)
                     up = torch.where(raise_, torch.zeros_like(up), up)
                     down = torch.where(lower, torch.zeros_like(down), down)
             final = ((torch.tanh(mask_p) + 1) / 2).reshape(K, -1).sum(1).detach()
@@ -207,8 +208,12 @@ def relative_ratios(candidate_norms, reference_norms) -> list[float]:
     return [float(v) for v in (c / np.median(c)) / (r / np.median(r))]
 
 
-def check(candidate: dict[str, Any], reference: dict[str, Any] | None, params: BackdoorParams = BackdoorParams(),
-          reference_kind: str | None = None) -> GateResult:
+def check(
+    candidate: dict[str, Any],
+    reference: dict[str, Any] | None,
+    params: BackdoorParams = BackdoorParams(),
+    reference_kind: str | None = None,
+) -> GateResult:
     """Compare the candidate's per-class trigger norms with the reference's.
 
     ``candidate`` and ``reference`` are :func:`reverse_engineer` outputs (the reference may come from the registry's
@@ -223,32 +228,47 @@ def check(candidate: dict[str, Any], reference: dict[str, Any] | None, params: B
     evidence: dict[str, Any] = {"candidate": candidate, "reference": reference, "reference_kind": reference_kind}
     if reference is None:
         # Fail-closed: a backdoor gate with nothing to compare against would silently pass a poisoned first model.
-        return GateResult.fail(GATE, "no reference trigger sizes: compute them on a golden-set reference "
-                                     "(gates.backdoor.train_reference) or on the production model, then rerun",
-                               metrics=metrics, evidence=evidence)
+        return GateResult.fail(
+            GATE,
+            "no reference trigger sizes: compute them on a golden-set reference "
+            "(gates.backdoor.train_reference) or on the production model, then rerun",
+            metrics=metrics,
+            evidence=evidence,
+        )
     # Norms computed on other images or with other optimisation params are not comparable (e.g. a stale cache).
     for key in ("images_sha256", "params"):
         if candidate.get(key) != reference.get(key):
-            return GateResult.fail(GATE, f"reference trigger sizes were computed with a different {key.replace('_', ' ')} "
-                                         "than the candidate's: recompute the reference norms with the same golden set "
-                                         "and BackdoorParams", metrics=metrics, evidence=evidence)
+            return GateResult.fail(
+                GATE,
+                f"reference trigger sizes were computed with a different {key.replace('_', ' ')} "
+                "than the candidate's: recompute the reference norms with the same golden set "
+                "and BackdoorParams",
+                metrics=metrics,
+                evidence=evidence,
+            )
     cn, rn = candidate["norms"], reference["norms"]
     if len(cn) != len(rn):
-        return GateResult.fail(GATE, f"candidate has {len(cn)} classes, reference {len(rn)}: compare models of the "
-                                     "same task", metrics=metrics, evidence=evidence)
+        return GateResult.fail(
+            GATE,
+            f"candidate has {len(cn)} classes, reference {len(rn)}: compare models of the same task",
+            metrics=metrics,
+            evidence=evidence,
+        )
     threshold = params.ratio if reference_kind == "production" else params.ratio_no_production
     ratios = relative_ratios(cn, rn)
     k = int(np.argmin(ratios))
     ai = anomaly_index(cn)
-    metrics.update({
-        "min_trigger_ratio": ratios[k],
-        "min_trigger_ratio_class": float(k),
-        "threshold": float(threshold),
-        "candidate_min_norm": float(min(cn)),
-        "candidate_median_norm": float(np.median(cn)),
-        "reference_median_norm": float(np.median(rn)),
-        "candidate_max_anomaly_index": float(max(ai)),
-    })
+    metrics.update(
+        {
+            "min_trigger_ratio": ratios[k],
+            "min_trigger_ratio_class": float(k),
+            "threshold": float(threshold),
+            "candidate_min_norm": float(min(cn)),
+            "candidate_median_norm": float(np.median(cn)),
+            "reference_median_norm": float(np.median(rn)),
+            "candidate_max_anomaly_index": float(max(ai)),
+        }
+    )
     evidence["ratios"] = [round(r, 4) for r in ratios]
     evidence["anomaly_index"] = [round(a, 3) for a in ai]
     flagged = [i for i, r in enumerate(ratios) if r < threshold]
@@ -260,9 +280,15 @@ def check(candidate: dict[str, Any], reference: dict[str, Any] | None, params: B
             f"class {k}'s reverse-engineered trigger shrank to {ratios[k]:.2f}x the {reference_kind} reference "
             f"(threshold {threshold}): possible backdoor to class(es) {flagged} - audit the training samples "
             "recently labelled as those classes (see the spectral-signature report) before retrying",
-            metrics=metrics, evidence=evidence)
-    return GateResult.ok(GATE, f"smallest trigger ratio {ratios[k]:.2f}x (class {k}) vs the {reference_kind} "
-                               f"reference, threshold {threshold}", metrics=metrics, evidence=evidence)
+            metrics=metrics,
+            evidence=evidence,
+        )
+    return GateResult.ok(
+        GATE,
+        f"smallest trigger ratio {ratios[k]:.2f}x (class {k}) vs the {reference_kind} reference, threshold {threshold}",
+        metrics=metrics,
+        evidence=evidence,
+    )
 
 
 def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -290,10 +316,17 @@ def _default_config(trainer_module: str) -> Path:
     return Path(spec.origin).with_name("config.toml")
 
 
-def train_reference(golden_x: np.ndarray, golden_y: np.ndarray, out_dir: Path, config: Path | None = None,
-                    models: int = BackdoorParams.stand_in_models, trainer_module: str = "training.train",
-                    timeout: float = 600.0, trainer: Callable[[Path, Path, Path], None] | None = None,
-                    parallel: int = 1) -> list[Path]:
+def train_reference(
+    golden_x: np.ndarray,
+    golden_y: np.ndarray,
+    out_dir: Path,
+    config: Path | None = None,
+    models: int = BackdoorParams.stand_in_models,
+    trainer_module: str = "training.train",
+    timeout: float = 600.0,
+    trainer: Callable[[Path, Path, Path], None] | None = None,
+    parallel: int = 1,
+) -> list[Path]:
     """Train the no-production stand-in: the project's trainer, same hyperparameters, on the known-clean golden set.
 
     Writes ``golden`` as the ``train`` split of a dataset directory and runs, for i in 0..models-1, the trainer with
@@ -335,10 +368,23 @@ def _sandboxed_trainer(trainer_module: str, timeout: float) -> Callable[[Path, P
         raise RuntimeError(f"cannot find the trainer module {trainer_module}")
 
     def run(data: Path, out: Path, cfg: Path) -> None:
-        job = Sandbox().job("stand-in trainer", ro={"src": Path(root), "data": data}, rw={"out": out}, cwd="src",
-                            timeout=timeout)
-        job.run(["{python}", "-m", trainer_module, "--data", job.path("data"), "--out", job.path("out"),
-                 "--config", f"{job.path('data')}/{cfg.name}"])
+        job = Sandbox().job(
+            "stand-in trainer", ro={"src": Path(root), "data": data}, rw={"out": out}, cwd="src", timeout=timeout
+        )
+        job.run(
+            [
+                "{python}",
+                "-m",
+                trainer_module,
+                "--data",
+                job.path("data"),
+                "--out",
+                job.path("out"),
+                "--config",
+                f"{job.path('data')}/{cfg.name}",
+            ]
+        )
+
     return run
 
 
@@ -357,14 +403,21 @@ def load_trained(out_dir: Path):
     return model, meta
 
 
-def stand_in_reference(golden_x: np.ndarray, golden_y: np.ndarray, workdir: Path,
-                       params: BackdoorParams = BackdoorParams(), config: Path | None = None,
-                       loader=load_trained, trainer: Callable[[Path, Path, Path], None] | None = None,
-                       parallel: int = 1) -> dict[str, Any]:
+def stand_in_reference(
+    golden_x: np.ndarray,
+    golden_y: np.ndarray,
+    workdir: Path,
+    params: BackdoorParams = BackdoorParams(),
+    config: Path | None = None,
+    loader=load_trained,
+    trainer: Callable[[Path, Path, Path], None] | None = None,
+    parallel: int = 1,
+) -> dict[str, Any]:
     """All of the no-production path: :func:`train_reference` + ``loader`` + :func:`reverse_engineer` on the golden
     set + :func:`combine`. Use the result as ``reference`` with ``reference_kind="golden-stand-in"``."""
-    dirs = train_reference(golden_x, golden_y, workdir, config=config, models=params.stand_in_models,
-                           trainer=trainer, parallel=parallel)
+    dirs = train_reference(
+        golden_x, golden_y, workdir, config=config, models=params.stand_in_models, trainer=trainer, parallel=parallel
+    )
     results = []
     for d in dirs:
         model, meta = loader(d)

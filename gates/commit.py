@@ -62,10 +62,14 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
     try:
         signers_bytes = signers.allowed_signers.read_bytes()
     except OSError as e:
-        return GateResult.fail(GATE, f"cannot read allowed signers {signers.allowed_signers}: {e.strerror} — "
-                                     "point trust.allowed_signers at the OpenSSH allowed_signers file")
+        return GateResult.fail(
+            GATE,
+            f"cannot read allowed signers {signers.allowed_signers}: {e.strerror} — "
+            "point trust.allowed_signers at the OpenSSH allowed_signers file",
+        )
     if not signers.gpg_fingerprints and not any(
-            line.strip() and not line.lstrip().startswith(b"#") for line in signers_bytes.splitlines()):
+        line.strip() and not line.lstrip().startswith(b"#") for line in signers_bytes.splitlines()
+    ):
         return GateResult.fail(GATE, "the allowed signers list no key — add the trusted committers' keys")
 
     evidence: dict = {
@@ -80,16 +84,31 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
         if base:
             # History rewritten under production: the commit production was trained from is gone from HEAD's past.
             if git(top, "cat-file", "-e", f"{base}^{{commit}}", check=False).returncode != 0:
-                return GateResult.fail(GATE, f"base commit {base[:12]} is not in the repository — fetch the full "
-                                             "history (no shallow clone) or fix repo.base_commit", evidence=evidence)
+                return GateResult.fail(
+                    GATE,
+                    f"base commit {base[:12]} is not in the repository — fetch the full "
+                    "history (no shallow clone) or fix repo.base_commit",
+                    evidence=evidence,
+                )
             if git(top, "merge-base", "--is-ancestor", base, sha, check=False).returncode != 0:
-                return GateResult.fail(GATE, f"base commit {base[:12]} is not an ancestor of HEAD {sha[:12]}: history "
-                                             "was rewritten — rebuild the branch on top of it", evidence=evidence)
+                return GateResult.fail(
+                    GATE,
+                    f"base commit {base[:12]} is not an ancestor of HEAD {sha[:12]}: history "
+                    "was rewritten — rebuild the branch on top of it",
+                    evidence=evidence,
+                )
         # HEAD == base (a scheduled retrain on new data, no new code): HEAD itself is checked again.
         rng = [f"{base}..{sha}"] if base and base != sha else (["-1", sha] if base else [sha])
         # Pinned config: a repo-local gpg.ssh.program or allowedSignersFile cannot vouch for any commit.
-        log = git(top, "log", f"--max-count={MAX_COMMITS}", "--format=%H%x00%G?%x00%GS%x00%GF%x00%GP%x00%s%x1e",
-                  *rng, "--", **signers.git_kwargs()).stdout
+        log = git(
+            top,
+            "log",
+            f"--max-count={MAX_COMMITS}",
+            "--format=%H%x00%G?%x00%GS%x00%GF%x00%GP%x00%s%x1e",
+            *rng,
+            "--",
+            **signers.git_kwargs(),
+        ).stdout
         status = git(top, "status", "--porcelain=v1", "--untracked-files=all", "--ignore-submodules=all").stdout
     except GitError as e:
         return GateResult.fail(GATE, e.one_line(), evidence=evidence)
@@ -99,50 +118,88 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
         rec = rec.strip("\n")
         if rec:
             h, code, signer, fp, primary, subject = (rec.split("\x00") + [""] * 6)[:6]
-            commits.append({"commit": h, "status": code, "signer": signer, "fingerprint": fp, "primary": primary,
-                            "subject": subject})
+            commits.append(
+                {
+                    "commit": h,
+                    "status": code,
+                    "signer": signer,
+                    "fingerprint": fp,
+                    "primary": primary,
+                    "subject": subject,
+                }
+            )
     evidence["commits_checked"] = len(commits)
     if not commits:
-        return GateResult.fail(GATE, f"no commits between base {str(base)[:12]} and HEAD — nothing to train", evidence=evidence)
+        return GateResult.fail(
+            GATE, f"no commits between base {str(base)[:12]} and HEAD — nothing to train", evidence=evidence
+        )
     # `git log` lists newest first: report the oldest bad commit, where the attacker's change entered.
     for position, c in enumerate(reversed(commits), start=1):
-        where = f"commit {c['commit'][:12]} ({position} of {len(commits)} since {'base ' + base[:12] if base else 'the root'}, " \
-                f"\"{c['subject'][:60]}\")"
+        where = (
+            f"commit {c['commit'][:12]} ({position} of {len(commits)} since {'base ' + base[:12] if base else 'the root'}, "
+            f'"{c["subject"][:60]}")'
+        )
         code = c["status"]
         if code == "B" and signers.revoked_keys is not None and _good_without_revocation(top, c["commit"], signers):
-            code = "R"       # OpenSSH reports a revoked key as a bad signature: say what it is
+            code = "R"  # OpenSSH reports a revoked key as a bad signature: say what it is
         # Unsigned, foreign-signed, untrusted, expired, revoked or altered commit anywhere in the range.
         if code != "G":
             msg = _STATUS.get(code, "has signature status " + code).format(fp=c["fingerprint"] or "?")
             evidence["refused"] = c
-            return GateResult.fail(GATE, f"{where} {msg} — every commit since {'production' if base else 'the root'} "
-                                         "must be signed by an allowed signer; remove it or have it re-signed",
-                                   evidence=evidence)
+            return GateResult.fail(
+                GATE,
+                f"{where} {msg} — every commit since {'production' if base else 'the root'} "
+                "must be signed by an allowed signer; remove it or have it re-signed",
+                evidence=evidence,
+            )
         # GPG: trusted in the keyring is not enough; the key must be on the policy's allow-list too.
         if not c["fingerprint"].startswith("SHA256:"):
             keys = {c["fingerprint"].upper(), c["primary"].upper()}
             if not keys & signers.gpg_fingerprints:
                 evidence["refused"] = c
-                return GateResult.fail(GATE, f"{where} is signed by GPG key {c['primary'] or c['fingerprint']}, which "
-                                             "is not on trust.gpg_fingerprints — add it to the allow-list if it is "
-                                             "trusted (e.g. a forge's merge key)", evidence=evidence)
+                return GateResult.fail(
+                    GATE,
+                    f"{where} is signed by GPG key {c['primary'] or c['fingerprint']}, which "
+                    "is not on trust.gpg_fingerprints — add it to the allow-list if it is "
+                    "trusted (e.g. a forge's merge key)",
+                    evidence=evidence,
+                )
     head = commits[0]
-    evidence.update(signer=head["signer"], key_fingerprint=head["fingerprint"], subject=head["subject"],
-                    signature_status=head["status"])
+    evidence.update(
+        signer=head["signer"],
+        key_fingerprint=head["fingerprint"],
+        subject=head["subject"],
+        signature_status=head["status"],
+    )
     # Uncommitted changes: code or files that no signature covers would ride along with the signed commit.
     if status.strip():
         dirty = [line[3:] for line in status.splitlines() if line.strip()]
         evidence["dirty"] = dirty
         shown = ", ".join(dirty[:5]) + (f" (+{len(dirty) - 5} more)" if len(dirty) > 5 else "")
-        return GateResult.fail(GATE, f"working tree of {top.name} is not clean: {shown} — commit (signed) or remove them",
-                               evidence=evidence)
+        return GateResult.fail(
+            GATE,
+            f"working tree of {top.name} is not clean: {shown} — commit (signed) or remove them",
+            evidence=evidence,
+        )
     signer = head["signer"] or head["primary"]
-    return GateResult.ok(GATE, f"HEAD {sha[:12]} signed by {signer} ({head['fingerprint']}); "
-                               f"{len(commits)} commit(s) since {'base ' + base[:12] if base else 'the root'} all signed; tree clean",
-                         metrics={"commits_checked": float(len(commits))}, evidence=evidence)
+    return GateResult.ok(
+        GATE,
+        f"HEAD {sha[:12]} signed by {signer} ({head['fingerprint']}); "
+        f"{len(commits)} commit(s) since {'base ' + base[:12] if base else 'the root'} all signed; tree clean",
+        metrics={"commits_checked": float(len(commits))},
+        evidence=evidence,
+    )
 
 
 def _good_without_revocation(top: Path, sha: str, signers: SignerPolicy) -> bool:
-    res = git(top, "log", "-1", "--format=%G?", sha, allowed_signers=signers.allowed_signers,
-              gnupg_home=signers.gpg_home, check=False)
+    res = git(
+        top,
+        "log",
+        "-1",
+        "--format=%G?",
+        sha,
+        allowed_signers=signers.allowed_signers,
+        gnupg_home=signers.gpg_home,
+        check=False,
+    )
     return res.stdout.strip() in ("G", "U")

@@ -26,21 +26,24 @@ def check(dataset: str, directory: str | Path, manifest_path: str | Path) -> Gat
     gate = f"{GATE}:{dataset}"
     directory = Path(directory)
     if not directory.is_dir() or directory.is_symlink():
-        return GateResult.fail(gate, f"dataset directory {directory} is missing or is a link — restore the dataset as ingested",
-                               evidence={"manifest": str(manifest_path)})
+        return GateResult.fail(
+            gate,
+            f"dataset directory {directory} is missing or is a link — restore the dataset as ingested",
+            evidence={"manifest": str(manifest_path)},
+        )
     loaded: dict = {}
 
-    def load_manifest() -> None:            # parsed while helper processes hash (many files)
+    def load_manifest() -> None:  # parsed while helper processes hash (many files)
         loaded["m"] = _manifest.load(manifest_path)
 
     try:
         tree = hash_tree(directory, meanwhile=load_manifest)
-    except AirlockError as e:      # a malformed manifest or an unreadable file is a refusal, never a pass
+    except AirlockError as e:  # a malformed manifest or an unreadable file is a refusal, never a pass
         return GateResult.fail(gate, e.one_line(), evidence={"manifest": str(manifest_path)})
     m = loaded["m"]
     expected: dict[str, tuple[str, int]] = m["_files"]
     actual = tree.files
-    if actual == expected:                 # the usual case, compared in one pass
+    if actual == expected:  # the usual case, compared in one pass
         missing, extra, changed = [], [], []
     else:
         missing = sorted(expected.keys() - actual.keys() - set(tree.symlinks))
@@ -50,7 +53,7 @@ def check(dataset: str, directory: str | Path, manifest_path: str | Path) -> Gat
     special = tree.special
     try:
         actual_digest = m["root_digest"] if actual == expected else tree.root_digest
-    except AirlockError as e:   # a file whose name cannot be recorded (a line break in it): refused by name
+    except AirlockError as e:  # a file whose name cannot be recorded (a line break in it): refused by name
         return GateResult.fail(gate, e.one_line(), evidence={"manifest": str(manifest_path)})
     evidence = {
         "dataset": dataset,
@@ -61,26 +64,38 @@ def check(dataset: str, directory: str | Path, manifest_path: str | Path) -> Gat
         "actual_root_digest": actual_digest,
         "files": len(actual),
         "bytes": sum(s for _, s in actual.values()),
-        "missing": missing, "extra": extra, "changed": changed, "symlinks": links, "special": special,
+        "missing": missing,
+        "extra": extra,
+        "changed": changed,
+        "symlinks": links,
+        "special": special,
     }
     metrics = {"files": float(len(actual)), "bytes": float(evidence["bytes"])}
     problems = []
     if changed:
-        problems.append(f"changed: {_names(changed)}")      # poisoned / edited samples
+        problems.append(f"changed: {_names(changed)}")  # poisoned / edited samples
     if extra:
-        problems.append(f"extra: {_names(extra)}")          # injected samples
+        problems.append(f"extra: {_names(extra)}")  # injected samples
     if missing:
-        problems.append(f"missing: {_names(missing)}")      # dropped samples
+        problems.append(f"missing: {_names(missing)}")  # dropped samples
     if links:
-        problems.append(f"symlinked: {_names(links)}")      # redirected reads
+        problems.append(f"symlinked: {_names(links)}")  # redirected reads
     if special:
         problems.append(f"not regular files: {_names(special)}")
     if problems:
-        return GateResult.fail(gate, f"dataset '{dataset}' differs from its manifest — {'; '.join(problems)} — "
-                                     "restore the data as ingested or ingest and commit a new manifest",
-                               metrics=metrics, evidence=evidence)
-    return GateResult.ok(gate, f"dataset '{dataset}': {len(actual)} files match {m['root_digest'][:19]}…",
-                         metrics=metrics, evidence=evidence)
+        return GateResult.fail(
+            gate,
+            f"dataset '{dataset}' differs from its manifest — {'; '.join(problems)} — "
+            "restore the data as ingested or ingest and commit a new manifest",
+            metrics=metrics,
+            evidence=evidence,
+        )
+    return GateResult.ok(
+        gate,
+        f"dataset '{dataset}': {len(actual)} files match {m['root_digest'][:19]}…",
+        metrics=metrics,
+        evidence=evidence,
+    )
 
 
 def _names(paths: list[str], limit: int = 5) -> str:

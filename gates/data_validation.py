@@ -34,8 +34,9 @@ def _declared(rules) -> bool:
     return rules is not None and any(v is not None for v in rules.model_dump().values())
 
 
-def check_manifest(dataset: str, directory: str | Path, manifest_path: str | Path, rules,
-                   pinned_root_digest: str | None = None) -> GateResult:
+def check_manifest(
+    dataset: str, directory: str | Path, manifest_path: str | Path, rules, pinned_root_digest: str | None = None
+) -> GateResult:
     """:func:`check` for a manifest file; its parent version is read from the history beside it."""
     try:
         m = _manifest.load(manifest_path)
@@ -46,13 +47,23 @@ def check_manifest(dataset: str, directory: str | Path, manifest_path: str | Pat
     return check(dataset, directory, m, parent, rules, pinned_root_digest)
 
 
-def check(dataset: str, directory: str | Path, manifest: dict, parent_manifest: dict | None, rules,
-          pinned_root_digest: str | None = None) -> GateResult:
+def check(
+    dataset: str,
+    directory: str | Path,
+    manifest: dict,
+    parent_manifest: dict | None,
+    rules,
+    pinned_root_digest: str | None = None,
+) -> GateResult:
     """``manifest``/``parent_manifest``: loaded with airlock.manifest.load; ``rules``: a ValidationPolicy (or None)."""
     gate = f"{GATE}:{dataset}"
     directory = Path(directory)
-    evidence: dict = {"dataset": dataset, "root_digest": manifest["root_digest"], "version": manifest.get("version"),
-                      "parent": manifest.get("parent")}
+    evidence: dict = {
+        "dataset": dataset,
+        "root_digest": manifest["root_digest"],
+        "version": manifest.get("version"),
+        "parent": manifest.get("parent"),
+    }
     metrics: dict[str, float] = {}
 
     # Golden set swapped together with its manifest: the signed commit vouches for both, the pin does not move.
@@ -60,18 +71,23 @@ def check(dataset: str, directory: str | Path, manifest: dict, parent_manifest: 
         evidence["pinned_root_digest"] = pinned_root_digest
         if manifest["root_digest"] != pinned_root_digest:
             where = f" ({Path(manifest['_path']).name})" if manifest.get("_path") else ""
-            return GateResult.fail(gate, f"dataset '{dataset}'{where} has root digest {manifest['root_digest']}, not the "
-                                         f"pinned {pinned_root_digest} (data.{dataset}.pinned_root_digest) — the "
-                                         "dataset was replaced; if that was intended, the trust-root owners update "
-                                         "the pin in the policy", evidence=evidence)
+            return GateResult.fail(
+                gate,
+                f"dataset '{dataset}'{where} has root digest {manifest['root_digest']}, not the "
+                f"pinned {pinned_root_digest} (data.{dataset}.pinned_root_digest) — the "
+                "dataset was replaced; if that was intended, the trust-root owners update "
+                "the pin in the policy",
+                evidence=evidence,
+            )
     if not _declared(rules):
         what = "pinned root digest matches; " if pinned_root_digest else ""
         return GateResult.ok(gate, f"{what}no content rules declared", evidence=evidence)
 
     splits = list(rules.splits) if rules.splits else datastats.splits(directory)
     if not splits:
-        return GateResult.fail(gate, f"dataset '{dataset}' has no <split>_x.npy/<split>_y.npy pair to validate",
-                               evidence=evidence)
+        return GateResult.fail(
+            gate, f"dataset '{dataset}' has no <split>_x.npy/<split>_y.npy pair to validate", evidence=evidence
+        )
     recorded = manifest.get("stats") or {}
     parent_stats = (parent_manifest or {}).get("stats") or {}
     problems: list[str] = []
@@ -90,16 +106,20 @@ def check(dataset: str, directory: str | Path, manifest: dict, parent_manifest: 
         if len(y["shape"]) != 1 or n != y["shape"][0]:
             problems.append(f"{xn} has shape {_shape(x['shape'])} but {yn} has {_shape(y['shape'])}")
         if rules.x_shape is not None and x["shape"][1:] != list(rules.x_shape):
-            problems.append(f"{xn}: one sample has shape {_shape(x['shape'][1:])}, the policy says {_shape(rules.x_shape)}")
+            problems.append(
+                f"{xn}: one sample has shape {_shape(x['shape'][1:])}, the policy says {_shape(rules.x_shape)}"
+            )
         if rules.x_dtype is not None and x["dtype"] != rules.x_dtype:
             problems.append(f"{xn}: dtype {x['dtype']}, the policy says {rules.x_dtype}")
         if (rules.x_min is not None or rules.x_max is not None) and x.get("nonfinite"):
             problems.append(f"{xn}: {x['nonfinite']} NaN/inf values")
         out = x.get("below_min", 0) + x.get("above_max", 0)
         if out:
-            problems.append(f"{xn}: {out} values outside [{_g(rules.x_min, '-inf')}, {_g(rules.x_max, 'inf')}] "
-                            f"(min {_g(x['min'])}, max {_g(x['max'])}; {x.get('below_min', 0)} below, "
-                            f"{x.get('above_max', 0)} above)")
+            problems.append(
+                f"{xn}: {out} values outside [{_g(rules.x_min, '-inf')}, {_g(rules.x_max, 'inf')}] "
+                f"(min {_g(x['min'])}, max {_g(x['max'])}; {x.get('below_min', 0)} below, "
+                f"{x.get('above_max', 0)} above)"
+            )
         labels = y.get("labels")
         if (rules.labels is not None or rules.max_label_shift is not None) and labels is None:
             problems.append(f"{yn}: dtype {y['dtype']} holds no integer labels")
@@ -123,19 +143,34 @@ def check(dataset: str, directory: str | Path, manifest: dict, parent_manifest: 
             metrics[f"label_shift:{split}"] = round(tv, 6)
             if tv > rules.max_label_shift:
                 moved = ", ".join(f"label {k} {q:.1%} → {p:.1%}" for k, q, p in rows[:3])
-                problems.append(f"split {split}: label distribution moved {tv:.3f} (total variation) from version {pv} "
-                                f"({parent_manifest['root_digest'][:19]}…), the policy allows {rules.max_label_shift:g}"
-                                f" — {moved} ({yn})")
+                problems.append(
+                    f"split {split}: label distribution moved {tv:.3f} (total variation) from version {pv} "
+                    f"({parent_manifest['root_digest'][:19]}…), the policy allows {rules.max_label_shift:g}"
+                    f" — {moved} ({yn})"
+                )
     evidence["stats"] = {k: _recordable(v) for k, v in per_split.items()}
     evidence["parent_stats"] = {k: parent_stats.get(k) for k in per_split} if parent_manifest is not None else None
     if problems:
-        return GateResult.fail(gate, f"dataset '{dataset}' content refused — {'; '.join(problems)} — fix or remove "
-                                     "the offending batch and ingest again", metrics=metrics, evidence=evidence)
-    shift = "" if parent_manifest is None or rules.max_label_shift is None else \
-        " label shift " + ", ".join(f"{k.split(':', 1)[1]} {v:.3f}" for k, v in metrics.items()) + \
-        f" ≤ {rules.max_label_shift:g} vs version {parent_manifest.get('version', 1)};"
-    return GateResult.ok(gate, f"content of {', '.join(splits)} matches the declared rules;{shift}".rstrip(";"),
-                         metrics=metrics, evidence=evidence)
+        return GateResult.fail(
+            gate,
+            f"dataset '{dataset}' content refused — {'; '.join(problems)} — fix or remove "
+            "the offending batch and ingest again",
+            metrics=metrics,
+            evidence=evidence,
+        )
+    shift = (
+        ""
+        if parent_manifest is None or rules.max_label_shift is None
+        else " label shift "
+        + ", ".join(f"{k.split(':', 1)[1]} {v:.3f}" for k, v in metrics.items())
+        + f" ≤ {rules.max_label_shift:g} vs version {parent_manifest.get('version', 1)};"
+    )
+    return GateResult.ok(
+        gate,
+        f"content of {', '.join(splits)} matches the declared rules;{shift}".rstrip(";"),
+        metrics=metrics,
+        evidence=evidence,
+    )
 
 
 def _recordable(st: dict) -> dict:

@@ -42,8 +42,9 @@ _TRAINING_NAME = re.compile(r"train", re.I)
 _SERVING_NAME = re.compile(r"serv|infer|predict|prod", re.I)
 
 # Where pod IPs can live. An ipBlock overlapping one of these may reach pods of another namespace.
-_POD_NETWORKS = [ipaddress.ip_network(n) for n in
-                 ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")]
+_POD_NETWORKS = [
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+]
 
 _MAX_BYTES = 256 * 1024 * 1024
 _SUFFIXES = (".yaml", ".yml", ".json")
@@ -61,11 +62,24 @@ _POD_TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "Notebook": ("spec", "template"),  # Kubeflow's notebook custom resource
 }
 
-_CLUSTER_SCOPED = frozenset({
-    "Namespace", "ClusterRole", "ClusterRoleBinding", "Node", "PersistentVolume", "StorageClass",
-    "CustomResourceDefinition", "PriorityClass", "IngressClass", "ValidatingWebhookConfiguration",
-    "MutatingWebhookConfiguration", "APIService", "RuntimeClass", "GatewayClass",
-})
+_CLUSTER_SCOPED = frozenset(
+    {
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Node",
+        "PersistentVolume",
+        "StorageClass",
+        "CustomResourceDefinition",
+        "PriorityClass",
+        "IngressClass",
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+        "APIService",
+        "RuntimeClass",
+        "GatewayClass",
+    }
+)
 
 # Built-in ClusterRoles whose rules are not in a manifest dump of the repository: what they grant is known.
 _BUILTIN_GRANTS = {
@@ -150,6 +164,7 @@ def _get(d: Any, path: Iterable[str]) -> Any:
 # Loading
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _files(paths: list[str]) -> list[tuple[str, bool]]:
     """(file, given_explicitly) for every path; directories are searched for YAML/JSON files."""
     out: list[tuple[str, bool]] = []
@@ -161,13 +176,17 @@ def _files(paths: list[str]) -> list[tuple[str, bool]]:
         if path.is_dir():
             found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in _SUFFIXES)
             if not found:
-                raise AuditInputError(f"{p}: no .yaml, .yml or .json files in this directory; "
-                                      "pass manifest files or the output of `kubectl get ... -o yaml`")
+                raise AuditInputError(
+                    f"{p}: no .yaml, .yml or .json files in this directory; "
+                    "pass manifest files or the output of `kubectl get ... -o yaml`"
+                )
             out.extend((str(f), False) for f in found)
         elif path.is_file():
             out.append((str(path), True))
         else:
-            raise AuditInputError(f"{p}: no such file or directory; pass manifest files or `kubectl get -o yaml` output")
+            raise AuditInputError(
+                f"{p}: no such file or directory; pass manifest files or `kubectl get -o yaml` output"
+            )
     return out
 
 
@@ -180,7 +199,9 @@ def _read(file: str) -> str:
                 raw = fh.read(_MAX_BYTES + 1)
             text = raw.decode("utf-8")
     except OSError as e:
-        raise AuditInputError(f"{file}: cannot read it ({e.strerror or e}); check the path and its permissions") from None
+        raise AuditInputError(
+            f"{file}: cannot read it ({e.strerror or e}); check the path and its permissions"
+        ) from None
     except UnicodeDecodeError:
         raise AuditInputError(f"{file}: not UTF-8 text; pass YAML or JSON manifests") from None
     if len(text) > _MAX_BYTES:
@@ -204,7 +225,9 @@ def _flatten(doc: Any, depth: int = 0) -> Iterator[dict]:
 def load_objects(paths: list[str]) -> list[Obj]:
     """Every Kubernetes object in `paths`. Raises AuditInputError (one line) on anything that cannot be audited."""
     if not paths:
-        raise AuditInputError("no input: pass manifest files, directories, or `-` for `kubectl get ... -o yaml` on stdin")
+        raise AuditInputError(
+            "no input: pass manifest files, directories, or `-` for `kubectl get ... -o yaml` on stdin"
+        )
     objs: list[Obj] = []
     for file, explicit in _files(paths):
         text = _read(file)
@@ -214,22 +237,27 @@ def load_objects(paths: list[str]) -> list[Obj]:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(e, "problem", None) or type(e).__name__
-            raise AuditInputError(f"{file}: not valid YAML{where} ({problem}); fix the syntax or pass "
-                                  "`kubectl get ... -o yaml` output") from None
+            raise AuditInputError(
+                f"{file}: not valid YAML{where} ({problem}); fix the syntax or pass `kubectl get ... -o yaml` output"
+            ) from None
         found = [Obj(d, file) for doc in docs for d in _flatten(doc)]
         if explicit and not found:
-            raise AuditInputError(f"{file}: holds no Kubernetes objects (no document with apiVersion/kind); "
-                                  "pass manifests or `kubectl get ... -o yaml` output")
+            raise AuditInputError(
+                f"{file}: holds no Kubernetes objects (no document with apiVersion/kind); "
+                "pass manifests or `kubectl get ... -o yaml` output"
+            )
         objs.extend(found)
     if not objs:
-        raise AuditInputError(f"no Kubernetes objects in {', '.join(paths)}; "
-                              "pass manifests or `kubectl get ... -o yaml` output")
+        raise AuditInputError(
+            f"no Kubernetes objects in {', '.join(paths)}; pass manifests or `kubectl get ... -o yaml` output"
+        )
     return objs
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pods
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _pod_template(obj: Obj) -> tuple[dict, dict] | None:
     """(pod labels, pod spec) of a Pod or of a workload's pod template."""
@@ -245,8 +273,12 @@ def _pod_template(obj: Obj) -> tuple[dict, dict] | None:
 
 
 def _containers(spec: dict) -> list[dict]:
-    return [c for key in ("initContainers", "containers", "ephemeralContainers")
-            for c in _list(spec.get(key)) if isinstance(c, dict)]
+    return [
+        c
+        for key in ("initContainers", "containers", "ephemeralContainers")
+        for c in _list(spec.get(key))
+        if isinstance(c, dict)
+    ]
 
 
 def _is_notebook_pod(obj: Obj, labels: dict, spec: dict) -> bool:
@@ -286,8 +318,13 @@ def _check_pod(obj: Obj, spec: dict, sa_automount: dict[tuple[str, str], Any], r
     if pod_am is True:
         rep.add(obj, None, None, "mounts the service-account token (automountServiceAccountToken: true)")
     elif pod_am is not False and sa_automount.get((obj.namespace or "default", sa)) is not False:
-        rep.add(obj, None, None, f"mounts the service-account token: set automountServiceAccountToken: false "
-                                 f"on the pod or on service account {sa}")
+        rep.add(
+            obj,
+            None,
+            None,
+            f"mounts the service-account token: set automountServiceAccountToken: false "
+            f"on the pod or on service account {sa}",
+        )
 
     for c in _containers(spec):
         cname = c.get("name", "?")
@@ -307,8 +344,9 @@ def _check_pod(obj: Obj, spec: dict, sa_automount: dict[tuple[str, str], Any], r
 
         # setuid binaries (sudo, su) let a compromised process regain root unless escalation is off.
         if sc.get("allowPrivilegeEscalation") is not False:
-            rep.add(obj, None, None, f"container {cname} allows privilege escalation: "
-                                     "set allowPrivilegeEscalation: false")
+            rep.add(
+                obj, None, None, f"container {cname} allows privilege escalation: set allowPrivilegeEscalation: false"
+            )
 
         # Added capabilities (SYS_ADMIN, NET_RAW, SYS_PTRACE...) are privilege in pieces.
         added = [str(x) for x in _list(_dict(sc.get("capabilities")).get("add")) if str(x) != "NET_BIND_SERVICE"]
@@ -319,6 +357,7 @@ def _check_pod(obj: Obj, spec: dict, sa_automount: dict[tuple[str, str], Any], r
 # ---------------------------------------------------------------------------------------------------------------
 # Notebooks exposed outside the cluster
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _selector_matches(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
@@ -332,8 +371,10 @@ def _notebook_services(objs: list[Obj], notebook_pods: list[tuple[Obj, dict]]) -
         selector = _dict(s.spec.get("selector"))
         by_pod = any(p.namespace == s.namespace and _selector_matches(selector, labels) for p, labels in notebook_pods)
         by_name = bool(_NOTEBOOK_WORDS.search(s.name)) or any(_NOTEBOOK_WORDS.search(str(v)) for v in selector.values())
-        by_port = any(_dict(p).get("port") == _NOTEBOOK_PORT or _dict(p).get("targetPort") == _NOTEBOOK_PORT
-                      for p in _list(s.spec.get("ports")))
+        by_port = any(
+            _dict(p).get("port") == _NOTEBOOK_PORT or _dict(p).get("targetPort") == _NOTEBOOK_PORT
+            for p in _list(s.spec.get("ports"))
+        )
         if by_pod or by_name or by_port:
             out.add((s.namespace or "default", s.name))
     return out
@@ -380,7 +421,9 @@ def _check_notebook_exposure(objs: list[Obj], notebook_pods: list[tuple[Obj, dic
                 for ref in _list(_dict(rule).get("backendRefs")):
                     n = str(_dict(ref).get("name", ""))
                     if n and is_nb(str(_dict(ref).get("namespace") or ns), n):
-                        rep.add(o, None, None, f"exposes a notebook server outside the cluster ({o.kind} to service {n})")
+                        rep.add(
+                            o, None, None, f"exposes a notebook server outside the cluster ({o.kind} to service {n})"
+                        )
         elif o.kind == "Route":  # OpenShift
             n = str(_get(o.spec, ("to", "name")) or "")
             if n and is_nb(ns, n):
@@ -390,6 +433,7 @@ def _check_notebook_exposure(objs: list[Obj], notebook_pods: list[tuple[Obj, dic
 # ---------------------------------------------------------------------------------------------------------------
 # RBAC
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _rule_grants(rules: list) -> list[str]:
     out = []
@@ -421,8 +465,9 @@ def _sa_subjects(binding: Obj) -> list[str]:
             ns = str(s.get("namespace") or binding.namespace or "default")
             if ns not in SYSTEM_NAMESPACES:
                 out.append(f"ServiceAccount {ns}/{name}")
-        elif kind == "Group" and (name.startswith("system:serviceaccounts")
-                                  or name in ("system:authenticated", "system:unauthenticated")):
+        elif kind == "Group" and (
+            name.startswith("system:serviceaccounts") or name in ("system:authenticated", "system:unauthenticated")
+        ):
             out.append(f"Group {name}")
     return out
 
@@ -452,8 +497,11 @@ def _check_rbac(objs: list[Obj], rep: _Report) -> None:
             rep.add(o, None, None, f"binds cluster-admin to {who}")
             continue
         if ref_kind == "ClusterRole":
-            grants = (_rule_grants(_list(cluster_roles[ref_name].doc.get("rules"))) if ref_name in cluster_roles
-                      else _BUILTIN_GRANTS.get(ref_name, []))
+            grants = (
+                _rule_grants(_list(cluster_roles[ref_name].doc.get("rules")))
+                if ref_name in cluster_roles
+                else _BUILTIN_GRANTS.get(ref_name, [])
+            )
         else:
             role = roles.get((o.namespace, ref_name))
             grants = _rule_grants(_list(role.doc.get("rules"))) if role else []
@@ -464,6 +512,7 @@ def _check_rbac(objs: list[Obj], rep: _Report) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Network segmentation
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _selects_all(selector: Any) -> bool:
     s = _dict(selector)
@@ -575,9 +624,13 @@ def _check_network(objs: list[Obj], rep: _Report) -> None:
         # so one compromised workload anywhere reaches the trainer, the data store or the model server.
         missing = [d for d in ("ingress", "egress") if d not in deny[ns]]
         if missing:
-            rep.add(at.file, "Namespace", ns,
-                    f"no default-deny NetworkPolicy for {' and '.join(missing)} (podSelector: {{}}, "
-                    f"policyTypes {[d.capitalize() for d in missing]}, no rules)")
+            rep.add(
+                at.file,
+                "Namespace",
+                ns,
+                f"no default-deny NetworkPolicy for {' and '.join(missing)} (podSelector: {{}}, "
+                f"policyTypes {[d.capitalize() for d in missing]}, no rules)",
+            )
 
     tiers = {ns: _tier(ns, ns_labels.get(ns, {})) for ns in namespaces}
     for t_ns, t_tier in tiers.items():
@@ -588,26 +641,40 @@ def _check_network(objs: list[Obj], rep: _Report) -> None:
                 continue
             # Training must never reach production serving: a poisoned or compromised training job would otherwise
             # swap or probe the live model, bypassing the signing and approval gates.
-            out_ok = ("no default-deny egress in " + t_ns if "egress" not in deny[t_ns]
-                      else _allows(policies.get(t_ns, []), "egress", s_ns, ns_labels))
-            in_ok = ("no default-deny ingress in " + s_ns if "ingress" not in deny[s_ns]
-                     else _allows(policies.get(s_ns, []), "ingress", t_ns, ns_labels))
+            out_ok = (
+                "no default-deny egress in " + t_ns
+                if "egress" not in deny[t_ns]
+                else _allows(policies.get(t_ns, []), "egress", s_ns, ns_labels)
+            )
+            in_ok = (
+                "no default-deny ingress in " + s_ns
+                if "ingress" not in deny[s_ns]
+                else _allows(policies.get(s_ns, []), "ingress", t_ns, ns_labels)
+            )
             if out_ok and in_ok:
-                rep.add(namespaces[t_ns].file, "Namespace", t_ns,
-                        f"training namespace {t_ns} can reach serving namespace {s_ns} "
-                        f"(egress: {out_ok}; ingress: {in_ok})")
+                rep.add(
+                    namespaces[t_ns].file,
+                    "Namespace",
+                    t_ns,
+                    f"training namespace {t_ns} can reach serving namespace {s_ns} "
+                    f"(egress: {out_ok}; ingress: {in_ok})",
+                )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def audit_objects(objs: list[Obj]) -> list[dict]:
     rep = _Report()
     scoped = [o for o in objs if o.namespace not in SYSTEM_NAMESPACES]
 
-    sa_automount = {(o.namespace or "default", o.name): o.doc.get("automountServiceAccountToken")
-                    for o in objs if o.kind == "ServiceAccount"}
+    sa_automount = {
+        (o.namespace or "default", o.name): o.doc.get("automountServiceAccountToken")
+        for o in objs
+        if o.kind == "ServiceAccount"
+    }
     notebook_pods: list[tuple[Obj, dict]] = []
     for o in scoped:
         # A service account that automounts its token hands an API credential to every pod that names it.
@@ -639,11 +706,16 @@ def audit_paths(paths: list[str]) -> GateResult:
     if findings:
         first = findings[0]
         more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
-        return GateResult.fail(GATE, f"{first['file']}: {first['kind']}/{first['name']}: {first['finding']}{more}; "
-                                     "fix the manifests to the baseline in templates/k8s", metrics=metrics,
-                               evidence=evidence)
-    return GateResult.ok(GATE, f"{len(objs)} Kubernetes objects meet the secure baseline", metrics=metrics,
-                         evidence=evidence)
+        return GateResult.fail(
+            GATE,
+            f"{first['file']}: {first['kind']}/{first['name']}: {first['finding']}{more}; "
+            "fix the manifests to the baseline in templates/k8s",
+            metrics=metrics,
+            evidence=evidence,
+        )
+    return GateResult.ok(
+        GATE, f"{len(objs)} Kubernetes objects meet the secure baseline", metrics=metrics, evidence=evidence
+    )
 
 
 def format_finding(f: dict) -> str:
@@ -661,8 +733,11 @@ def run_cli(paths: list[str]) -> int:
     for f in findings:
         print(format_finding(f))
     if findings:
-        print(f"airlock audit: {len(findings)} finding(s) in {len(objs)} objects; "
-              "compare with templates/k8s and fix each line above", file=sys.stderr)
+        print(
+            f"airlock audit: {len(findings)} finding(s) in {len(objs)} objects; "
+            "compare with templates/k8s and fix each line above",
+            file=sys.stderr,
+        )
         return 1
     print(f"airlock audit: {len(objs)} objects, no findings", file=sys.stderr)
     return 0

@@ -51,13 +51,14 @@ def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> floa
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            pred = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))).argmax(dim=1).numpy()
-            correct += int((pred == y[i:i + batch_size]).sum())
+            pred = model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))).argmax(dim=1).numpy()
+            correct += int((pred == y[i : i + batch_size]).sum())
     return correct / len(y)
 
 
-def check(model, meta: dict, test: tuple[np.ndarray, np.ndarray], golden: tuple[np.ndarray, np.ndarray],
-          t: EvalThresholds) -> GateResult:
+def check(
+    model, meta: dict, test: tuple[np.ndarray, np.ndarray], golden: tuple[np.ndarray, np.ndarray], t: EvalThresholds
+) -> GateResult:
     x_te, y_te = test
     x_go, y_go = golden
     test_acc = accuracy(model, x_te, y_te)
@@ -72,7 +73,12 @@ def check(model, meta: dict, test: tuple[np.ndarray, np.ndarray], golden: tuple[
     if golden_acc < t.min_golden_accuracy:
         failures.append(f"golden accuracy {golden_acc:.3f} < {t.min_golden_accuracy}")
     if failures:
-        return GateResult.fail(GATE, "; ".join(failures) + " — inspect the training run and data before retrying",
-                               metrics=metrics, evidence=evidence)
-    return GateResult.ok(GATE, f"test accuracy {test_acc:.3f}, golden accuracy {golden_acc:.3f}",
-                         metrics=metrics, evidence=evidence)
+        return GateResult.fail(
+            GATE,
+            "; ".join(failures) + " — inspect the training run and data before retrying",
+            metrics=metrics,
+            evidence=evidence,
+        )
+    return GateResult.ok(
+        GATE, f"test accuracy {test_acc:.3f}, golden accuracy {golden_acc:.3f}", metrics=metrics, evidence=evidence
+    )

@@ -41,13 +41,20 @@ def _correct(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            out.append(model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)))
-                       .argmax(1).numpy())
+            out.append(
+                model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32))).argmax(1).numpy()
+            )
     return np.concatenate(out) == np.asarray(y)
 
 
-def check(candidate, meta: dict | None, x_golden: np.ndarray, y_golden: np.ndarray,
-          params: GoldenRegressionParams = GoldenRegressionParams(), reference=None) -> GateResult:
+def check(
+    candidate,
+    meta: dict | None,
+    x_golden: np.ndarray,
+    y_golden: np.ndarray,
+    params: GoldenRegressionParams = GoldenRegressionParams(),
+    reference=None,
+) -> GateResult:
     """McNemar (one-sided) of ``candidate`` against ``reference`` (production, or None) on the golden set.
 
     ``meta`` (training.json) is accepted for a uniform gate signature; it is not needed here.
@@ -56,14 +63,24 @@ def check(candidate, meta: dict | None, x_golden: np.ndarray, y_golden: np.ndarr
     metrics: dict[str, float] = {"candidate_accuracy": float(cand.mean()), "samples": float(len(cand))}
     evidence = {"params": asdict(params), "samples": int(len(cand))}
     if reference is None:
-        return GateResult.ok(GATE, f"no production model to regress against (golden accuracy "
-                                   f"{cand.mean():.3f}); the first promotion becomes the reference",
-                             metrics=metrics, evidence=evidence | {"reference": None})
+        return GateResult.ok(
+            GATE,
+            f"no production model to regress against (golden accuracy "
+            f"{cand.mean():.3f}); the first promotion becomes the reference",
+            metrics=metrics,
+            evidence=evidence | {"reference": None},
+        )
     ref = _correct(reference, x_golden, y_golden, params.batch_size)
     t = mcnemar(ref, cand, params.method)
-    metrics.update({"reference_accuracy": t.reference_accuracy, "drop": t.drop, "p_value": t.p_value,
-                    "reference_only_correct": float(t.reference_only),
-                    "candidate_only_correct": float(t.candidate_only)})
+    metrics.update(
+        {
+            "reference_accuracy": t.reference_accuracy,
+            "drop": t.drop,
+            "p_value": t.p_value,
+            "reference_only_correct": float(t.reference_only),
+            "candidate_only_correct": float(t.candidate_only),
+        }
+    )
     evidence["discordant"] = {"reference_only": t.reference_only, "candidate_only": t.candidate_only}
     # Degraded / sabotaged retrain: significantly fewer golden samples right than production, pairwise.
     if t.p_value < params.alpha and t.drop > params.margin:
@@ -72,7 +89,13 @@ def check(candidate, meta: dict | None, x_golden: np.ndarray, y_golden: np.ndarr
             f"golden accuracy dropped from {t.reference_accuracy:.3f} (production) to {t.candidate_accuracy:.3f} "
             f"(McNemar {params.method} p={t.p_value:.2g} < {params.alpha}; {t.reference_only} samples lost, "
             f"{t.candidate_only} gained) - inspect the training data and code changes since production",
-            metrics=metrics, evidence=evidence)
-    return GateResult.ok(GATE, f"golden accuracy {t.candidate_accuracy:.3f} vs production {t.reference_accuracy:.3f} "
-                               f"(McNemar {params.method} p={t.p_value:.2g}, alpha {params.alpha})",
-                         metrics=metrics, evidence=evidence)
+            metrics=metrics,
+            evidence=evidence,
+        )
+    return GateResult.ok(
+        GATE,
+        f"golden accuracy {t.candidate_accuracy:.3f} vs production {t.reference_accuracy:.3f} "
+        f"(McNemar {params.method} p={t.p_value:.2g}, alpha {params.alpha})",
+        metrics=metrics,
+        evidence=evidence,
+    )

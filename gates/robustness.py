@@ -58,8 +58,9 @@ class RobustnessParams:
 def _pgd(clf, x, y, eps, steps):
     from art.attacks.evasion import ProjectedGradientDescent
 
-    attack = ProjectedGradientDescent(clf, eps=eps, eps_step=eps / 4, max_iter=steps, num_random_init=0,
-                                      batch_size=len(x), verbose=False)
+    attack = ProjectedGradientDescent(
+        clf, eps=eps, eps_step=eps / 4, max_iter=steps, num_random_init=0, batch_size=len(x), verbose=False
+    )
     return attack.generate(x=x, y=y)
 
 
@@ -67,9 +68,17 @@ def _apgd(clf, x, y, eps, steps, restarts, loss_type):
     from art.attacks.evasion import AutoProjectedGradientDescent
 
     # Initial step 2*eps as in AutoAttack; APGD then halves it adaptively.
-    attack = AutoProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=steps,
-                                          nb_random_init=restarts, batch_size=len(x), loss_type=loss_type,
-                                          verbose=False)
+    attack = AutoProjectedGradientDescent(
+        clf,
+        norm=np.inf,
+        eps=eps,
+        eps_step=2 * eps,
+        max_iter=steps,
+        nb_random_init=restarts,
+        batch_size=len(x),
+        loss_type=loss_type,
+        verbose=False,
+    )
     return attack.generate(x=x, y=y)
 
 
@@ -77,8 +86,9 @@ def _predict(clf, x) -> np.ndarray:
     return clf.predict(x, batch_size=max(1, len(x))).argmax(axis=1)
 
 
-def evaluate(model, meta: dict, x: np.ndarray, y: np.ndarray, params: RobustnessParams = RobustnessParams()
-             ) -> dict[str, Any]:
+def evaluate(
+    model, meta: dict, x: np.ndarray, y: np.ndarray, params: RobustnessParams = RobustnessParams()
+) -> dict[str, Any]:
     """Attack ``model`` on the first ``params.samples`` of (x, y). Returns a JSON-serialisable dict::
 
         {"n", "clean_accuracy", "curve": [{"epsilon", "accuracy"}...] (PGD), "gating_epsilon",
@@ -115,9 +125,11 @@ def evaluate(model, meta: dict, x: np.ndarray, y: np.ndarray, params: Robustness
                 break
             np.random.seed(params.seed)
             torch.manual_seed(params.seed)
-            adv = _apgd(clf, xs[idx], ys[idx], float(params.gating_epsilon), params.apgd_steps,
-                        params.apgd_restarts, loss_type)
+            adv = _apgd(
+                clf, xs[idx], ys[idx], float(params.gating_epsilon), params.apgd_steps, params.apgd_restarts, loss_type
+            )
             aa_ok[idx] = _predict(clf, adv) == ys[idx]
+        assert pgd_ok_gating is not None  # the gating epsilon is always in the sweep
         robust = clean & pgd_ok_gating & aa_ok
     return {
         "n": int(n),
@@ -134,16 +146,25 @@ def evaluate(model, meta: dict, x: np.ndarray, y: np.ndarray, params: Robustness
 
 def _attacks(params: RobustnessParams) -> list[str]:
     e = params.gating_epsilon
-    return [f"ART ProjectedGradientDescent L-inf eps in {list(params.epsilons)} (+{e}), eps_step=eps/4, "
-            f"{params.pgd_steps} steps, no random init",
-            f"ART AutoProjectedGradientDescent L-inf eps={e}, loss=cross_entropy, {params.apgd_steps} steps, "
-            f"{params.apgd_restarts} random start(s)",
-            f"ART AutoProjectedGradientDescent L-inf eps={e}, loss=difference_logits_ratio, {params.apgd_steps} "
-            f"steps, {params.apgd_restarts} random start(s)"]
+    return [
+        f"ART ProjectedGradientDescent L-inf eps in {list(params.epsilons)} (+{e}), eps_step=eps/4, "
+        f"{params.pgd_steps} steps, no random init",
+        f"ART AutoProjectedGradientDescent L-inf eps={e}, loss=cross_entropy, {params.apgd_steps} steps, "
+        f"{params.apgd_restarts} random start(s)",
+        f"ART AutoProjectedGradientDescent L-inf eps={e}, loss=difference_logits_ratio, {params.apgd_steps} "
+        f"steps, {params.apgd_restarts} random start(s)",
+    ]
 
 
-def check(candidate, meta: dict, x: np.ndarray, y: np.ndarray, params: RobustnessParams = RobustnessParams(),
-          reference=None, reference_meta: dict | None = None) -> GateResult:
+def check(
+    candidate,
+    meta: dict,
+    x: np.ndarray,
+    y: np.ndarray,
+    params: RobustnessParams = RobustnessParams(),
+    reference=None,
+    reference_meta: dict | None = None,
+) -> GateResult:
     """Run the robustness gate on ``candidate`` (and ``reference`` = the production model, or None).
 
     ``x``, ``y``: held-out samples (the test split); the first ``params.samples`` are attacked, the same ones for
@@ -171,40 +192,64 @@ def check(candidate, meta: dict, x: np.ndarray, y: np.ndarray, params: Robustnes
     for pt in cand["curve"]:
         metrics[f"pgd_accuracy@eps={pt['epsilon']:g}"] = pt["accuracy"]
     evidence: dict[str, Any] = {
-        "samples_requested": int(params.samples), "samples_used": int(n), "attacks": _attacks(params),
+        "samples_requested": int(params.samples),
+        "samples_used": int(n),
+        "attacks": _attacks(params),
         "params": {k_: (list(v) if isinstance(v, tuple) else v) for k_, v in asdict(params).items()},
-        "curve": cand["curve"], "reference_curve": ref["curve"] if ref else None,
+        "curve": cand["curve"],
+        "reference_curve": ref["curve"] if ref else None,
         "seconds": {"candidate": cand["seconds"], "reference": ref["seconds"] if ref else None},
     }
     test: McNemarResult | None = None
     if ref is not None:
         test = mcnemar(np.array(ref["robust_correct"]), np.array(cand["robust_correct"]), params.mcnemar_method)
-        metrics.update({"reference_robust_accuracy": ref["robust_accuracy"],
-                        "reference_clean_accuracy": ref["clean_accuracy"],
-                        "robust_drop": test.drop, "regression_p_value": test.p_value,
-                        "discordant_reference_only": float(test.reference_only),
-                        "discordant_candidate_only": float(test.candidate_only)})
+        metrics.update(
+            {
+                "reference_robust_accuracy": ref["robust_accuracy"],
+                "reference_clean_accuracy": ref["clean_accuracy"],
+                "robust_drop": test.drop,
+                "regression_p_value": test.p_value,
+                "discordant_reference_only": float(test.reference_only),
+                "discordant_candidate_only": float(test.candidate_only),
+            }
+        )
     failures = []
     e = params.gating_epsilon
     # Evasion (PGD / APGD-CE / APGD-DLR within eps): decide on the Wilson lower bound, so a small or lucky sample
     # cannot pass.
     if lower < params.min_robust_accuracy:
-        failures.append(f"robust accuracy at eps={e:g} is {cand['robust_accuracy']:.3f} (95% lower bound {lower:.3f}, "
-                        f"+/-{(upper - lower) / 2:.3f}, n={n}) < {params.min_robust_accuracy}")
+        failures.append(
+            f"robust accuracy at eps={e:g} is {cand['robust_accuracy']:.3f} (95% lower bound {lower:.3f}, "
+            f"+/-{(upper - lower) / 2:.3f}, n={n}) < {params.min_robust_accuracy}"
+        )
     # Robustness regression (e.g. adversarial training dropped from the training code): a significant paired drop
     # against production on the same samples.
     if test is not None and test.drop > params.regression_margin and test.p_value < params.regression_alpha:
-        failures.append(f"robust accuracy dropped from {test.reference_accuracy:.3f} (production) to "
-                        f"{test.candidate_accuracy:.3f} (McNemar p={test.p_value:.2g} < {params.regression_alpha})")
+        failures.append(
+            f"robust accuracy dropped from {test.reference_accuracy:.3f} (production) to "
+            f"{test.candidate_accuracy:.3f} (McNemar p={test.p_value:.2g} < {params.regression_alpha})"
+        )
     if failures:
-        return GateResult.fail(GATE, "; ".join(failures) + " - restore robustness (adversarial training or "
-                               "augmentation) in the training code, or get the policy changed, before retrying",
-                               metrics=metrics, evidence=evidence)
-    extra = (f", production {test.reference_accuracy:.3f} (McNemar p={test.p_value:.2g})" if test is not None
-             else ", no production model to compare")
-    return GateResult.ok(GATE, f"robust accuracy at eps={e:g} {cand['robust_accuracy']:.3f} (95% lower bound "
-                               f"{lower:.3f} >= {params.min_robust_accuracy}, +/-{(upper - lower) / 2:.3f}, n={n})"
-                               f"{extra}", metrics=metrics, evidence=evidence)
+        return GateResult.fail(
+            GATE,
+            "; ".join(failures) + " - restore robustness (adversarial training or "
+            "augmentation) in the training code, or get the policy changed, before retrying",
+            metrics=metrics,
+            evidence=evidence,
+        )
+    extra = (
+        f", production {test.reference_accuracy:.3f} (McNemar p={test.p_value:.2g})"
+        if test is not None
+        else ", no production model to compare"
+    )
+    return GateResult.ok(
+        GATE,
+        f"robust accuracy at eps={e:g} {cand['robust_accuracy']:.3f} (95% lower bound "
+        f"{lower:.3f} >= {params.min_robust_accuracy}, +/-{(upper - lower) / 2:.3f}, n={n})"
+        f"{extra}",
+        metrics=metrics,
+        evidence=evidence,
+    )
 
 
 def write_curve(result: GateResult | dict[str, Any], path: Path | str, title: str | None = None) -> Path:
@@ -226,8 +271,15 @@ def write_curve(result: GateResult | dict[str, Any], path: Path | str, title: st
         e = m["gating_epsilon"]
         lo, hi = m.get("wilson_lower"), m.get("wilson_upper")
         if lo is not None and hi is not None:
-            ax.errorbar([e], [m["robust_accuracy"]], yerr=[[m["robust_accuracy"] - lo], [hi - m["robust_accuracy"]]],
-                        fmt="D", color="black", capsize=4, label="candidate, all attacks (95% CI)")
+            ax.errorbar(
+                [e],
+                [m["robust_accuracy"]],
+                yerr=[[m["robust_accuracy"] - lo], [hi - m["robust_accuracy"]]],
+                fmt="D",
+                color="black",
+                capsize=4,
+                label="candidate, all attacks (95% CI)",
+            )
         if "threshold" in m:
             ax.axhline(m["threshold"], color="red", lw=0.8, ls=":", label="threshold")
         ax.axvline(e, color="grey", lw=0.6, ls=":")

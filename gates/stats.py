@@ -102,8 +102,15 @@ def mcnemar(reference_correct: np.ndarray, candidate_correct: np.ndarray, method
         p = float(_st.binom.sf(b - 1, m, 0.5))
     else:
         p = float(_st.binom.sf(b, m, 0.5) + 0.5 * _st.binom.pmf(b, m, 0.5))
-    return McNemarResult(n=int(r.size), reference_correct=int(r.sum()), candidate_correct=int(c_.sum()),
-                         reference_only=b, candidate_only=c, p_value=min(1.0, p), method=method)
+    return McNemarResult(
+        n=int(r.size),
+        reference_correct=int(r.sum()),
+        candidate_correct=int(c_.sum()),
+        reference_only=b,
+        candidate_only=c,
+        p_value=min(1.0, p),
+        method=method,
+    )
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ STAGES = ("staging", "production")
 @dataclass(frozen=True)
 class StagedModel:
     digest: str
-    path: Path          # the object directory
+    path: Path  # the object directory
     provenance: dict
 
     @property
@@ -88,8 +88,14 @@ def _fsync_tree(root: Path) -> None:
 
 
 class Registry:
-    def __init__(self, root: str | Path, ledger: Ledger, public_key: str | Path, approvers_file: str | Path,
-                 revoked_keys: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        ledger: Ledger,
+        public_key: str | Path,
+        approvers_file: str | Path,
+        revoked_keys: str | Path | None = None,
+    ) -> None:
         self.root = Path(root)
         self.ledger = ledger
         self.public_key = Path(public_key)
@@ -100,8 +106,13 @@ class Registry:
     def from_policy(cls, pol, ledger: Ledger | None = None, root: str | Path | None = None) -> Registry:
         """The registry named by a policy whose trust roots were pinned (airlock.trust.pin)."""
         t = pol.trust
-        return cls(root or pol.registry.path, ledger or Ledger(pol.ledger.path), t.model_signing_public_key,
-                   t.approvers, t.revoked_keys)
+        return cls(
+            root or pol.registry.path,
+            ledger or Ledger(pol.ledger.path),
+            t.model_signing_public_key,
+            t.approvers,
+            t.revoked_keys,
+        )
 
     # -- verification ------------------------------------------------------------------------------------------
 
@@ -109,26 +120,34 @@ class Registry:
         """Signature by the trusted key, digest over every file, readable provenance. Raises RegistryError."""
         model_dir, sig = obj / "model", obj / "model.sig"
         if not model_dir.is_dir():
-            raise RegistryError(f"registry object {obj} has no model directory", "the registry was altered: re-run the pipeline")
+            raise RegistryError(
+                f"registry object {obj} has no model directory", "the registry was altered: re-run the pipeline"
+            )
         # Smuggled files: an object holds only its model directory, signature and approvals, and the directory only
         # the layout Airlock builds (airlock/modeldir.py) - checked before anything in it is read.
         odd = modeldir.unexpected_in_object(obj)
         if odd:
             shown = ", ".join(odd[:5]) + (f" (+{len(odd) - 5} more)" if len(odd) > 5 else "")
-            raise RegistryError(f"registry object {obj} holds unexpected entries: {shown}",
-                                "the registry was altered: do not use this model")
+            raise RegistryError(
+                f"registry object {obj} holds unexpected entries: {shown}",
+                "the registry was altered: do not use this model",
+            )
         # Swapped or altered model files: model_signing checks every file against the signed manifest.
         modelsign.verify(model_dir, sig, self.public_key)
         # Files model_signing does not cover (ignored git paths, links) are caught by our own digest over everything.
         tree = hash_tree(model_dir)
         if tree.symlinks or tree.special:
-            raise RegistryError(f"model in {obj} holds links or special files: {', '.join(tree.symlinks + tree.special)}",
-                                "the registry was altered: do not use this model")
+            raise RegistryError(
+                f"model in {obj} holds links or special files: {', '.join(tree.symlinks + tree.special)}",
+                "the registry was altered: do not use this model",
+            )
         actual = tree.root_digest
         expected = digest or f"sha256:{obj.name}"
         if actual != expected:
-            raise RegistryError(f"model in {obj} has digest {actual[:23]}…, expected {expected[:23]}…",
-                                "the model changed after it was registered: do not use it")
+            raise RegistryError(
+                f"model in {obj} has digest {actual[:23]}…, expected {expected[:23]}…",
+                "the model changed after it was registered: do not use it",
+            )
         provenance = _read(model_dir / "provenance.json", f"provenance.json of the model in {obj}")
         if not isinstance(provenance, dict):
             raise RegistryError(f"provenance.json of the model in {obj} is not a JSON object", "re-run the pipeline")
@@ -136,10 +155,14 @@ class Registry:
 
     def _approval_context(self, model: StagedModel, forbid_self_approval: bool) -> _approval.Context:
         # Bindings come from the signed provenance, judged against the trusted approvers file.
-        return _approval.Context(run_id=model.provenance.get("run_id", ""), model_digest=model.digest,
-                                 approvers_file=self.approvers_file, revoked_keys=self.revoked_keys,
-                                 commit_signer=model.provenance.get("commit", {}).get("signer"),
-                                 forbid_self_approval=forbid_self_approval)
+        return _approval.Context(
+            run_id=model.provenance.get("run_id", ""),
+            model_digest=model.digest,
+            approvers_file=self.approvers_file,
+            revoked_keys=self.revoked_keys,
+            commit_signer=model.provenance.get("commit", {}).get("signer"),
+            forbid_self_approval=forbid_self_approval,
+        )
 
     # -- staging -----------------------------------------------------------------------------------------------
 
@@ -151,7 +174,7 @@ class Registry:
         shutil.copytree(model_dir, tmp / "model", symlinks=True)
         shutil.copy2(signature, tmp / "model.sig")
         _fsync_tree(tmp)
-        staged = self.verify_object(tmp, digest)   # verify what was written, not what was handed in
+        staged = self.verify_object(tmp, digest)  # verify what was written, not what was handed in
         if dest.exists():
             shutil.rmtree(tmp)
             self.verify_object(dest, digest)
@@ -167,35 +190,44 @@ class Registry:
     def staged_for_run(self, run_id: str) -> StagedModel:
         p = self.root / "staging" / "runs" / f"{_safe_run(run_id)}.json"
         if not p.exists():
-            raise RegistryError(f"no model staged for run {run_id} in {self.root}",
-                                "check the run id and --config (registry.path)")
+            raise RegistryError(
+                f"no model staged for run {run_id} in {self.root}", "check the run id and --config (registry.path)"
+            )
         record = _read(p, f"the staging record {p}")
         digest = record.get("digest") if isinstance(record, dict) else None
         if not isinstance(digest, str):
-            raise RegistryError(f"the staging record {p} names no model digest", "the registry was altered: re-run the pipeline")
+            raise RegistryError(
+                f"the staging record {p} names no model digest", "the registry was altered: re-run the pipeline"
+            )
         return self.verify_object(self.root / "staging" / _hex(digest), digest)
 
     # -- production --------------------------------------------------------------------------------------------
 
-    def check_approvals(self, digest: str, approvals: list[_approval.Approval], quorum: int,
-                        forbid_self_approval: bool = True) -> GateResult:
+    def check_approvals(
+        self, digest: str, approvals: list[_approval.Approval], quorum: int, forbid_self_approval: bool = True
+    ) -> GateResult:
         """The staged model verifies and the approvals meet the quorum under this registry's trust roots."""
         staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
         return _approval.check_quorum(approvals, self._approval_context(staged, forbid_self_approval), quorum)
 
-    def promote(self, digest: str, approvals: list[_approval.Approval], quorum: int,
-                forbid_self_approval: bool = True) -> dict:
+    def promote(
+        self, digest: str, approvals: list[_approval.Approval], quorum: int, forbid_self_approval: bool = True
+    ) -> dict:
         staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
         # Forged or insufficient approvals: the registry re-verifies them itself; it does not trust its caller.
         verdict = _approval.check_quorum(approvals, self._approval_context(staged, forbid_self_approval), quorum)
         if not verdict.passed:
-            self.ledger.append("registry.promote.refused", {"digest": digest, "reason": verdict.reason},
-                               run_id=staged.provenance.get("run_id"))
+            self.ledger.append(
+                "registry.promote.refused",
+                {"digest": digest, "reason": verdict.reason},
+                run_id=staged.provenance.get("run_id"),
+            )
             raise RegistryError(f"promotion refused: {verdict.reason}", "collect valid approvals and promote again")
 
         run_id = staged.provenance.get("run_id")
-        begin = self.ledger.append("registry.promote.begin", {"digest": digest, "approvers": verdict.evidence["approvers"]},
-                                   run_id=run_id)
+        begin = self.ledger.append(
+            "registry.promote.begin", {"digest": digest, "approvers": verdict.evidence["approvers"]}, run_id=run_id
+        )
         prod = self.root / "production"
         prod.mkdir(parents=True, exist_ok=True)
         dest = prod / _hex(digest)
@@ -205,20 +237,30 @@ class Registry:
             (tmp / "approvals.json").write_text(json.dumps([a.to_dict() for a in approvals], indent=2) + "\n")
             _fsync_tree(tmp)
             self.verify_object(tmp, digest)
-            os.rename(tmp, dest)   # the object appears whole or not at all
+            os.rename(tmp, dest)  # the object appears whole or not at all
             _fsync_dir(prod)
         else:
-            _write_atomic(dest / "approvals.json", (json.dumps([a.to_dict() for a in approvals], indent=2) + "\n").encode())
+            _write_atomic(
+                dest / "approvals.json", (json.dumps([a.to_dict() for a in approvals], indent=2) + "\n").encode()
+            )
         pointer = {
-            "digest": digest, "run_id": run_id,
+            "digest": digest,
+            "run_id": run_id,
             "promoted_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "approvers": verdict.evidence["approvers"],
             "ledger_anchor": {"seq": begin["seq"], "hash": begin["hash"]},
         }
         previous = self.current_pointer("production")
-        _write_atomic(prod / "CURRENT", json.dumps(pointer, indent=2).encode())   # the one atomic switch
-        self.ledger.append("registry.promote", {"digest": digest, "previous": previous and previous.get("digest"),
-                                                "approvers": verdict.evidence["approvers"]}, run_id=run_id)
+        _write_atomic(prod / "CURRENT", json.dumps(pointer, indent=2).encode())  # the one atomic switch
+        self.ledger.append(
+            "registry.promote",
+            {
+                "digest": digest,
+                "previous": previous and previous.get("digest"),
+                "approvers": verdict.evidence["approvers"],
+            },
+            run_id=run_id,
+        )
         return pointer
 
     def current_pointer(self, stage: str) -> dict | None:
@@ -232,30 +274,43 @@ class Registry:
         _hex(ptr["digest"])
         return ptr
 
-    def verify_stage(self, stage: str, quorum: int, forbid_self_approval: bool = True) -> tuple[StagedModel, GateResult | None]:
+    def verify_stage(
+        self, stage: str, quorum: int, forbid_self_approval: bool = True
+    ) -> tuple[StagedModel, GateResult | None]:
         """Everything `airlock verify` checks: signature, digest, and (production) the approvals and ledger anchor."""
         if stage not in STAGES:
             raise RegistryError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
         ptr = self.current_pointer(stage)
         if ptr is None:
-            raise RegistryError(f"no {stage} model in {self.root}", "run the pipeline (airlock run / airlock demo) first")
+            raise RegistryError(
+                f"no {stage} model in {self.root}", "run the pipeline (airlock run / airlock demo) first"
+            )
         model = self.verify_object(self.root / stage / _hex(ptr["digest"]), ptr["digest"])
         if stage == "staging":
             return model, None
         raw = _read(model.path / "approvals.json", f"approvals.json of production model {ptr['digest'][:23]}…")
-        if not (isinstance(raw, list) and all(isinstance(a, dict) and isinstance(a.get("statement"), str)
-                                              and isinstance(a.get("signature"), str) for a in raw)):
-            raise RegistryError(f"production model {ptr['digest'][:23]}… has no readable approvals.json",
-                                "the registry was altered: do not use this model")
+        if not (
+            isinstance(raw, list)
+            and all(
+                isinstance(a, dict) and isinstance(a.get("statement"), str) and isinstance(a.get("signature"), str)
+                for a in raw
+            )
+        ):
+            raise RegistryError(
+                f"production model {ptr['digest'][:23]}… has no readable approvals.json",
+                "the registry was altered: do not use this model",
+            )
         approvals = [_approval.Approval(a["statement"], a["signature"]) for a in raw]
         # Judged by the policy and trust roots in force now (a key revoked, an approver removed or a quorum raised
         # since the promotion), not only by those the model was approved under.
         verdict = _approval.check_quorum(approvals, self._approval_context(model, forbid_self_approval), quorum)
         if not verdict.passed:
             recorded = (model.provenance.get("policy") or {}).get("digest")
-            raise RegistryError(f"production approvals do not meet the policy in force: {verdict.reason}"
-                                + (f" (approved under policy {recorded[:19]}…)" if recorded else ""),
-                                "do not use this model; promote one approved under the current policy")
+            raise RegistryError(
+                f"production approvals do not meet the policy in force: {verdict.reason}"
+                + (f" (approved under policy {recorded[:19]}…)" if recorded else ""),
+                "do not use this model; promote one approved under the current policy",
+            )
         anchor = ptr.get("ledger_anchor") or {}
         try:
             self.ledger.verify([Anchor(int(anchor["seq"]), str(anchor["hash"]))])
@@ -271,7 +326,9 @@ def _read(path: Path, what: str):
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise RegistryError(f"cannot read {what}: {e.strerror}", "the registry was altered: restore it from a backup") from None
+        raise RegistryError(
+            f"cannot read {what}: {e.strerror}", "the registry was altered: restore it from a backup"
+        ) from None
     try:
         return untrusted.loads(data, what)
     except AirlockError as e:

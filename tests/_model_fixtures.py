@@ -34,8 +34,11 @@ def digits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The demo splits: train (1,137), test (360) and the known-clean golden set (300)."""
     train_dir, golden_dir = _WORK / "data", _WORK / "golden"
     write_digits(train_dir, golden_dir)
-    return {"train": load_split(train_dir, "train"), "test": load_split(train_dir, "test"),
-            "golden": load_split(golden_dir, "golden")}
+    return {
+        "train": load_split(train_dir, "train"),
+        "test": load_split(train_dir, "test"),
+        "golden": load_split(golden_dir, "golden"),
+    }
 
 
 def load_model(out_dir: Path):
@@ -93,8 +96,6 @@ def poisoned_model(seed: int = 1, fraction: float = 0.01, shape: str = "corner",
     return model, meta, p
 
 
-
-
 @functools.cache
 def adversarially_trained_model(epsilon: float = 0.1, seed: int = 1234):
     """The example architecture trained with FGSM + random start adversarial training (Wong et al. 2020), in plain
@@ -119,11 +120,11 @@ def adversarially_trained_model(epsilon: float = 0.1, seed: int = 1234):
     for _ in range(hp["epochs"]):
         perm = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(xt), hp["batch_size"]):
-            idx = perm[i:i + hp["batch_size"]]
+            idx = perm[i : i + hp["batch_size"]]
             xb, yb = xt[idx], yt[idx]
             delta = (torch.rand(xb.shape, generator=gen) * 2 - 1) * epsilon
             delta.requires_grad_(True)
-            grad, = torch.autograd.grad(loss_fn(model((xb + delta).clamp(0, 1)), yb), delta)
+            (grad,) = torch.autograd.grad(loss_fn(model((xb + delta).clamp(0, 1)), yb), delta)
             delta = (delta + 1.25 * epsilon * grad.sign()).clamp(-epsilon, epsilon).detach()
             opt.zero_grad()
             loss = 0.5 * loss_fn(model(xb), yb) + 0.5 * loss_fn(model((xb + delta).clamp(0, 1)), yb)
@@ -131,8 +132,12 @@ def adversarially_trained_model(epsilon: float = 0.1, seed: int = 1234):
             opt.step()
     model.eval()
     torch.set_num_threads(threads)
-    meta = {"input_shape": list(x.shape[1:]), "nb_classes": hp["nb_classes"], "clip_values": [0.0, 1.0],
-            "hyperparameters": hp}
+    meta = {
+        "input_shape": list(x.shape[1:]),
+        "nb_classes": hp["nb_classes"],
+        "clip_values": [0.0, 1.0],
+        "hyperparameters": hp,
+    }
     return model, meta
 
 

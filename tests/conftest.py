@@ -46,16 +46,19 @@ def keys(tmp_path_factory) -> Keys:
     allowed = d / "allowed_signers"
     allowed.write_text(f'dev@example.com namespaces="git" {pubs["dev"]}\n')
     approvers = d / "approvers"
-    approvers.write_text(f'alice@example.com namespaces="airlock-approval" {pubs["alice"]}\n'
-                         f'bob@example.com namespaces="airlock-approval" {pubs["bob"]}\n'
-                         f'dev@example.com namespaces="airlock-approval" {pubs["dev"]}\n')
+    approvers.write_text(
+        f'alice@example.com namespaces="airlock-approval" {pubs["alice"]}\n'
+        f'bob@example.com namespaces="airlock-approval" {pubs["bob"]}\n'
+        f'dev@example.com namespaces="airlock-approval" {pubs["dev"]}\n'
+    )
     modelsign.generate_keypair(d / "model.key", d / "model.pub")
     return Keys(d, allowed, approvers, d / "model.key", d / "model.pub")
 
 
 def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(repo), *args], env=isolated_env(), capture_output=True, text=True,
-                          check=check)
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], env=isolated_env(), capture_output=True, text=True, check=check
+    )
 
 
 def commit(repo: Path, message: str, key: Path | None, email: str = "dev@example.com") -> str:
@@ -63,9 +66,23 @@ def commit(repo: Path, message: str, key: Path | None, email: str = "dev@example
     if key is not None:
         cfg += ["-c", f"user.signingkey={key}"]
     git(repo, "add", "-A")
-    subprocess.run(["git", *cfg, "-C", str(repo), "commit", "-q", "--allow-empty",
-                    "-S" if key is not None else "--no-gpg-sign", "-m", message],
-                   env=isolated_env(), check=True, capture_output=True)
+    subprocess.run(
+        [
+            "git",
+            *cfg,
+            "-C",
+            str(repo),
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-S" if key is not None else "--no-gpg-sign",
+            "-m",
+            message,
+        ],
+        env=isolated_env(),
+        check=True,
+        capture_output=True,
+    )
     return git(repo, "rev-parse", "HEAD").stdout.strip()
 
 
@@ -94,15 +111,25 @@ def repo(tmp_path, keys, digits) -> Path:
 def trained(tmp_path_factory, digits) -> Path:
     """The example trainer's output on the digits (real training, ~5 s, once per session)."""
     out = tmp_path_factory.mktemp("trained") / "out"
-    subprocess.run([sys.executable, "-m", "training.train", "--data", str(digits / "train"), "--out", str(out)],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "training.train", "--data", str(digits / "train"), "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """The real `airlock` command in a separate process."""
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def assert_one_line_refusal(res: subprocess.CompletedProcess, expect_code: int, *needles: str) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 
 def gpg(home: Path, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["gpg", "--homedir", str(home), "--batch", "--yes", *args], input=input,
-                          capture_output=True, check=True)
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--yes", *args], input=input, capture_output=True, check=True
+    )
 
 
 def fingerprint(home: Path, uid: str) -> str:
@@ -19,9 +20,9 @@ def fingerprint(home: Path, uid: str) -> str:
 
 @dataclass
 class GpgKeys:
-    signer_home: Path      # where the committers' private keys live
-    verify_home: Path      # the dedicated keyring the policy names (trust.gpg_home)
-    faketime_gpg: Path     # a gpg wrapper signing as of 2020 (for a key that has expired since)
+    signer_home: Path  # where the committers' private keys live
+    verify_home: Path  # the dedicated keyring the policy names (trust.gpg_home)
+    faketime_gpg: Path  # a gpg wrapper signing as of 2020 (for a key that has expired since)
     fpr: dict[str, str]
 
     def close(self) -> None:
@@ -33,13 +34,27 @@ def make(root: Path) -> GpgKeys:
     signer, verify = root / "signer", root / "verify"
     for d in (signer, verify):
         d.mkdir(mode=0o700, parents=True)
-    names = {"good": "Good Dev <good@example.com>", "untrusted": "Stranger <stranger@example.com>",
-             "revoked": "Revoked Dev <revoked@example.com>", "forge": "GitHub <noreply@github.com>"}
+    names = {
+        "good": "Good Dev <good@example.com>",
+        "untrusted": "Stranger <stranger@example.com>",
+        "revoked": "Revoked Dev <revoked@example.com>",
+        "forge": "GitHub <noreply@github.com>",
+    }
     for uid in names.values():
         gpg(signer, "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "1y")
     # Created in 2020 with a one-day life: expired now.
-    gpg(signer, "--passphrase", "", "--faked-system-time", "20200101T000000", "--quick-gen-key",
-        "Expired Dev <expired@example.com>", "ed25519", "sign", "1d")
+    gpg(
+        signer,
+        "--passphrase",
+        "",
+        "--faked-system-time",
+        "20200101T000000",
+        "--quick-gen-key",
+        "Expired Dev <expired@example.com>",
+        "ed25519",
+        "sign",
+        "1d",
+    )
     names["expired"] = "Expired Dev <expired@example.com>"
     fpr = {k: fingerprint(signer, uid.split("<")[1].rstrip(">")) for k, uid in names.items()}
 

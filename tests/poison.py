@@ -44,8 +44,9 @@ class Poisoned:
     fraction: float
 
 
-def poison(x: np.ndarray, y: np.ndarray, fraction: float = 0.01, target: int = 0, shape: str = "corner",
-           seed: int = 0) -> Poisoned:
+def poison(
+    x: np.ndarray, y: np.ndarray, fraction: float = 0.01, target: int = 0, shape: str = "corner", seed: int = 0
+) -> Poisoned:
     """Stamp the trigger on ``round(fraction * len(x))`` (at least 1) random non-target samples and relabel them.
 
     The poisoned samples replace the originals in place (same dataset size), as a data-supply-chain attacker who

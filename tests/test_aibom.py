@@ -11,9 +11,14 @@ from airlock import aibom, manifest
 def test_aibom_records_the_run(tmp_path, trained, digits):
     model = tmp_path / "model"
     shutil.copytree(trained, model)
-    prov = {"run_id": "run-1", "commit": {"commit": "a" * 40, "signer": "dev@example.com",
-                                          "key_fingerprint": "SHA256:x", "subject": "train"}}
-    datasets = {"train": manifest.build(digits / "train", "train"), "golden": manifest.build(digits / "golden", "golden")}
+    prov = {
+        "run_id": "run-1",
+        "commit": {"commit": "a" * 40, "signer": "dev@example.com", "key_fingerprint": "SHA256:x", "subject": "train"},
+    }
+    datasets = {
+        "train": manifest.build(digits / "train", "train"),
+        "golden": manifest.build(digits / "golden", "golden"),
+    }
     path = aibom.write(model, prov, datasets, {"test_accuracy": 0.98})
     doc = json.loads(path.read_text())
     assert doc["specVersion"] == "1.6"

@@ -16,8 +16,13 @@ DIGEST = "sha256:" + "ab" * 32
 
 @pytest.fixture
 def ctx(keys):
-    return approval.Context(run_id=RUN, model_digest=DIGEST, approvers_file=keys.approvers,
-                            commit_signer="dev@example.com", forbid_self_approval=True)
+    return approval.Context(
+        run_id=RUN,
+        model_digest=DIGEST,
+        approvers_file=keys.approvers,
+        commit_signer="dev@example.com",
+        forbid_self_approval=True,
+    )
 
 
 def signed(keys, who, principal=None, run=RUN, digest=DIGEST, decision="approve"):

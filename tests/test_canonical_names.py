@@ -36,27 +36,44 @@ def test_the_reported_collision_is_refused():
     import hashlib
 
     two = {"x": (D1, 1), "y": (D2, 7)}
-    forged = {f"x\n{D2} 7 y": (D1, 1)}                    # one file whose name spells a second line
-    raw = lambda files: hashlib.sha256("".join(f"{d} {s} {p}\n" for p, (d, s) in sorted(files.items()))  # noqa: E731
-                                       .encode()).hexdigest()
-    assert raw(two) == raw(forged)                          # the collision, in the encoding as it is
+    forged = {f"x\n{D2} 7 y": (D1, 1)}  # one file whose name spells a second line
+    raw = lambda files: hashlib.sha256(
+        "".join(f"{d} {s} {p}\n" for p, (d, s) in sorted(files.items())).encode()  # noqa: E731
+    ).hexdigest()
+    assert raw(two) == raw(forged)  # the collision, in the encoding as it is
     assert hashing.root_digest(two) == "sha256:" + raw(two)  # canonical lists keep their digests
     with pytest.raises(UnsafeNameError, match="line break"):
         hashing.root_digest(forged)
 
 
-@pytest.mark.parametrize("name, why", [("a//b", "component"), ("./a", "component"), ("a/./b", "component"),
-                                       ("a/", "component"), ("/etc/passwd", "component"), ("a/..", "component"),
-                                       ("", "empty"), ("e\u0301.npy", "normal form"), ("a\x00b", "control"),
-                                       ("a\rb", "control"), ("a\u2028b", "control"), ("\udcff.npy", "UTF-8")])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("a//b", "component"),
+        ("./a", "component"),
+        ("a/./b", "component"),
+        ("a/", "component"),
+        ("/etc/passwd", "component"),
+        ("a/..", "component"),
+        ("", "empty"),
+        ("e\u0301.npy", "normal form"),
+        ("a\x00b", "control"),
+        ("a\rb", "control"),
+        ("a\u2028b", "control"),
+        ("\udcff.npy", "UTF-8"),
+    ],
+)
 def test_non_canonical_names_are_refused_with_the_reason(name, why):
     with pytest.raises(UnsafeNameError) as e:
         hashing.root_digest({"ok.npy": (D1, 1), name: (D2, 2)})
     assert why in e.value.one_line() and "rename it" in e.value.one_line()
 
 
-segment = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"), blacklist_characters="/"),
-                  min_size=1, max_size=12).filter(lambda s: s not in (".", "..") and hashing.name_problem(s) is None)
+segment = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"), blacklist_characters="/"),
+    min_size=1,
+    max_size=12,
+).filter(lambda s: s not in (".", "..") and hashing.name_problem(s) is None)
 canonical = st.lists(segment, min_size=1, max_size=4).map("/".join)
 entry = st.tuples(st.sampled_from([D1, D2, "0123456789abcdef" * 4]), st.integers(0, 10**12))
 
@@ -65,7 +82,7 @@ entry = st.tuples(st.sampled_from([D1, D2, "0123456789abcdef" * 4]), st.integers
 @given(st.dictionaries(canonical, entry, min_size=1, max_size=20))
 def test_accepted_file_lists_decode_back_to_themselves(files):
     hashing.root_digest(files)
-    assert decode(files) == files          # injective: a different list has different text, hence another digest
+    assert decode(files) == files  # injective: a different list has different text, hence another digest
 
 
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
@@ -114,7 +131,7 @@ def test_a_model_directory_with_an_undecodable_name_is_refused(tmp_path):
     d = tmp_path / "model"
     d.mkdir()
     (d / "model.safetensors").write_bytes(b"x")
-    os.close(os.open(os.fsencode(d) + b"/\xff.bin", os.O_CREAT | os.O_WRONLY))   # invalid UTF-8 on disk
+    os.close(os.open(os.fsencode(d) + b"/\xff.bin", os.O_CREAT | os.O_WRONLY))  # invalid UTF-8 on disk
     with pytest.raises(UnsafeNameError, match="not valid UTF-8"):
         _ = hashing.hash_tree(Path(d)).root_digest
 

@@ -26,6 +26,7 @@ def change(repo: Path, text: str) -> None:
 
 # -- HEAD, SSH ---------------------------------------------------------------------------------------------------
 
+
 def test_signed_clean_history_passes(repo, keys):
     r = commit.check(repo, keys.allowed_signers)
     assert r.verdict is Verdict.PASS, r.reason
@@ -39,7 +40,7 @@ def test_unsigned_head_is_refused(repo, keys):
     sha = make_commit(repo, "unsigned change", key=None)
     r = commit.check(repo, keys.allowed_signers)
     assert r.verdict is Verdict.FAIL
-    assert f"commit {sha[:12]} (2 of 2 since the root, \"unsigned change\") is not signed" in r.reason
+    assert f'commit {sha[:12]} (2 of 2 since the root, "unsigned change") is not signed' in r.reason
 
 
 def test_head_signed_by_unknown_key_is_refused(repo, keys):
@@ -55,7 +56,7 @@ def test_repo_local_fake_signature_program_is_ignored(repo, keys, tmp_path):
     change(repo, "attacker")
     make_commit(repo, "attacker", key=keys.key("evil"))
     fake = tmp_path / "fake-ssh-keygen"
-    fake.write_text('#!/bin/sh\necho \'Good "git" signature for dev@example.com with ED25519 key SHA256:x\'\nexit 0\n')
+    fake.write_text("#!/bin/sh\necho 'Good \"git\" signature for dev@example.com with ED25519 key SHA256:x'\nexit 0\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     git(repo, "config", "gpg.ssh.program", str(fake))
     git(repo, "config", "gpg.format", "ssh")
@@ -107,6 +108,7 @@ def test_empty_allowed_signers_is_refused(repo, tmp_path):
 
 # -- history ------------------------------------------------------------------------------------------------------
 
+
 def test_unsigned_commit_in_the_middle_of_the_range_is_refused(repo, keys):
     base = git(repo, "rev-parse", "HEAD").stdout.strip()
     change(repo, "one")
@@ -117,7 +119,7 @@ def test_unsigned_commit_in_the_middle_of_the_range_is_refused(repo, keys):
     make_commit(repo, "trusted two on top", key=keys.key("dev"))
     r = commit.check(repo, keys.allowed_signers, base=base)
     assert r.verdict is Verdict.FAIL
-    assert f"commit {bad[:12]} (2 of 3 since base {base[:12]}, \"sneaky unsigned\") is not signed" in r.reason
+    assert f'commit {bad[:12]} (2 of 3 since base {base[:12]}, "sneaky unsigned") is not signed' in r.reason
     assert r.evidence["refused"]["commit"] == bad
 
 
@@ -137,7 +139,7 @@ def test_history_before_the_base_is_not_judged_again(repo, keys):
     old = make_commit(repo, "old unsigned, before production", key=None)
     change(repo, "new")
     make_commit(repo, "new signed", key=keys.key("dev"))
-    assert commit.check(repo, keys.allowed_signers).verdict is Verdict.FAIL            # from the root: refused
+    assert commit.check(repo, keys.allowed_signers).verdict is Verdict.FAIL  # from the root: refused
     r = commit.check(repo, keys.allowed_signers, base=old)
     assert r.verdict is Verdict.PASS, r.reason
     assert r.metrics["commits_checked"] == 1
@@ -176,6 +178,7 @@ def test_revoked_ssh_key_is_refused(repo, keys, tmp_path):
 
 # -- GPG ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def gk(tmp_path_factory):
     # gpg-agent's socket path must stay short: use a short temporary directory.
@@ -191,15 +194,38 @@ def gpg_commit(repo: Path, gk, who: str, message: str, program: str = "gpg") -> 
     change(repo, message)
     env = {**isolated_env(gk.signer_home)}
     git(repo, "add", "-A")
-    subprocess.run(["git", "-c", "user.name=Dev", "-c", "user.email=dev@example.com", "-c", "gpg.format=openpgp",
-                    "-c", f"gpg.program={program}", "-c", f"user.signingkey={gk.fpr[who]}", "-C", str(repo),
-                    "commit", "-q", "-S", "-m", message], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=Dev",
+            "-c",
+            "user.email=dev@example.com",
+            "-c",
+            "gpg.format=openpgp",
+            "-c",
+            f"gpg.program={program}",
+            "-c",
+            f"user.signingkey={gk.fpr[who]}",
+            "-C",
+            str(repo),
+            "commit",
+            "-q",
+            "-S",
+            "-m",
+            message,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return git(repo, "rev-parse", "HEAD").stdout.strip()
 
 
 def gpg_policy(keys, gk, *allowed: str) -> SignerPolicy:
-    return SignerPolicy(keys.allowed_signers, gpg_home=gk.verify_home,
-                        gpg_fingerprints=frozenset(gk.fpr[a] for a in allowed))
+    return SignerPolicy(
+        keys.allowed_signers, gpg_home=gk.verify_home, gpg_fingerprints=frozenset(gk.fpr[a] for a in allowed)
+    )
 
 
 def test_trusted_allow_listed_gpg_commit_passes(repo, keys, gk):
@@ -213,8 +239,9 @@ def test_imported_but_untrusted_gpg_key_is_refused(repo, keys, gk):
     base = git(repo, "rev-parse", "HEAD").stdout.strip()
     sha = gpg_commit(repo, gk, "untrusted", "untrusted")
     # git verify-commit exits 0 for such a key unless gpg.minTrustLevel is pinned.
-    plain = subprocess.run(["git", "-C", str(repo), "verify-commit", sha], env=isolated_env(gk.verify_home),
-                           capture_output=True)
+    plain = subprocess.run(
+        ["git", "-C", str(repo), "verify-commit", sha], env=isolated_env(gk.verify_home), capture_output=True
+    )
     assert plain.returncode == 0
     r = commit.check(repo, gpg_policy(keys, gk, "good", "untrusted"), base=base)
     assert r.verdict is Verdict.FAIL
@@ -252,10 +279,31 @@ def test_forge_merge_commit_needs_its_key_on_the_allow_list(repo, keys, gk):
     change(repo, "feature work")
     make_commit(repo, "feature work", key=keys.key("dev"))
     git(repo, "checkout", "-q", "main")
-    subprocess.run(["git", "-c", "user.name=GitHub", "-c", "user.email=noreply@github.com", "-c", "gpg.format=openpgp",
-                    "-c", f"user.signingkey={gk.fpr['forge']}", "-C", str(repo), "merge", "-q", "--no-ff", "-S",
-                    "-m", "Merge pull request #1", "feature"], env=isolated_env(gk.signer_home), check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=GitHub",
+            "-c",
+            "user.email=noreply@github.com",
+            "-c",
+            "gpg.format=openpgp",
+            "-c",
+            f"user.signingkey={gk.fpr['forge']}",
+            "-C",
+            str(repo),
+            "merge",
+            "-q",
+            "--no-ff",
+            "-S",
+            "-m",
+            "Merge pull request #1",
+            "feature",
+        ],
+        env=isolated_env(gk.signer_home),
+        check=True,
+        capture_output=True,
+    )
     refused = commit.check(repo, gpg_policy(keys, gk, "good"), base=base)
     assert refused.verdict is Verdict.FAIL
     assert "Merge pull request #1" in refused.reason and "not on trust.gpg_fingerprints" in refused.reason
@@ -278,6 +326,7 @@ def test_gpg_signature_without_a_configured_keyring_is_refused(repo, keys, gk):
 
 
 # -- protected trust roots -----------------------------------------------------------------------------------------
+
 
 def write_policy(tmp_path: Path, repo: Path, trust_section: str) -> Path:
     p = tmp_path / "airlock.toml"
@@ -314,9 +363,15 @@ def test_commit_adding_its_own_signer_is_not_trusted_with_a_protected_ref(repo, 
     make_commit(repo, "add myself as a signer", key=keys.key("evil"))
 
     def gate(ref: str):
-        pol = _policy.load(write_policy(tmp_path, repo, f'ref = "{ref}"\nallowed_signers = "trust/allowed_signers"\n'
-                                                         'approvers = "trust/approvers"\n'
-                                                         'model_signing_public_key = "trust/model_signing.pub"'))
+        pol = _policy.load(
+            write_policy(
+                tmp_path,
+                repo,
+                f'ref = "{ref}"\nallowed_signers = "trust/allowed_signers"\n'
+                'approvers = "trust/approvers"\n'
+                'model_signing_public_key = "trust/model_signing.pub"',
+            )
+        )
         pinned = trust.pin(pol, trust.resolve(pol, tmp_path / f"trust-{ref}"))
         return commit.check(repo, trust.signer_policy(pinned))
 
@@ -330,21 +385,36 @@ def test_commit_adding_its_own_signer_is_not_trusted_with_a_protected_ref(repo, 
 def test_trust_files_inside_the_repo_are_refused(repo, keys, tmp_path):
     inside = repo / "allowed_signers"
     inside.write_text(keys.allowed_signers.read_text())
-    pol = _policy.load(write_policy(tmp_path, repo, f'allowed_signers = "{inside}"\napprovers = "{keys.approvers}"\n'
-                                                    f'model_signing_public_key = "{keys.model_pub}"'))
+    pol = _policy.load(
+        write_policy(
+            tmp_path,
+            repo,
+            f'allowed_signers = "{inside}"\napprovers = "{keys.approvers}"\n'
+            f'model_signing_public_key = "{keys.model_pub}"',
+        )
+    )
     with pytest.raises(TrustRootError, match="trust.allowed_signers .* lies inside the repository under test"):
         trust.resolve(pol, tmp_path / "t")
 
 
 def test_policy_inside_the_repo_is_refused(repo, keys, tmp_path):
-    p = write_policy(repo, repo, f'allowed_signers = "{keys.allowed_signers}"\napprovers = "{keys.approvers}"\n'
-                                 f'model_signing_public_key = "{keys.model_pub}"')
+    p = write_policy(
+        repo,
+        repo,
+        f'allowed_signers = "{keys.allowed_signers}"\napprovers = "{keys.approvers}"\n'
+        f'model_signing_public_key = "{keys.model_pub}"',
+    )
     with pytest.raises(TrustRootError, match="policy .* lies inside the repository under test"):
         trust.resolve(_policy.load(p), tmp_path / "t")
 
 
 def test_missing_protected_ref_is_refused(repo, keys, tmp_path):
-    pol = _policy.load(write_policy(tmp_path, repo, 'ref = "origin/main"\nallowed_signers = "a"\napprovers = "b"\n'
-                                                    'model_signing_public_key = "c"'))
+    pol = _policy.load(
+        write_policy(
+            tmp_path,
+            repo,
+            'ref = "origin/main"\nallowed_signers = "a"\napprovers = "b"\nmodel_signing_public_key = "c"',
+        )
+    )
     with pytest.raises(TrustRootError, match="does not name a commit"):
         trust.resolve(pol, tmp_path / "t")

@@ -33,7 +33,7 @@ def test_matching_dataset_passes(dataset):
 def test_poisoned_file_is_refused_by_name(dataset):
     d, m = dataset
     y = np.load(d / "train_y.npy")
-    y[:10] = (y[:10] + 1) % 10                      # flipped labels: classic poisoning
+    y[:10] = (y[:10] + 1) % 10  # flipped labels: classic poisoning
     np.save(d / "train_y.npy", y)
     r = data.check("train", d, m)
     assert r.verdict is Verdict.FAIL

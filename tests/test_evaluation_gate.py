@@ -34,8 +34,10 @@ def test_trained_model_passes(loaded, digits):
 def test_untrained_model_is_refused(loaded, digits):
     _, meta = loaded
     torch.manual_seed(0)
-    sabotaged = build_model(meta["hyperparameters"])                           # e.g. training silently skipped
-    r = evaluation.check(sabotaged, meta, load_split(digits / "train", "test"), load_split(digits / "golden", "golden"), T)
+    sabotaged = build_model(meta["hyperparameters"])  # e.g. training silently skipped
+    r = evaluation.check(
+        sabotaged, meta, load_split(digits / "train", "test"), load_split(digits / "golden", "golden"), T
+    )
     assert r.verdict is Verdict.FAIL
     assert "test accuracy" in r.reason and "golden accuracy" in r.reason
 
@@ -45,7 +47,7 @@ def test_golden_set_alone_can_refuse(loaded, digits):
     model, meta = loaded
     x_go, y_go = load_split(digits / "golden", "golden")
     x_te, y_te = load_split(digits / "train", "test")
-    shifted = (y_go + 1) % 10                      # a golden set the model disagrees with
+    shifted = (y_go + 1) % 10  # a golden set the model disagrees with
     r = evaluation.check(model, meta, (x_te, y_te), (x_go, shifted), T)
     assert r.verdict is Verdict.FAIL
     assert "golden accuracy" in r.reason and "test accuracy" not in r.reason

@@ -39,16 +39,23 @@ def work(tmp_path):
     """The demo's work directory, with cheaper model-gate settings (the gates' own tests use calibrated ones)."""
     paths = demo.build(tmp_path / "demo")
     text = paths["policy"].read_text()
-    for old, new in (("stand_in_models = 5", "stand_in_models = 1\nimages = 100\nsteps = 60"),
-                     ("ratio_no_production = 0.71", "ratio_no_production = 0.5"),
-                     ("[advisory]               # membership inference, extraction effort, spectral signatures: "
-                      "reported, never blocking\nenabled = true", "[advisory]\nenabled = false"),
-                     ('model_signing_public_key = "trust/model_signing.pub"',
-                      'model_signing_public_key = "trust/model_signing.pub"\nrevoked_keys = "trust/revoked_keys"')):
+    for old, new in (
+        ("stand_in_models = 5", "stand_in_models = 1\nimages = 100\nsteps = 60"),
+        ("ratio_no_production = 0.71", "ratio_no_production = 0.5"),
+        (
+            "[advisory]               # membership inference, extraction effort, spectral signatures: "
+            "reported, never blocking\nenabled = true",
+            "[advisory]\nenabled = false",
+        ),
+        (
+            'model_signing_public_key = "trust/model_signing.pub"',
+            'model_signing_public_key = "trust/model_signing.pub"\nrevoked_keys = "trust/revoked_keys"',
+        ),
+    ):
         assert old in text, old
         text = text.replace(old, new)
     paths["policy"].write_text(text)
-    (paths["trust"] / "revoked_keys").write_text("")          # revocations take effect at decision time
+    (paths["trust"] / "revoked_keys").write_text("")  # revocations take effect at decision time
     return paths
 
 
@@ -61,21 +68,49 @@ def set_policy(paths, section: str, key: str, value) -> None:
 
 
 def start_run(paths, api: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(paths["policy"])],
-                            cwd=ROOT, env={**os.environ, "PREFECT_API_URL": api}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(paths["policy"])],
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": api},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_to_end(paths, api: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(paths["policy"])], cwd=ROOT,
-                          env={**os.environ, "PREFECT_API_URL": api}, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(paths["policy"])],
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": api},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def approve(paths, api: str, run_id: str, key: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "approve", run_id, "--key", str(key),
-                           "--config", str(paths["policy"]), "--wait", "60", *extra],
-                          cwd=ROOT, env={**os.environ, "PREFECT_API_URL": api}, capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "approve",
+            run_id,
+            "--key",
+            str(key),
+            "--config",
+            str(paths["policy"]),
+            "--wait",
+            "60",
+            *extra,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": api},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def wait_for_pause(paths, proc: subprocess.Popen, timeout: float = 240, after: str | None = None) -> str:
@@ -103,7 +138,8 @@ def nothing_staged_or_promoted(paths) -> bool:
 
 def test_unsigned_commit_stops_the_run(work, prefect_api):
     (work["repo"] / "training" / "config.toml").write_text(
-        (work["repo"] / "training" / "config.toml").read_text().replace("epochs = 30", "epochs = 31"))
+        (work["repo"] / "training" / "config.toml").read_text().replace("epochs = 30", "epochs = 31")
+    )
     commit(work["repo"], "unsigned tweak", key=None)
     res = run_to_end(work, prefect_api)
     assert res.returncode == 1, res.stdout + res.stderr
@@ -131,9 +167,15 @@ def test_golden_set_swapped_with_its_manifest_in_a_signed_commit_stops_the_run(w
     golden = work["workdir"] / "data" / "golden"
     swap = tmp_path / "swap"
     swap.mkdir()
-    np.save(swap / "golden_y.npy", (np.load(golden / "golden_y.npy") + 1) % 10)   # every golden label wrong
-    new = ingest("golden", swap, data_dir=golden, manifest_path=work["repo"] / "manifests" / "golden.json",
-                 ledger=Ledger(work["ledger"]), source="s3://attacker/golden").root_digest
+    np.save(swap / "golden_y.npy", (np.load(golden / "golden_y.npy") + 1) % 10)  # every golden label wrong
+    new = ingest(
+        "golden",
+        swap,
+        data_dir=golden,
+        manifest_path=work["repo"] / "manifests" / "golden.json",
+        ledger=Ledger(work["ledger"]),
+        source="s3://attacker/golden",
+    ).root_digest
     commit(work["repo"], "refresh golden set", key=work["keys"] / "committer", email=demo.COMMITTER)
     res = run_to_end(work, prefect_api)
     assert res.returncode == 1, res.stdout + res.stderr
@@ -203,7 +245,7 @@ def test_a_rejection_ends_the_run(work, prefect_api):
     try:
         run_id = wait_for_pause(work, proc)
         res = approve(work, prefect_api, run_id, work["keys"] / "bob", "--reject", "--reason", "golden drift")
-        assert res.returncode == 0, res.stdout + res.stderr       # the rejection itself was accepted
+        assert res.returncode == 0, res.stdout + res.stderr  # the rejection itself was accepted
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -221,36 +263,63 @@ def test_a_rejection_ends_the_run(work, prefect_api):
 
 
 def test_the_run_refuses_when_the_sandbox_cannot_start(work, prefect_api):
-    text = work["policy"].read_text().replace('mode = "bubblewrap"', 'mode = "bubblewrap"\nbubblewrap = "/nonexistent/bwrap"')
+    text = (
+        work["policy"]
+        .read_text()
+        .replace('mode = "bubblewrap"', 'mode = "bubblewrap"\nbubblewrap = "/nonexistent/bwrap"')
+    )
     work["policy"].write_text(text)
     res = run_to_end(work, prefect_api)
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "bubblewrap (/nonexistent/bwrap) is not installed" in res.stdout and "apt-get install bubblewrap" in res.stdout
+    assert (
+        "bubblewrap (/nonexistent/bwrap) is not installed" in res.stdout and "apt-get install bubblewrap" in res.stdout
+    )
     assert "Traceback" not in res.stdout + res.stderr
     assert nothing_staged_or_promoted(work)
-    assert "commit" not in {e["data"].get("gate") for e in Ledger(work["ledger"]).entries() if e["kind"] == "gate.verdict"}
+    assert "commit" not in {
+        e["data"].get("gate") for e in Ledger(work["ledger"]).entries() if e["kind"] == "gate.verdict"
+    }
     assert kinds(work)[-1] == "run.failed"
 
 
 def test_demo_end_to_end_with_approvals_from_separate_processes(tmp_path):
     """`airlock demo` on Prefect's embedded default: promoted, verified, and the evidence holds."""
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--workdir", str(tmp_path / "d"), "--json"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"})
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "demo", "--workdir", str(tmp_path / "d"), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = json.loads(res.stdout)
     assert out["promoted"] and out["verified"]
     assert out["approver_exit_codes"] == {"alice": 0, "bob": 0}
     assert set(out["verdicts"].values()) == {"pass", "advisory"}
-    assert {"commit", "data:train", "data:golden", "artifact", "evaluation", "robustness", "backdoor",
-            "golden_regression", "approval"} <= {g for g, v in out["verdicts"].items() if v == "pass"}
+    assert {
+        "commit",
+        "data:train",
+        "data:golden",
+        "artifact",
+        "evaluation",
+        "robustness",
+        "backdoor",
+        "golden_regression",
+        "approval",
+    } <= {g for g, v in out["verdicts"].items() if v == "pass"}
     assert {"membership_inference", "extraction_effort", "spectral_signatures"} <= set(out["verdicts"])
     cfg = out["paths"]["policy"]
-    verify = subprocess.run([sys.executable, "-m", "flows.cli", "verify", "--config", cfg], cwd=ROOT,
-                            capture_output=True, text=True)
+    verify = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "verify", "--config", cfg], cwd=ROOT, capture_output=True, text=True
+    )
     assert verify.returncode == 0 and out["model_digest"] in verify.stdout
-    ledger = subprocess.run([sys.executable, "-m", "flows.cli", "ledger", "verify", "--path", out["paths"]["ledger"]],
-                            cwd=ROOT, capture_output=True, text=True)
+    ledger = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "ledger", "verify", "--path", out["paths"]["ledger"]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert ledger.returncode == 0
     entries = list(Ledger(out["paths"]["ledger"]).entries())
     approvers = [e["data"]["evidence"]["approver"] for e in entries if e["kind"] == "approval.received"]
@@ -282,8 +351,9 @@ def test_after_a_promotion_every_commit_since_production_must_be_signed(work, pr
     set_policy(work, "approval", "quorum", "2")
     assert run_cli(*verify).returncode == 0
 
-    production_commit = next(e for e in Ledger(work["ledger"]).entries()
-                             if e["kind"] == "gate.verdict" and e["data"]["gate"] == "commit")["data"]["evidence"]["commit"]
+    production_commit = next(
+        e for e in Ledger(work["ledger"]).entries() if e["kind"] == "gate.verdict" and e["data"]["gate"] == "commit"
+    )["data"]["evidence"]["commit"]
 
     cfg = work["repo"] / "training" / "config.toml"
     cfg.write_text(cfg.read_text() + "# sneaky\n")
@@ -297,21 +367,32 @@ def test_after_a_promotion_every_commit_since_production_must_be_signed(work, pr
 
     # A clean, signed retrain on top of production: the model gates now compare against production, and the
     # backdoor gate reuses production's trigger sizes cached in its signed evidence.
-    subprocess.run(["git", "-C", str(work["repo"]), "reset", "-q", "--hard", production_commit], check=True,
-                   env=isolated_env())
+    subprocess.run(
+        ["git", "-C", str(work["repo"]), "reset", "-q", "--hard", production_commit], check=True, env=isolated_env()
+    )
     cfg.write_text(cfg.read_text().replace("seed = 1234", "seed = 99"))
     commit(work["repo"], "retrain with another seed", key=work["keys"] / "committer", email=demo.COMMITTER)
     proc = start_run(work, prefect_api)
     try:
-        res = approve(work, prefect_api, wait_for_pause(work, proc, after=run_id), work["keys"] / "alice", "--reject",
-                      "--reason", "test over")
+        res = approve(
+            work,
+            prefect_api,
+            wait_for_pause(work, proc, after=run_id),
+            work["keys"] / "alice",
+            "--reject",
+            "--reason",
+            "test over",
+        )
         assert res.returncode == 0, res.stdout + res.stderr
         proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    verdicts = {e["data"]["gate"]: e["data"] for e in Ledger(work["ledger"]).entries()
-                if e["kind"] == "gate.verdict" and e["run_id"] != run_id}
+    verdicts = {
+        e["data"]["gate"]: e["data"]
+        for e in Ledger(work["ledger"]).entries()
+        if e["kind"] == "gate.verdict" and e["run_id"] != run_id
+    }
     assert verdicts["backdoor"]["evidence"]["reference_kind"] == "production"
     assert verdicts["backdoor"]["verdict"] == "pass"
     assert "reference_robust_accuracy" in verdicts["robustness"]["metrics"]
@@ -401,48 +482,68 @@ def test_a_hostile_trainer_changes_nothing_and_a_trust_copy_changed_under_the_ru
     server.listen(1)
     server.settimeout(0.2)
     wd = work["workdir"]
-    (work["repo"] / "training" / "hostile.py").write_text(HOSTILE_TRAINER.format(
-        workdir=str(wd), port=server.getsockname()[1], token=token, airlock_init=airlock.__file__))
+    (work["repo"] / "training" / "hostile.py").write_text(
+        HOSTILE_TRAINER.format(
+            workdir=str(wd), port=server.getsockname()[1], token=token, airlock_init=airlock.__file__
+        )
+    )
     set_policy(work, "training", "command", '["{python}", "-m", "training.hostile"]')
     commit(work["repo"], "faster training", key=work["keys"] / "committer", email=demo.COMMITTER)
-    watched = [wd / "keys" / "model_signing.key", wd / "trust" / "approvers", wd / "airlock.toml",
-               Path(airlock.__file__)]
+    watched = [
+        wd / "keys" / "model_signing.key",
+        wd / "trust" / "approvers",
+        wd / "airlock.toml",
+        Path(airlock.__file__),
+    ]
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched}
 
     secrets = {"AIRLOCK_SIGNING_KEY": str(wd / "keys" / "model_signing.key"), "PREFECT_API_KEY": "pnu_flow_secret"}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(work["policy"])], cwd=ROOT,
-                            env={**os.environ, "PREFECT_API_URL": prefect_api, **secrets}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(work["policy"])],
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": prefect_api, **secrets},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         run_id = wait_for_pause(work, proc)
         with pytest.raises(socket.timeout):
-            server.accept()                                        # nothing reached the host's listener
-        assert subprocess.run(["pgrep", "-f", token], capture_output=True).stdout == b""   # no survivor
+            server.accept()  # nothing reached the host's listener
+        assert subprocess.run(["pgrep", "-f", token], capture_output=True).stdout == b""  # no survivor
         assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched} == before
         assert not (work["registry"] / "production").exists()
-        Ledger(work["ledger"]).verify()                            # every entry Airlock's own, chain intact
+        Ledger(work["ledger"]).verify()  # every entry Airlock's own, chain intact
         staged = next((work["registry"] / "staging").glob("[0-9a-f]*"))
         model = staged / "model"
-        assert sorted(p.name for p in model.iterdir()) == ["aibom.cdx.json", "evidence", "model.safetensors",
-                                                          "provenance.json", "training.json"]
+        assert sorted(p.name for p in model.iterdir()) == [
+            "aibom.cdx.json",
+            "evidence",
+            "model.safetensors",
+            "provenance.json",
+            "training.json",
+        ]
         loot = json.loads((model / "training.json").read_text())["loot"]
         # What it read or sent: nothing. (What it "wrote" landed at most in the sandbox's own /tmp, which is
         # gone: the host files above are unchanged, no registry or ledger entry appeared.)
         for name in ("signing_key", "network"):
             assert str(loot[name]).startswith("refused"), (name, loot[name])
         assert loot["run_trust_copy"] == "none found"
-        assert not (staged.parent.parent / "model").exists() and not (wd / "runs" / run_id / "model" / "extra.py").exists()
+        assert (
+            not (staged.parent.parent / "model").exists() and not (wd / "runs" / run_id / "model" / "extra.py").exists()
+        )
         dumped = json.dumps(loot)
         assert "PRIVATE KEY" not in dumped and "pnu_flow_secret" not in dumped and "AIRLOCK_SIGNING_KEY" not in dumped
         # The run's trust copies are what was read at the start (recorded in the commit gate's evidence).
-        roots = next(e for e in Ledger(work["ledger"]).entries() if e["kind"] == "gate.verdict"
-                     and e["data"]["gate"] == "commit")["data"]["evidence"]["trust_roots"]["sha256"]
+        roots = next(
+            e for e in Ledger(work["ledger"]).entries() if e["kind"] == "gate.verdict" and e["data"]["gate"] == "commit"
+        )["data"]["evidence"]["trust_roots"]["sha256"]
         copy = wd / "runs" / run_id / "trust" / "approvers"
         assert hashlib.sha256(copy.read_bytes()).hexdigest() == roots["approvers"]
 
         first = approve(work, prefect_api, run_id, work["keys"] / "alice")
         assert first.returncode == 0, first.stdout + first.stderr
-        with open(copy, "a") as f:                                 # written by anyone but the run itself
+        with open(copy, "a") as f:  # written by anyone but the run itself
             f.write('mallory@evil namespaces="airlock-approval" ssh-ed25519 AAAA\n')
         second = approve(work, prefect_api, run_id, work["keys"] / "bob")
         assert second.returncode == 1 and "changed during the run" in second.stderr, second.stdout + second.stderr

@@ -19,11 +19,35 @@ from airlock.errors import AirlockError
 from airlock.ledger import Ledger
 from gates import approval, artifact
 
-NASTY = [b'"\\ud800"', b"NaN", b"-Infinity", b"1e999", b"9" * 5000, b"[" * 3000, b"{" * 200, b'{"a":1,"a":2}',
-         b'"\xff\xfe"', b"null", b"[]", b"{}", b"true", b'"\\u0000"', b'"x\\ny"', b"-", b",", b":", b'"', b"\\",
-         b"0x10", b"1.5", b'{"seq": true}', b"\x00"]
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+NASTY = [
+    b'"\\ud800"',
+    b"NaN",
+    b"-Infinity",
+    b"1e999",
+    b"9" * 5000,
+    b"[" * 3000,
+    b"{" * 200,
+    b'{"a":1,"a":2}',
+    b'"\xff\xfe"',
+    b"null",
+    b"[]",
+    b"{}",
+    b"true",
+    b'"\\u0000"',
+    b'"x\\ny"',
+    b"-",
+    b",",
+    b":",
+    b'"',
+    b"\\",
+    b"0x10",
+    b"1.5",
+    b'{"seq": true}',
+    b"\x00",
+]
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 
 @st.composite
@@ -41,7 +65,7 @@ def mutated(draw, seed: bytes) -> bytes:
             i = min(pos, len(data) - 1)
             data[i] ^= draw(st.integers(1, 255))
         elif kind == "cut":
-            del data[pos:pos + draw(st.integers(1, 20))]
+            del data[pos : pos + draw(st.integers(1, 20))]
     return bytes(data)
 
 
@@ -60,9 +84,16 @@ def test_untrusted_loads_refuses_only_with_airlocks_error(data):
 
 
 def test_each_reported_crash_is_now_a_refusal():
-    for doc, why in ((b"[" * 5000 + b"]" * 5000, "nested"), (b'{"a": "\\ud800"}', "lone surrogate"),
-                     (b'{"a": NaN}', "NaN"), (b'{"a": 1e999}', "too large"), (b"9" * 5000, "too large"),
-                     (b'{"a": 1, "a": 2}', "twice"), (b'\xff', "UTF-8"), (b"[" * 70 + b"]" * 70, "deeper than")):
+    for doc, why in (
+        (b"[" * 5000 + b"]" * 5000, "nested"),
+        (b'{"a": "\\ud800"}', "lone surrogate"),
+        (b'{"a": NaN}', "NaN"),
+        (b'{"a": 1e999}', "too large"),
+        (b"9" * 5000, "too large"),
+        (b'{"a": 1, "a": 2}', "twice"),
+        (b"\xff", "UTF-8"),
+        (b"[" * 70 + b"]" * 70, "deeper than"),
+    ):
         with pytest.raises(AirlockError) as e:
             untrusted.loads(doc, "the document")
         assert why in e.value.one_line(), (doc[:20], e.value.one_line())
@@ -120,8 +151,9 @@ def test_registry_pointer_and_records(data, tmp_path, keys):
     (root / "staging" / "runs").mkdir(parents=True)
     pointer = json.dumps({"digest": "sha256:" + "a" * 64, "run_id": "r", "ledger_anchor": {"seq": 0, "hash": "0"}})
     (root / "production" / "CURRENT").write_bytes(data.draw(mutated(pointer.encode())))
-    (root / "staging" / "runs" / "r.json").write_bytes(data.draw(mutated(b'{"run_id": "r", "digest": "sha256:'
-                                                                        + b"b" * 64 + b'"}')))
+    (root / "staging" / "runs" / "r.json").write_bytes(
+        data.draw(mutated(b'{"run_id": "r", "digest": "sha256:' + b"b" * 64 + b'"}'))
+    )
     reg = Registry(root, Ledger(tmp_path / "l.jsonl"), keys.model_pub, keys.approvers)
     _airlock_or_nothing(lambda: reg.current_pointer("production"))
     _airlock_or_nothing(lambda: reg.staged_for_run("r"))
@@ -144,11 +176,11 @@ def test_policy_parser(data, tmp_path):
 def test_safetensors_header_parser(data, tmp_path, trained):
     raw = (trained / "model.safetensors").read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = data.draw(mutated(raw[8:8 + n]))
+    header = data.draw(mutated(raw[8 : 8 + n]))
     out = tmp_path / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     shutil.copy2(trained / "training.json", out / "training.json")
-    (out / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n:])
-    r = artifact.check(out)                 # a verdict either way: never an exception
+    (out / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n :])
+    r = artifact.check(out)  # a verdict either way: never an exception
     assert r.reason

@@ -56,7 +56,7 @@ def test_helper_processes_are_used_and_large_files_come_back(mixed):
         hashing._stop(procs)
     assert res is not None
     large = {r for r, v in zip(rels, res) if v is w.LARGE}
-    assert large == {"big-1.bin", "part-0/big-2.bin"}          # left to the threads, not read by the helpers
+    assert large == {"big-1.bin", "part-0/big-2.bin"}  # left to the threads, not read by the helpers
 
 
 def test_file_swapped_for_a_link_or_fifo_after_listing_is_never_followed_or_read(tmp_path):
@@ -64,7 +64,7 @@ def test_file_swapped_for_a_link_or_fifo_after_listing_is_never_followed_or_read
     d.mkdir()
     (d / "target").write_bytes(b"secret")
     os.symlink(d / "target", d / "link")
-    os.mkfifo(d / "fifo")                # no writer: a blocking open or read would hang the gate
+    os.mkfifo(d / "fifo")  # no writer: a blocking open or read would hang the gate
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     buf = bytearray(w.BLOCK)
     try:
@@ -74,4 +74,3 @@ def test_file_swapped_for_a_link_or_fifo_after_listing_is_never_followed_or_read
         assert w.hash_one(fd, "target", buf, memoryview(buf)) == (hashlib.sha256(b"secret").hexdigest(), 6)
     finally:
         os.close(fd)
-

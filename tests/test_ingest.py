@@ -31,8 +31,16 @@ def work(tmp_path):
 
 def ingest_train(work, src, source="s3://data/batch-2", note=""):
     ds = work["pol"].data.train
-    return ingest.ingest("train", src, data_dir=ds.dir, manifest_path=ds.manifest, ledger=Ledger(work["ledger"]),
-                         source=source, note=note, repo=work["repo"])
+    return ingest.ingest(
+        "train",
+        src,
+        data_dir=ds.dir,
+        manifest_path=ds.manifest,
+        ledger=Ledger(work["ledger"]),
+        source=source,
+        note=note,
+        repo=work["repo"],
+    )
 
 
 @pytest.fixture
@@ -62,7 +70,8 @@ def test_ingest_creates_version_2_chained_to_version_1_and_logs_provenance(work,
     assert b["source"] == "s3://data/batch-2" and b["note"] == "vendor relabel" and b["who"]
     assert b["replaced"] == {"train_y.npy": v1["files"]["train_y.npy"]["sha256"]}
     assert set(m["stats"]) == {"train", "test"} and sum(m["stats"]["train"]["y"]["labels"].values()) == len(
-        np.load(ds.dir / "train_y.npy"))
+        np.load(ds.dir / "train_y.npy")
+    )
     # History beside the manifest: v1 as it was, v2 identical to the current manifest.
     hist = ds.manifest.parent / "history" / "train"
     assert json.loads((hist / "v2.json").read_text()) == json.loads(ds.manifest.read_text())
@@ -72,7 +81,12 @@ def test_ingest_creates_version_2_chained_to_version_1_and_logs_provenance(work,
     # Provenance entry in the hash-chained ledger: source, time, who, steps, parent.
     entries = [e for e in Ledger(work["ledger"]).entries() if e["kind"] == "data.ingest"]
     last = entries[-1]["data"]
-    assert (last["dataset"], last["version"], last["parent"], last["root_digest"]) == ("train", 2, v1["root_digest"], m["root_digest"])
+    assert (last["dataset"], last["version"], last["parent"], last["root_digest"]) == (
+        "train",
+        2,
+        v1["root_digest"],
+        m["root_digest"],
+    )
     assert last["source"] == "s3://data/batch-2" and last["who"] and last["time"] and last["steps"]
     assert any("replaced 1 earlier files: train_y.npy" in s for s in last["steps"])
     Ledger(work["ledger"]).verify()
@@ -82,7 +96,7 @@ def test_batch_altered_after_ingest_is_refused_by_the_data_gate_naming_the_file(
     ingest_train(work, batch2)
     ds = work["pol"].data.train
     y = np.load(ds.dir / "train_y.npy")
-    y[-5:] = 3                                        # poisoned after ingestion, outside the pipeline
+    y[-5:] = 3  # poisoned after ingestion, outside the pipeline
     np.save(ds.dir / "train_y.npy", y)
     r = data.check("train", ds.dir, ds.manifest)
     assert r.verdict is Verdict.FAIL and "changed: train_y.npy" in r.reason
@@ -126,8 +140,19 @@ def test_ingest_cli_refusal_is_one_line(work, tmp_path):
 
 
 def test_data_log_lists_every_batch_with_source_and_digest(work, batch2):
-    res = run_cli("data", "ingest", str(batch2), "--dataset", "train", "--source", "s3://data/batch-2",
-                  "--note", "vendor relabel", "--config", str(work["policy"]))
+    res = run_cli(
+        "data",
+        "ingest",
+        str(batch2),
+        "--dataset",
+        "train",
+        "--source",
+        "s3://data/batch-2",
+        "--note",
+        "vendor relabel",
+        "--config",
+        str(work["policy"]),
+    )
     assert res.returncode == 0, res.stderr
     assert "version 2" in res.stdout and "replaced: train_y.npy" in res.stdout
     m = manifest.load(work["pol"].data.train.manifest)
@@ -159,7 +184,7 @@ def tmp_path_manifest(work) -> dict:
 def test_data_log_flags_a_version_missing_from_the_ledger(work, batch2):
     ingest_train(work, batch2)
     lines = work["ledger"].read_text().splitlines()
-    work["ledger"].write_text("\n".join(lines[:2]) + "\n")     # the v2 entry cut off the tail of the ledger
+    work["ledger"].write_text("\n".join(lines[:2]) + "\n")  # the v2 entry cut off the tail of the ledger
     res = run_cli("data", "log", "train", "--config", str(work["policy"]))
     assert "NOT IN LEDGER" in res.stdout
     assert_one_line_refusal(res, 1, "v2 of 'train' has no matching data.ingest entry")
@@ -186,9 +211,14 @@ def test_trace_lists_every_file_of_a_registered_model_with_its_source(work, batc
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"\0" * 64)
-    prov = {"run_id": "0b7e9a52-0000-4000-8000-00000000000a", "commit": {"commit": "ab" * 20, "signer": demo.COMMITTER},
-            "datasets": {n: ingest.provenance_entry(manifest.load(getattr(pol.data, n).manifest), f"manifests/{n}.json")
-                         for n in ("train", "golden")}}
+    prov = {
+        "run_id": "0b7e9a52-0000-4000-8000-00000000000a",
+        "commit": {"commit": "ab" * 20, "signer": demo.COMMITTER},
+        "datasets": {
+            n: ingest.provenance_entry(manifest.load(getattr(pol.data, n).manifest), f"manifests/{n}.json")
+            for n in ("train", "golden")
+        },
+    }
     (model / "provenance.json").write_text(json.dumps(prov))
     modelsign.sign(model, tmp_path / "model.sig", work["keys"] / "model_signing.key")
     reg = Registry(pol.registry.path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
@@ -203,11 +233,15 @@ def test_trace_lists_every_file_of_a_registered_model_with_its_source(work, batc
     x = ("train", "train_x.npy", m["files"]["train_x.npy"]["sha256"], "b0001")
     assert rows[y].endswith("s3://data/batch-2")
     assert rows[x].endswith("sklearn.datasets.load_digits (scikit-learn " + rows[x].split("scikit-learn ")[1])
-    assert sum(1 for k in rows if k[0] in ("train", "golden")) == 5 + 2      # every file of both datasets
+    assert sum(1 for k in rows if k[0] in ("train", "golden")) == 5 + 2  # every file of both datasets
 
-    as_json = json.loads(run_cli("data", "trace", "--stage", "staging", "--config", str(work["policy"]), "--json").stdout)
+    as_json = json.loads(
+        run_cli("data", "trace", "--stage", "staging", "--config", str(work["policy"]), "--json").stdout
+    )
     assert {(f["dataset"], f["path"], f["batch"], f["source"].split()[0]) for f in as_json["files"]} >= {
-        ("train", "train_y.npy", "b0002", "s3://data/batch-2"), ("golden", "golden_x.npy", "b0001", "sklearn.datasets.load_digits")}
+        ("train", "train_y.npy", "b0002", "s3://data/batch-2"),
+        ("golden", "golden_x.npy", "b0001", "sklearn.datasets.load_digits"),
+    }
 
     # The registered model changed after signing: trace refuses instead of answering from it.
     (staged.path / "model" / "provenance.json").write_text(json.dumps(prov | {"run_id": "forged"}))

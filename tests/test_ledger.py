@@ -71,9 +71,9 @@ def test_truncated_tail_is_detected_against_an_anchor(ledger):
     anchor = ledger.head()
     ls = lines(ledger)
     ledger.path.write_text("".join(ls[:-1]))
-    ledger.verify()                                   # the chain alone is still valid...
+    ledger.verify()  # the chain alone is still valid...
     with pytest.raises(LedgerError, match="truncated"):
-        ledger.verify([anchor])                       # ...the anchor kept elsewhere catches it
+        ledger.verify([anchor])  # ...the anchor kept elsewhere catches it
     assert anchor == Anchor(4, json.loads(ls[-1])["hash"])
 
 

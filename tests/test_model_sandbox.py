@@ -25,8 +25,14 @@ from tests import _model_fixtures as F
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {
     "evaluation": {"min_test_accuracy": 0.9, "min_golden_accuracy": 0.9},
-    "robustness": {"epsilons": [0.05], "gating_epsilon": 0.05, "min_robust_accuracy": 0.5, "samples": 60,
-                   "pgd_steps": 5, "apgd_steps": 5},
+    "robustness": {
+        "epsilons": [0.05],
+        "gating_epsilon": 0.05,
+        "min_robust_accuracy": 0.5,
+        "samples": 60,
+        "pgd_steps": 5,
+        "apgd_steps": 5,
+    },
     "backdoor": {"stand_in_models": 1, "images": 50, "steps": 10, "ratio_no_production": 0.01},
     "golden_regression": {"alpha": 0.01},
     "advisory": {"enabled": False},
@@ -45,11 +51,21 @@ def export(tmp_path: Path, model_py: str | None = None, train_py: str | None = N
 
 
 def request(tmp_path, src: Path, model: Path, digits: Path, gates: list[str], **params) -> dict:
-    return {"src": str(src), "model": str(model), "workdir": str(tmp_path / "work"),
-            "train_dir": str(digits / "train"), "golden_dir": str(digits / "golden"), "threads": 1, "seed": 0,
-            "timeout": 300, "training_command": ["{python}", "-m", "training.train"], "parallel": 1,
-            "sandbox": {"mode": "bubblewrap", "bwrap": "bwrap", "memory_mb": 8192, "output_mb": 2048},
-            "params": {**FAST, **params}, "gates": gates}
+    return {
+        "src": str(src),
+        "model": str(model),
+        "workdir": str(tmp_path / "work"),
+        "train_dir": str(digits / "train"),
+        "golden_dir": str(digits / "golden"),
+        "threads": 1,
+        "seed": 0,
+        "timeout": 300,
+        "training_command": ["{python}", "-m", "training.train"],
+        "parallel": 1,
+        "sandbox": {"mode": "bubblewrap", "bwrap": "bwrap", "memory_mb": 8192, "output_mb": 2048},
+        "params": {**FAST, **params},
+        "gates": gates,
+    }
 
 
 def results(out: dict) -> dict:
@@ -101,7 +117,9 @@ def test_model_code_that_patches_the_gates_changes_no_verdict(tmp_path, trained,
 
 
 def test_a_model_that_answers_the_wrong_shape_is_refused_with_the_reason(tmp_path, trained, digits):
-    src = export(tmp_path, '''
+    src = export(
+        tmp_path,
+        """
         from torch import nn
         from training._real_model import build_model as _real
 
@@ -116,17 +134,21 @@ def test_a_model_that_answers_the_wrong_shape_is_refused_with_the_reason(tmp_pat
 
         def build_model(hp):
             return ThreeClasses(hp)
-    ''')
+    """,
+    )
     shutil.copy2(ROOT / "training" / "model.py", src / "training" / "_real_model.py")
     import contextlib
     import io
 
     with contextlib.redirect_stderr(io.StringIO()):
-        _evaluate.main([_write(tmp_path, request(tmp_path, src, trained, digits, ["evaluation"])),
-                        str(tmp_path / "out.json")])
+        _evaluate.main(
+            [_write(tmp_path, request(tmp_path, src, trained, digits, ["evaluation"])), str(tmp_path / "out.json")]
+        )
     r = json.loads((tmp_path / "out.json").read_text())["results"]
     assert len(r) == 1 and r[0]["verdict"] == "fail"
-    assert "cannot evaluate the model" in r[0]["reason"] and "expected [" in r[0]["reason"] and ", 10]" in r[0]["reason"]
+    assert (
+        "cannot evaluate the model" in r[0]["reason"] and "expected [" in r[0]["reason"] and ", 10]" in r[0]["reason"]
+    )
 
 
 def _write(tmp_path: Path, req: dict) -> str:
@@ -137,7 +159,9 @@ def _write(tmp_path: Path, req: dict) -> str:
 
 def test_model_code_cannot_reach_keys_or_the_environment(tmp_path, trained, digits, monkeypatch, keys):
     monkeypatch.setenv("AIRLOCK_SIGNING_KEY", str(keys.model_key))
-    src = export(tmp_path, f'''
+    src = export(
+        tmp_path,
+        f"""
         import glob, os
         from training._real_model import build_model as _real
         seen = []
@@ -153,7 +177,8 @@ def test_model_code_cannot_reach_keys_or_the_environment(tmp_path, trained, digi
                 pass
         print("SEEN", seen, flush=True)      # into the evaluator's log: the one channel it has
         build_model = _real
-    ''')
+    """,
+    )
     shutil.copy2(ROOT / "training" / "model.py", src / "training" / "_real_model.py")
     lines: list[str] = []
     sb = Sandbox()
@@ -172,11 +197,18 @@ def test_the_backdoor_stand_in_trains_in_the_sandbox(tmp_path, trained, digits, 
     """The stand-in's trainer is team code too: no secret in its environment, no key on its filesystem."""
     monkeypatch.setenv("AIRLOCK_SIGNING_KEY", str(keys.model_key))
     monkeypatch.setenv("PREFECT_API_KEY", "pnu_secret")
-    src = export(tmp_path, train_py=(ROOT / "training" / "train.py").read_text().replace(
-        "def main(argv: list[str] | None = None) -> int:",
-        "def main(argv: list[str] | None = None) -> int:\n"
-        f"    import os, json; leak = {{'env': dict(os.environ), 'key': os.path.exists({str(keys.model_key)!r})}}\n"
-        "    print('LEAK', json.dumps(leak), flush=True)", 1))
+    src = export(
+        tmp_path,
+        train_py=(ROOT / "training" / "train.py")
+        .read_text()
+        .replace(
+            "def main(argv: list[str] | None = None) -> int:",
+            "def main(argv: list[str] | None = None) -> int:\n"
+            f"    import os, json; leak = {{'env': dict(os.environ), 'key': os.path.exists({str(keys.model_key)!r})}}\n"
+            "    print('LEAK', json.dumps(leak), flush=True)",
+            1,
+        ),
+    )
     out = _evaluate.run(request(tmp_path, src, trained, digits, ["backdoor"]))
     bd = results(out)["backdoor"]
     assert bd["evidence"]["reference_kind"] == "golden-stand-in" and bd["evidence"]["reference"]["members"]
@@ -200,4 +232,4 @@ def test_the_oracle_answers_exactly_what_the_model_in_process_computes(digits):
         assert R.evaluate(model, meta, x, y, p)["robust_correct"] == R.evaluate(remote, meta, x, y, p)["robust_correct"]
         np.testing.assert_array_equal(remote.activations(x[:16], "penultimate").shape, (16, 64))
     with pytest.raises(OracleError, match="sandbox is gone|sandbox exited"):
-        remote(torch.from_numpy(x[:2]))        # closed: a question to a dead oracle is an error, not an answer
+        remote(torch.from_numpy(x[:2]))  # closed: a question to a dead oracle is an error, not an answer

@@ -37,18 +37,21 @@ def write(tmp_path, extra=""):
 def test_valid_policy_resolves_paths(tmp_path):
     pol = policy.load(write(tmp_path))
     assert pol.repo.path == tmp_path / "repo"
-    assert pol.data.train.manifest == tmp_path / "repo" / "m.json"      # manifests live in the repository
+    assert pol.data.train.manifest == tmp_path / "repo" / "m.json"  # manifests live in the repository
     assert pol.trust.approvers == tmp_path / "t" / "b"
     assert pol.approval.quorum == 2 and pol.digest.startswith("sha256:")
 
 
-@pytest.mark.parametrize("extra, key", [
-    ("[evaluation]\nmin_test_accuracy = 1.5\n", "evaluation.min_test_accuracy"),
-    ("[evaluation]\nepsilon = 'big'\n", "evaluation.epsilon"),
-    ("[approval]\nquorum = 0\n", "approval.quorum"),
-    ("[approval]\nquorom = 2\n", "approval.quorom: unknown key"),
-    ("[training]\ntimeout_seconds = -1\n", "training.timeout_seconds"),
-])
+@pytest.mark.parametrize(
+    "extra, key",
+    [
+        ("[evaluation]\nmin_test_accuracy = 1.5\n", "evaluation.min_test_accuracy"),
+        ("[evaluation]\nepsilon = 'big'\n", "evaluation.epsilon"),
+        ("[approval]\nquorum = 0\n", "approval.quorum"),
+        ("[approval]\nquorom = 2\n", "approval.quorom: unknown key"),
+        ("[training]\ntimeout_seconds = -1\n", "training.timeout_seconds"),
+    ],
+)
 def test_bad_value_is_reported_by_key(tmp_path, extra, key):
     with pytest.raises(PolicyError) as e:
         policy.load(write(tmp_path, extra))
@@ -57,7 +60,7 @@ def test_bad_value_is_reported_by_key(tmp_path, extra, key):
 
 def test_missing_section_is_reported(tmp_path):
     p = tmp_path / "airlock.toml"
-    p.write_text(BASE.replace("[ledger]\npath = \"l.jsonl\"\n", ""))
+    p.write_text(BASE.replace('[ledger]\npath = "l.jsonl"\n', ""))
     with pytest.raises(PolicyError, match="ledger: missing"):
         policy.load(p)
 
@@ -87,10 +90,12 @@ def test_model_gate_policy_defaults_are_the_calibrated_gate_defaults():
 
     from gates import advisory, backdoor, golden_regression, robustness
 
-    pairs = [(policy.RobustnessPolicy(), robustness.RobustnessParams()),
-             (policy.BackdoorPolicy(), backdoor.BackdoorParams()),
-             (policy.GoldenRegressionPolicy(), golden_regression.GoldenRegressionParams()),
-             (policy.AdvisoryPolicy(), advisory.AdvisoryParams())]
+    pairs = [
+        (policy.RobustnessPolicy(), robustness.RobustnessParams()),
+        (policy.BackdoorPolicy(), backdoor.BackdoorParams()),
+        (policy.GoldenRegressionPolicy(), golden_regression.GoldenRegressionParams()),
+        (policy.AdvisoryPolicy(), advisory.AdvisoryParams()),
+    ]
     for pol_section, params in pairs:
         for f in fields(params):
             if f.name in type(pol_section).model_fields:

@@ -34,7 +34,9 @@ def reg(tmp_path, keys):
 
 
 def approvals_for(keys, digest, who=("alice", "bob")):
-    return [approval.sign(keys.key(w), approval.make_statement(RUN, digest, f"{w}@example.com", "approve")) for w in who]
+    return [
+        approval.sign(keys.key(w), approval.make_statement(RUN, digest, f"{w}@example.com", "approve")) for w in who
+    ]
 
 
 def test_stage_and_promote(reg, signed_model, keys):
@@ -71,8 +73,16 @@ def test_file_with_an_allowed_name_added_after_signing_is_not_staged(reg, signed
         reg.stage(model, sig, RUN)
 
 
-@pytest.mark.parametrize("name", ["model/.git/config", "model/nested/training.json", "model/evidence/sub/x.json",
-                                  "model/evidence/Run.JSON", "extra.txt"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model/.git/config",
+        "model/nested/training.json",
+        "model/evidence/sub/x.json",
+        "model/evidence/Run.JSON",
+        "extra.txt",
+    ],
+)
 def test_unexpected_entries_anywhere_in_an_object_are_refused(reg, signed_model, name):
     staged = reg.stage(*signed_model, RUN)
     path = staged.path / name
@@ -125,7 +135,7 @@ def test_promotion_refuses_a_key_revoked_after_it_approved(reg, signed_model, ke
     with pytest.raises(RegistryError, match="alice@example.com is revoked"):
         in_force.promote(staged.digest, approvals, quorum=2)
     assert in_force.current_pointer("production") is None
-    assert reg.check_approvals(staged.digest, approvals, 2).passed      # under the roots the run started with
+    assert reg.check_approvals(staged.digest, approvals, 2).passed  # under the roots the run started with
 
 
 def test_promotion_with_forged_approval_is_refused(reg, signed_model, keys):
@@ -157,7 +167,7 @@ def test_crash_before_pointer_switch_keeps_old_production(reg, signed_model, key
         reg.promote(second.digest, approvals_for(keys, second.digest), quorum=2)
     monkeypatch.setattr(store, "_write_atomic", real)
     model, _ = reg.verify_stage("production", quorum=2)
-    assert model.digest == first.digest                      # old model, whole and verified
+    assert model.digest == first.digest  # old model, whole and verified
 
 
 def test_crash_while_copying_leaves_no_half_object(reg, signed_model, keys, monkeypatch):
@@ -170,7 +180,7 @@ def test_crash_while_copying_leaves_no_half_object(reg, signed_model, keys, monk
     with pytest.raises(OSError):
         reg.promote(staged.digest, approvals_for(keys, staged.digest), quorum=2)
     prod = reg.root / "production"
-    assert not (prod / staged.digest[7:]).exists()           # only a temporary directory can be left behind
+    assert not (prod / staged.digest[7:]).exists()  # only a temporary directory can be left behind
     assert reg.current_pointer("production") is None
 
 

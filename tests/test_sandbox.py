@@ -56,9 +56,12 @@ def layout(tmp_path):
     for p in d.values():
         p.mkdir()
     protected = {
-        "key": tmp_path / "keys" / "model_signing.key", "approvers": tmp_path / "trust" / "approvers",
-        "run_trust_copy": tmp_path / "runs" / "r1" / "trust" / "approvers", "policy": tmp_path / "airlock.toml",
-        "registry": tmp_path / "registry" / "production" / "CURRENT", "ledger": tmp_path / "ledger.jsonl",
+        "key": tmp_path / "keys" / "model_signing.key",
+        "approvers": tmp_path / "trust" / "approvers",
+        "run_trust_copy": tmp_path / "runs" / "r1" / "trust" / "approvers",
+        "policy": tmp_path / "airlock.toml",
+        "registry": tmp_path / "registry" / "production" / "CURRENT",
+        "ledger": tmp_path / "ledger.jsonl",
     }
     for name, p in protected.items():
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -69,8 +72,13 @@ def layout(tmp_path):
 
 def _job(layout, timeout: float = 60, **kw):
     box = Sandbox(**kw)
-    return box.job("trainer", ro={"src": layout["src"], "data": layout["data"]}, rw={"out": layout["out"]},
-                   cwd="src", timeout=timeout)
+    return box.job(
+        "trainer",
+        ro={"src": layout["src"], "data": layout["data"]},
+        rw={"out": layout["out"]},
+        cwd="src",
+        timeout=timeout,
+    )
 
 
 def _script(layout, body: str) -> list[str]:
@@ -83,7 +91,10 @@ def test_trainer_environment_is_an_allowlist_and_the_parents_is_unreachable(layo
     for k, v in SECRETS.items():
         monkeypatch.setenv(k, v)
     job = _job(layout)
-    job.run(_script(layout, """
+    job.run(
+        _script(
+            layout,
+            """
         import glob, json, os
         seen = []
         for e in glob.glob("/proc/*/environ"):          # the flow's environment, through /proc/<parent pid>
@@ -93,11 +104,13 @@ def test_trainer_environment_is_an_allowlist_and_the_parents_is_unreachable(layo
                 pass
         json.dump({"env": dict(os.environ), "proc": seen, "pids": [p for p in os.listdir("/proc") if p.isdigit()]},
                   open("/airlock/out/seen.json", "w"))
-    """))
+    """,
+        )
+    )
     seen = json.loads((layout["out"] / "seen.json").read_text())
     assert not set(SECRETS) & set(seen["env"]), set(SECRETS) & set(seen["env"])
     assert not any(k in blob for blob in seen["proc"] for k in SECRETS)
-    assert len(seen["pids"]) <= 3                       # its own PID namespace: no other process is visible
+    assert len(seen["pids"]) <= 3  # its own PID namespace: no other process is visible
     assert seen["env"]["HOME"] == "/tmp/home" and seen["env"]["OMP_NUM_THREADS"] == "1"
 
 
@@ -106,10 +119,16 @@ def test_trainer_cannot_read_keys_or_write_trust_roots_policy_registry_ledger_or
     before = {k: _digest(p) for k, p in protected.items()}
     airlock_init = Path(airlock.__file__)
     airlock_before = _digest(airlock_init)
-    targets = {**{k: str(p) for k, p in protected.items()}, "airlock_source": str(airlock_init),
-               "python_stdlib": os.path.join(os.path.dirname(os.__file__), "os.py")}
+    targets = {
+        **{k: str(p) for k, p in protected.items()},
+        "airlock_source": str(airlock_init),
+        "python_stdlib": os.path.join(os.path.dirname(os.__file__), "os.py"),
+    }
     job = _job(layout)
-    job.run(_script(layout, f"""
+    job.run(
+        _script(
+            layout,
+            f"""
         import json
         targets = {json.dumps(targets)}
         result = {{}}
@@ -125,10 +144,12 @@ def test_trainer_cannot_read_keys_or_write_trust_roots_policy_registry_ledger_or
             except OSError as e:
                 result[name + ":write"] = type(e).__name__
         json.dump(result, open("/airlock/out/result.json", "w"))
-    """))
+    """,
+        )
+    )
     result = json.loads((layout["out"] / "result.json").read_text())
     for name in protected:
-        assert result[name + ":read"] == "FileNotFoundError", (name, result)     # not there at all
+        assert result[name + ":read"] == "FileNotFoundError", (name, result)  # not there at all
         assert result[name + ":write"] != "WROTE", (name, result)
     assert result["airlock_source:write"] != "WROTE" and result["python_stdlib:write"] != "WROTE", result
     assert {k: _digest(p) for k, p in protected.items()} == before
@@ -137,7 +158,10 @@ def test_trainer_cannot_read_keys_or_write_trust_roots_policy_registry_ledger_or
 
 def test_trainer_writes_only_its_output(layout):
     job = _job(layout)
-    job.run(_script(layout, """
+    job.run(
+        _script(
+            layout,
+            """
         import json, os
         r = {}
         for path in ("/airlock/out/../model/extra.py", "/airlock/src/training/planted.py", "/airlock/data/x.npy",
@@ -149,7 +173,9 @@ def test_trainer_writes_only_its_output(layout):
             except OSError as e:
                 r[path] = type(e).__name__
         json.dump(r, open("/airlock/out/r.json", "w"))
-    """))
+    """,
+        )
+    )
     r = json.loads((layout["out"] / "r.json").read_text())
     assert r.pop("/airlock/out/model.safetensors") == "WROTE"
     assert all(v != "WROTE" for v in r.values()), r
@@ -165,16 +191,22 @@ def test_trainer_reaches_no_listener_on_the_host(layout):
     port = server.getsockname()[1]
     try:
         job = _job(layout)
-        job.run(_script(layout, f"""
+        job.run(
+            _script(
+                layout,
+                f"""
             import socket
             try:
                 socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"exfiltrated key")
                 print("CONNECTED")
             except OSError as e:
                 print("refused", type(e).__name__)
-        """), on_line=lambda line: (layout["out"] / "net.txt").write_text(line))
+        """,
+            ),
+            on_line=lambda line: (layout["out"] / "net.txt").write_text(line),
+        )
         with pytest.raises(socket.timeout):
-            server.accept()                               # nothing ever arrived
+            server.accept()  # nothing ever arrived
     finally:
         server.close()
     assert (layout["out"] / "net.txt").read_text().startswith("refused")
@@ -183,7 +215,10 @@ def test_trainer_reaches_no_listener_on_the_host(layout):
 def test_no_process_outlives_the_trainer(layout):
     token = f"airlock-daemon-{uuid.uuid4().hex}"
     job = _job(layout)
-    job.run(_script(layout, f"""
+    job.run(
+        _script(
+            layout,
+            f"""
         import os, subprocess, time
         # A double-forked, session-detached daemon that keeps writing into the output after the trainer exits.
         if os.fork() == 0:
@@ -194,13 +229,16 @@ def test_no_process_outlives_the_trainer(layout):
                           "{token}"])
             os._exit(0)
         time.sleep(0.5)
-    """))
+    """,
+        )
+    )
     size = (layout["out"] / "beat").stat().st_size
     leftover = subprocess.run(["pgrep", "-f", token], capture_output=True, text=True).stdout.strip()
     assert leftover == "", f"a process outlived the sandbox: {leftover}"
     import time
+
     time.sleep(0.4)
-    assert (layout["out"] / "beat").stat().st_size == size          # and nothing writes any more
+    assert (layout["out"] / "beat").stat().st_size == size  # and nothing writes any more
 
 
 def test_memory_cap_is_a_refusal(layout):
@@ -213,22 +251,32 @@ def test_output_cap_is_a_refusal(layout):
     job = _job(layout, output_mb=2)
     with pytest.raises(SandboxError, match="more than its 2 MB output cap"):
         job.run(_script(layout, "open('/airlock/out/big', 'wb').write(b'x' * (3 << 20))\n"))
-    with pytest.raises(SandboxError, match="exited with code 1: OSError"):     # the private /tmp is capped too
-        _job(layout, output_mb=2).run(_script(layout, """
+    with pytest.raises(SandboxError, match="exited with code 1: OSError"):  # the private /tmp is capped too
+        _job(layout, output_mb=2).run(
+            _script(
+                layout,
+                """
             try:
                 for i in range(8):
                     open(f'/tmp/f{i}', 'wb').write(b'x' * (1 << 20))
             except OSError as e:
                 raise SystemExit(f"OSError {e.errno}")
-        """))
-    job = _job(layout, output_mb=2)          # many small files: the watcher sums the directory
+        """,
+            )
+        )
+    job = _job(layout, output_mb=2)  # many small files: the watcher sums the directory
     with pytest.raises(SandboxError, match="more than its 2 MB output cap"):
-        job.run(_script(layout, """
+        job.run(
+            _script(
+                layout,
+                """
             import time
             for i in range(64):
                 open(f'/airlock/out/f{i}', 'wb').write(b'x' * (256 << 10))
             time.sleep(2)
-        """))
+        """,
+            )
+        )
 
 
 def test_failing_trainer_is_a_refusal_with_its_last_line(layout):
@@ -238,7 +286,9 @@ def test_failing_trainer_is_a_refusal_with_its_last_line(layout):
 
 def test_runaway_and_silent_trainers_are_stopped(layout):
     with pytest.raises(SandboxError, match="longer than 1 s"):
-        _job(layout, timeout=1).run(_script(layout, "import time\nwhile True: print('x', flush=True); time.sleep(0.2)\n"))
+        _job(layout, timeout=1).run(
+            _script(layout, "import time\nwhile True: print('x', flush=True); time.sleep(0.2)\n")
+        )
     with pytest.raises(SandboxError, match="longer than 1 s"):
         _job(layout, timeout=1).run(_script(layout, "import time; time.sleep(60)\n"))
 
@@ -246,22 +296,26 @@ def test_runaway_and_silent_trainers_are_stopped(layout):
 def test_unavailable_sandbox_refuses_and_says_what_to_install(layout):
     with pytest.raises(SandboxError) as e:
         Sandbox(bwrap="/nonexistent/bwrap").check()
-    refused(e, "bubblewrap (/nonexistent/bwrap) is not installed", "apt-get install bubblewrap",
-            'sandbox.mode = "environment"')
+    refused(
+        e,
+        "bubblewrap (/nonexistent/bwrap) is not installed",
+        "apt-get install bubblewrap",
+        'sandbox.mode = "environment"',
+    )
     broken = layout["src"] / "bwrap"
     broken.write_text("#!/bin/sh\necho 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n")
     broken.chmod(0o755)
     with pytest.raises(SandboxError) as e:
         Sandbox(bwrap=str(broken)).check()
     refused(e, "bubblewrap cannot start a sandbox here", "Permission denied", "unprivileged user namespaces")
-    Sandbox(mode="environment", bwrap="/nonexistent/bwrap").check()     # declared: the pod is the sandbox
+    Sandbox(mode="environment", bwrap="/nonexistent/bwrap").check()  # declared: the pod is the sandbox
 
 
 def test_a_protected_path_under_a_bind_is_refused_before_anything_runs(layout):
     job = _job(layout)
     with pytest.raises(SandboxError, match="the registry .* would be visible to the trainer"):
         job.refuse_exposure({"the registry": layout["out"] / "registry"})
-    job.refuse_exposure({k: p for k, p in layout["protected"].items()})   # the real layout: nothing exposed
+    job.refuse_exposure({k: p for k, p in layout["protected"].items()})  # the real layout: nothing exposed
 
 
 def test_environment_mode_keeps_the_allowlist_and_caps(layout, monkeypatch):
@@ -272,9 +326,18 @@ def test_environment_mode_keeps_the_allowlist_and_caps(layout, monkeypatch):
     job.run(["{python}", "-c", f"import json, os; json.dump(dict(os.environ), open({str(out)!r}, 'w'))"])
     env = json.loads(out.read_text())
     assert not set(SECRETS) & set(env)
-    assert env["HOME"] != os.environ.get("HOME") and not Path(env["HOME"]).exists()   # an empty home, removed
-    assert sorted(p.name for p in layout["out"].parent.iterdir()) == ["airlock.toml", "data", "keys", "ledger.jsonl",
-                                                                     "out", "registry", "runs", "src", "trust"]
+    assert env["HOME"] != os.environ.get("HOME") and not Path(env["HOME"]).exists()  # an empty home, removed
+    assert sorted(p.name for p in layout["out"].parent.iterdir()) == [
+        "airlock.toml",
+        "data",
+        "keys",
+        "ledger.jsonl",
+        "out",
+        "registry",
+        "runs",
+        "src",
+        "trust",
+    ]
     with pytest.raises(SandboxError, match="ran out of its 128 MB memory cap"):
         _job(layout, mode="environment", memory_mb=128).run(_script(layout, "x = bytearray(256 << 20)\n"))
     assert Sandbox(mode="environment").describe()["isolated"] is False

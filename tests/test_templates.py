@@ -48,6 +48,7 @@ def _load_yaml_docs(path: Path) -> list:
 # GitHub Actions
 # =================================================================================================================
 
+
 def _workflow(name: str) -> dict:
     doc = yaml.safe_load((WORKFLOWS / name).read_text())
     # YAML 1.1 reads the key `on` as True.
@@ -62,16 +63,26 @@ def test_workflow_files_exist():
 
 
 def test_actionlint_finds_nothing():
-    proc = subprocess.run([_tool("actionlint"), "-no-color", *[str(WORKFLOWS / n) for n in WORKFLOW_FILES]],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [_tool("actionlint"), "-no-color", *[str(WORKFLOWS / n) for n in WORKFLOW_FILES]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
 
 def _zizmor(target: Path) -> tuple[int, list]:
     # --offline: no network (online audits off); --no-config/--no-ignores: no configuration or inline comment can
     # hide a finding.
-    proc = subprocess.run([_tool("zizmor"), "--offline", "--no-config", "--no-ignores", "--no-progress",
-                           "--format", "json", str(target)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [_tool("zizmor"), "--offline", "--no-config", "--no-ignores", "--no-progress", "--format", "json", str(target)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     try:
         findings = json.loads(proc.stdout or "[]")
     except json.JSONDecodeError:
@@ -109,8 +120,13 @@ def test_the_linters_do_fail_on_a_bad_workflow(tmp_path):
     idents = {f.get("ident") for f in findings}
     assert rc != 0
     assert {"template-injection", "unpinned-uses", "artipacked"} <= idents, idents
-    proc = subprocess.run([_tool("actionlint"), "-no-color", str(wf / "bad.yml")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [_tool("actionlint"), "-no-color", str(wf / "bad.yml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "untrusted" in proc.stdout, proc.stdout
 
 
@@ -153,7 +169,10 @@ def workflow_problems(name: str, text: str) -> list[str]:
         for step in job.get("steps") or []:
             uses = str(step.get("uses", ""))
             # A persisted token in .git/config is readable by every later step and ends up in artifacts.
-            if uses.startswith("actions/checkout@") and (step.get("with") or {}).get("persist-credentials") is not False:
+            if (
+                uses.startswith("actions/checkout@")
+                and (step.get("with") or {}).get("persist-credentials") is not False
+            ):
                 problems.append(f"{name}: job {job_id}: checkout without persist-credentials: false")
             # Template injection: an expression expanded into a script is code the event's author controls.
             if "run" in step and "${{" in str(step["run"]):
@@ -186,10 +205,16 @@ jobs:
       - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2
 """
     problems = "\n".join(workflow_problems("bad.yml", bad))
-    for expected in ("actions/checkout@v4 is not pinned", "has no `# vX.Y.Z` comment", "workflow-level permissions",
-                     "job build gets contents: write", "job build gets id-token: write",
-                     "job other does not declare permissions", "checkout without persist-credentials",
-                     "interpolated into a run: script"):
+    for expected in (
+        "actions/checkout@v4 is not pinned",
+        "has no `# vX.Y.Z` comment",
+        "workflow-level permissions",
+        "job build gets contents: write",
+        "job build gets id-token: write",
+        "job other does not declare permissions",
+        "checkout without persist-credentials",
+        "interpolated into a run: script",
+    ):
         assert expected in problems, f"{expected!r} not reported in:\n{problems}"
 
 
@@ -216,8 +241,19 @@ def test_retrain_triggers_and_hand_over():
 
 
 def test_ci_runs_the_readme_test_command():
+    """The workflow runs .ci/run; .ci/run is the README's set-up and test command, lint and types in between."""
     steps = _workflow("ci.yml")["jobs"]["test"]["steps"]
-    assert any(s.get("run", "").strip() == "./setup.sh && python3 -m pytest -q" for s in steps)
+    assert any(s.get("run", "").strip() == "bash .ci/run" for s in steps)
+    root = Path(__file__).resolve().parents[1]
+    lines = [x for x in (root / ".ci" / "run").read_text().splitlines() if x.strip() and not x.startswith("#")]
+    assert lines[lines.index("./setup.sh") :] == [
+        "./setup.sh",
+        "python3 -m ruff check .",
+        "python3 -m ruff format --check .",
+        "python3 -m mypy",
+        "python3 -m pytest -q",
+    ]
+    assert "./setup.sh && python3 -m pytest -q" in (root / "README.md").read_text()
 
 
 def test_audit_runs_weekly():
@@ -230,6 +266,7 @@ def test_audit_runs_weekly():
 # =================================================================================================================
 # Kubernetes
 # =================================================================================================================
+
 
 def _k8s_docs(paths) -> list[tuple[str, dict]]:
     out = []
@@ -248,15 +285,21 @@ def test_k8s_templates_exist():
     assert {p.name for p in K8S_FILES} >= {"namespaces.yaml", "networkpolicies.yaml", "rbac.yaml"}
 
 
-@pytest.mark.parametrize("label,doc", _k8s_docs(K8S_FILES + FIXTURE_FILES), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "label,doc", _k8s_docs(K8S_FILES + FIXTURE_FILES), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_manifest_validates_against_kubernetes_schema(label, doc):
     # strict: an unknown (misspelled) field is an error, not silently dropped hardening.
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
 def test_schema_validation_catches_a_misspelled_field():
-    doc = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "x"},
-           "automountServiceAccountTokn": False}
+    doc = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "x"},
+        "automountServiceAccountTokn": False,
+    }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -277,15 +320,19 @@ def test_k8s_templates_audit_clean():
 
 
 def test_network_policies_allow_only_the_listed_paths():
-    pols = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
-            for _, d in _k8s_docs([K8S / "networkpolicies.yaml"])}
+    pols = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): d for _, d in _k8s_docs([K8S / "networkpolicies.yaml"])
+    }
     peers = lambda rules, key: [p for r in rules for p in r.get(key, [])]  # noqa: E731
     ingress = [(ns, p) for (ns, _), d in pols.items() for p in peers(d["spec"].get("ingress", []), "from")]
     # Ingress only into serving, only from the API gateway.
-    assert ingress == [("airlock-serving",
-                        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "api-gateway"}}})]
-    egress = {ns: [p for (n, _), d in pols.items() if n == ns for p in peers(d["spec"].get("egress", []), "to")]
-              for ns in ("airlock-training", "airlock-serving")}
+    assert ingress == [
+        ("airlock-serving", {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "api-gateway"}}})
+    ]
+    egress = {
+        ns: [p for (n, _), d in pols.items() if n == ns for p in peers(d["spec"].get("egress", []), "to")]
+        for ns in ("airlock-training", "airlock-serving")
+    }
     names = lambda ps: {_get_ns_name(p) for p in ps}  # noqa: E731
     assert names(egress["airlock-serving"]) == {"feature-store", "kube-system"}
     assert names(egress["airlock-training"]) == {"airlock-registry", "kube-system", "prefect", "ipBlock:192.0.2.0/24"}
@@ -315,6 +362,7 @@ def test_service_accounts_never_automount_and_roles_are_narrow():
 # Prefect
 # =================================================================================================================
 
+
 def _prefect_yaml() -> dict:
     return yaml.safe_load((PREFECT / "prefect.yaml").read_text())
 
@@ -340,9 +388,10 @@ def test_prefect_yaml_is_accepted_by_prefect():
     import inspect
 
     import prefect.deployments.steps as steps
+
     for d in _prefect_yaml()["deployments"]:
         for step in d.get("pull", []):
-            (fqn, kwargs), = step.items()
+            ((fqn, kwargs),) = step.items()
             fn = getattr(steps, fqn.rsplit(".", 1)[1])
             unknown = set(kwargs) - {"id", "requires"} - set(inspect.signature(fn).parameters)
             assert not unknown, f"{fqn} does not take {unknown}"
@@ -367,8 +416,14 @@ def _render_job(template: dict, **overrides) -> dict:
     """The Job manifest the Kubernetes worker would submit, with the template's variable defaults filled in."""
     props = template["variables"]["properties"]
     values = {k: v.get("default") for k, v in props.items()}
-    values.update({"name": "airlock-retrain", "command": ["prefect", "flow-run", "execute"],
-                   "env": [{"name": k, "value": v} for k, v in (values.get("env") or {}).items()]}, **overrides)
+    values.update(
+        {
+            "name": "airlock-retrain",
+            "command": ["prefect", "flow-run", "execute"],
+            "env": [{"name": k, "value": v} for k, v in (values.get("env") or {}).items()],
+        },
+        **overrides,
+    )
 
     def fill(x):
         if isinstance(x, dict):
@@ -445,15 +500,46 @@ def test_process_worker_unit_is_unprivileged():
 # =================================================================================================================
 
 FALCO_PRIORITIES = {"EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "INFO", "DEBUG"}
-FALCO_FIELD_CLASSES = {"evt", "proc", "thread", "fd", "fs", "user", "group", "container", "k8s", "syscall", "span",
-                       "fdlist", "k8smeta"}
+FALCO_FIELD_CLASSES = {
+    "evt",
+    "proc",
+    "thread",
+    "fd",
+    "fs",
+    "user",
+    "group",
+    "container",
+    "k8s",
+    "syscall",
+    "span",
+    "fdlist",
+    "k8smeta",
+}
 _BOOL_OPS = {"and", "or", "not"}
 _UNARY_OPS = {"exists"}
 _LIST_OPS = {"in", "intersects", "pmatch"}
-_CMP_OPS = {"=", "==", "!=", "<", "<=", ">", ">=", "contains", "icontains", "bcontains", "startswith",
-            "bstartswith", "endswith", "glob", "iglob", "regex"}
-_TOKEN = re.compile(r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<op>!=|<=|>=|==|=|<|>)|(?P<p>[(),])|"""
-                    r"""(?P<word>[^\s(),=<>!'"]+))""")
+_CMP_OPS = {
+    "=",
+    "==",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "contains",
+    "icontains",
+    "bcontains",
+    "startswith",
+    "bstartswith",
+    "endswith",
+    "glob",
+    "iglob",
+    "regex",
+}
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<op>!=|<=|>=|==|=|<|>)|(?P<p>[(),])|"""
+    r"""(?P<word>[^\s(),=<>!'"]+))"""
+)
 _FIELD = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+(\[[^\]]*\])?$")
 
 
@@ -464,7 +550,7 @@ def condition_problems(condition: str, macros: set[str], lists: set[str]) -> lis
     while pos < len(condition.rstrip()):
         m = _TOKEN.match(condition, pos)
         if not m or m.end() == pos:
-            return [f"cannot tokenise condition at: {condition[pos:pos + 30]!r}"]
+            return [f"cannot tokenise condition at: {condition[pos : pos + 30]!r}"]
         tokens.append(next((k, v) for k, v in m.groupdict().items() if v is not None))
         pos = m.end()
     problems, i = [], 0
@@ -568,25 +654,55 @@ def test_falco_checker_catches_each_mistake():
     bad = [
         {"list": "airlock_shells", "items": ["sh"]},
         {"macro": "airlock_spawn", "condition": "evt.type in (airlock_execs) and evt.dir = <"},
-        {"rule": "No tags", "desc": "d", "condition": "airlock_spawn and proc.name in (airlock_shells)",
-         "output": "x %proc.name", "priority": "WARNING"},
-        {"rule": "Undefined macro", "desc": "d", "condition": "airlock_spwned and container.id != host",
-         "output": "x %proc.name", "priority": "LOUD", "tags": ["t"]},
-        {"rule": "Typo list", "desc": "d", "condition": "airlock_spawn and proc.name in (airlock_shell)",
-         "output": "x %process.name", "priority": "ERROR", "tags": ["t"]},
-        {"rule": "No tags", "desc": "d", "condition": "airlock_spawn", "output": "%proc.name",
-         "priority": "INFO", "tags": ["t"]},
+        {
+            "rule": "No tags",
+            "desc": "d",
+            "condition": "airlock_spawn and proc.name in (airlock_shells)",
+            "output": "x %proc.name",
+            "priority": "WARNING",
+        },
+        {
+            "rule": "Undefined macro",
+            "desc": "d",
+            "condition": "airlock_spwned and container.id != host",
+            "output": "x %proc.name",
+            "priority": "LOUD",
+            "tags": ["t"],
+        },
+        {
+            "rule": "Typo list",
+            "desc": "d",
+            "condition": "airlock_spawn and proc.name in (airlock_shell)",
+            "output": "x %process.name",
+            "priority": "ERROR",
+            "tags": ["t"],
+        },
+        {
+            "rule": "No tags",
+            "desc": "d",
+            "condition": "airlock_spawn",
+            "output": "%proc.name",
+            "priority": "INFO",
+            "tags": ["t"],
+        },
     ]
     problems = "\n".join(falco_problems(bad))
-    for expected in ("macro airlock_spawn: undefined list airlock_execs", "rule No tags: no tags",
-                     "undefined macro airlock_spwned", "priority LOUD", "undefined list airlock_shell ",
-                     "output field %process.name", "defined twice: No tags"):
+    for expected in (
+        "macro airlock_spawn: undefined list airlock_execs",
+        "rule No tags: no tags",
+        "undefined macro airlock_spwned",
+        "priority LOUD",
+        "undefined list airlock_shell ",
+        "output field %process.name",
+        "defined twice: No tags",
+    ):
         assert expected in problems, f"{expected!r} not reported in:\n{problems}"
 
 
 # =================================================================================================================
 # README
 # =================================================================================================================
+
 
 def test_readme_has_a_section_per_template():
     text = (TEMPLATES / "README.md").read_text()

@@ -69,9 +69,12 @@ def test_a_revocation_since_the_start_is_in_the_roots_in_force(demo_dir, tmp_pat
     revoked = demo_dir["trust"] / "revoked_keys"
     revoked.write_text("")
     try:
-        demo_dir["policy"].write_text(text.replace('model_signing_public_key = "trust/model_signing.pub"',
-                                                   'model_signing_public_key = "trust/model_signing.pub"\n'
-                                                   'revoked_keys = "trust/revoked_keys"'))
+        demo_dir["policy"].write_text(
+            text.replace(
+                'model_signing_public_key = "trust/model_signing.pub"',
+                'model_signing_public_key = "trust/model_signing.pub"\nrevoked_keys = "trust/revoked_keys"',
+            )
+        )
         pol, roots = _started(demo_dir, tmp_path)
         revoked.write_text((demo_dir["keys"] / "alice.pub").read_text())
         now = trust.at_decision(pol, roots, tmp_path / "run" / "trust-now")
@@ -89,7 +92,7 @@ def test_the_model_directory_is_new_and_holds_only_the_trainers_two_files(traine
     model = modeldir.assemble(out, tmp_path / "model")
     assert sorted(p.name for p in model.iterdir()) == ["model.safetensors", "training.json"]
     with pytest.raises(ModelDirError, match="already exists"):
-        modeldir.assemble(out, tmp_path / "model")        # never reused: nothing planted before is carried in
+        modeldir.assemble(out, tmp_path / "model")  # never reused: nothing planted before is carried in
 
 
 def test_a_link_in_the_trainer_output_is_not_followed(trained, tmp_path):
@@ -101,7 +104,7 @@ def test_a_link_in_the_trainer_output_is_not_followed(trained, tmp_path):
         modeldir.assemble(out, tmp_path / "model")
     assert "training.json is not a regular file" in e.value.one_line() and "no links" in e.value.one_line()
     (out / "training.json").unlink()
-    os.mkfifo(out / "training.json")                      # a FIFO would block a reader forever
+    os.mkfifo(out / "training.json")  # a FIFO would block a reader forever
     with pytest.raises(ModelDirError, match="is not a regular file"):
         modeldir.assemble(out, tmp_path / "model2")
 
@@ -118,6 +121,7 @@ def test_layout_names_every_unexpected_entry(trained, tmp_path):
 
 
 # -- the policy from a protected ref ---------------------------------------------------------------------------------
+
 
 def _protected_layout(tmp_path):
     """A demo whose trust files and deciding policy sections live in the training repository's protected `main`."""
@@ -191,7 +195,7 @@ def test_a_protected_policy_changed_during_the_run_fails_it(tmp_path):
     d, local, _ = _protected_layout(tmp_path)
     pol = policy.load(local)
     roots = trust.resolve(pol, tmp_path / "run" / "trust")
-    trust.at_decision(pol, roots, tmp_path / "run" / "trust-now")          # unchanged: passes
+    trust.at_decision(pol, roots, tmp_path / "run" / "trust-now")  # unchanged: passes
     (d["repo"] / "airlock" / "policy.toml").write_text("[approval]\nquorum = 2\n")
     demo.signed_commit(d["repo"], d["keys"] / "committer", demo.COMMITTER, "merged: quorum 2")
     with pytest.raises(TrustRootError) as e:
