@@ -13,7 +13,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from airlock.errors import AirlockError
+from airlock.errors import BomError
 
 PACKAGES = (
     "torch",
@@ -25,10 +25,6 @@ PACKAGES = (
     "model-signing",
     "airlock",
 )
-
-
-class BomError(AirlockError):
-    pass
 
 
 def build(

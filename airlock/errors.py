@@ -5,12 +5,15 @@ The CLI prints ``airlock: <what> — <hint>`` and exits non-zero; it never shows
 
 from __future__ import annotations
 
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
 
 class AirlockError(Exception):
     """Base class: a refusal or a user error, reported in one line.
 
     Exit codes (stable, documented in the README): 1 = refused (a gate, a signature, an approval, a tampered
-    registry or ledger); 2 = usage or configuration error (fix the command or airlock.toml).
+    registry or ledger); 2 = usage or configuration error (fix the command or airlock.toml). An exception that is
+    not an AirlockError is a bug of Airlock's: the CLI reports it in one line and exits 3 (:data:`EXIT_INTERNAL`).
     """
 
     exit_code = 2
@@ -69,5 +72,66 @@ class ApprovalError(AirlockError):
 
 class GateFailed(AirlockError):
     """A gate refused: the pipeline stops and nothing is promoted."""
+
+    exit_code = 1
+
+
+# -- by layer (each module raises its own, all here so that one file lists every way Airlock says no) -------------
+
+
+class GitError(AirlockError):
+    """git failed or is missing, or a commit cannot be exported safely (airlock/gitutil.py)."""
+
+
+class SandboxError(AirlockError):
+    """The sandbox could not start, or the code in it failed or broke a limit (airlock/sandbox.py)."""
+
+    exit_code = 1
+
+
+class OracleError(AirlockError):
+    """The sandboxed model failed, stalled, or answered something that is not an answer (airlock/oracle.py)."""
+
+    exit_code = 1
+
+
+class ModelDirError(AirlockError):
+    """The signed model directory cannot be built from what the trainer wrote (airlock/modeldir.py)."""
+
+    exit_code = 1
+
+
+class SigningError(AirlockError):
+    """A model cannot be signed or its signature does not verify (airlock/modelsign.py)."""
+
+
+class BomError(AirlockError):
+    """The AI bill of materials cannot be built or does not validate (airlock/aibom.py): a bug, not user input."""
+
+
+class IngestRefused(DataError):
+    """The batch or the dataset is not in a state a new version may be built on (airlock/ingest.py)."""
+
+    exit_code = 1
+
+
+class LineageError(DataError):
+    """The recorded lineage of a dataset does not hold together (airlock/ingest.py)."""
+
+    exit_code = 1
+
+
+class ApprovalRefused(AirlockError):
+    """One approval is refused; the reason says why (gates/approval.py, where it is also called Refused)."""
+
+    exit_code = 1
+
+
+class AuditInputError(AirlockError):
+    """Input that `airlock audit` cannot audit: one line saying what and what to do (gates/deploy_audit.py)."""
+
+
+class DemoError(AirlockError):
+    """`airlock demo` cannot run (flows/demo.py)."""
 
     exit_code = 1

@@ -30,12 +30,7 @@ import subprocess
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from airlock.errors import AirlockError
-
-
-class GitError(AirlockError):
-    pass
-
+from airlock.errors import GitError
 
 # Keys in the repository's config whose value is a command git may run, by pattern -> the value pinned instead.
 _DRIVER_KEYS = re.compile(

@@ -37,24 +37,12 @@ from pathlib import Path
 from airlock import _hashworker as _w
 from airlock import datastats
 from airlock import manifest as _manifest
-from airlock.errors import AirlockError, DataError
+from airlock.errors import AirlockError, DataError, IngestRefused, LineageError
 from airlock.hashing import BLOCK, Tree, hash_tree, root_digest
 from airlock.ledger import Ledger
 
 KIND = "data.ingest"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class IngestRefused(DataError):
-    """The batch or the dataset is not in a state a new version may be built on."""
-
-    exit_code = 1
-
-
-class LineageError(DataError):
-    """The recorded lineage of a dataset does not hold together."""
-
-    exit_code = 1
 
 
 def history_dir(manifest_path: Path, dataset: str) -> Path:

@@ -17,7 +17,7 @@ import re
 import stat
 from pathlib import Path
 
-from airlock.errors import AirlockError
+from airlock.errors import ModelDirError
 
 WEIGHTS, METADATA = "model.safetensors", "training.json"
 TRAINER_FILES = (WEIGHTS, METADATA)
@@ -25,10 +25,6 @@ AIRLOCK_FILES = ("provenance.json", "aibom.cdx.json")
 EVIDENCE = "evidence"
 _EVIDENCE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\.(json|png)$")
 OBJECT = {"model": "dir", "model.sig": "file", "approvals.json": "file"}
-
-
-class ModelDirError(AirlockError):
-    exit_code = 1
 
 
 def unexpected(model_dir: Path) -> list[str]:

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airlock.errors import AirlockError, RegistryError
-
-
-class SigningError(AirlockError):
-    pass
+from airlock.errors import RegistryError, SigningError
 
 
 def sign(model_dir: str | Path, signature: str | Path, private_key: str | Path) -> None:

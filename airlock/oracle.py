@@ -34,17 +34,11 @@ import numpy as np
 import torch
 
 from airlock import _oracle_server as _wire
-from airlock.errors import AirlockError
+from airlock.errors import OracleError
 from airlock.sandbox import Job
 
 SERVER = Path(_wire.__file__)
 MAX_ARRAY_BYTES = 1 << 30
-
-
-class OracleError(AirlockError):
-    """The sandboxed model failed, stalled, or answered something that is not an answer."""
-
-    exit_code = 1
 
 
 class Oracle:

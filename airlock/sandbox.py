@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airlock.errors import AirlockError
+from airlock.errors import SandboxError
 
 MODES = ("bubblewrap", "environment")
 # Variables a child may inherit. Everything else (tokens, keys, agent sockets, API URLs) is dropped.
@@ -55,12 +55,6 @@ _OS_DIRS = ("/usr",)
 _OS_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
 _ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime")
 _AIRLOCK_ROOT = Path(__file__).resolve().parents[1]
-
-
-class SandboxError(AirlockError):
-    """The sandbox could not start, or the code in it failed or broke a limit."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The ``airlock`` command line. Names, options and exit codes are stable (other tooling drives them).
 
-Exit codes: 0 success; 1 refused (a gate, signature, approval, or a tampered registry/ledger); 2 usage or
+Exit codes: 0 success; 1 refused (a gate, signature, approval, or a tampered registry/ledger); 3 an internal error
+(a bug of Airlock's, never your input); 2 usage or
 configuration error. Every failure is one line on stderr saying what is wrong and what to do; no tracebacks.
 """
 
@@ -14,9 +15,7 @@ import time
 from pathlib import Path
 from typing import cast
 
-from airlock.errors import AirlockError
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+from airlock.errors import EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, AirlockError
 
 
 def _prefect_env(verbose: bool = False, home: Path | None = None) -> None:
@@ -471,8 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         detail = " ".join(str(e).split())[:300]
-        _err(f"unexpected {type(e).__name__}: {detail} — nothing was promoted; run with -v for the traceback")
-        return EXIT_USAGE
+        _err(
+            f"internal error {type(e).__name__}: {detail} — a bug in Airlock, not in your input; nothing was "
+            "promoted; run with -v for the traceback and report it"
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

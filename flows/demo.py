@@ -29,7 +29,7 @@ from typing import cast
 
 from airlock import modelsign
 from airlock.datasets import write_digits
-from airlock.errors import AirlockError
+from airlock.errors import DemoError
 from airlock.gitutil import isolated_env
 from airlock.ingest import ingest
 from airlock.ledger import Ledger
@@ -37,10 +37,6 @@ from airlock.ledger import Ledger
 COMMITTER = "dev@airlock.demo"
 APPROVERS = ("alice@airlock.demo", "bob@airlock.demo")
 TRAINER_FILES = ("__init__.py", "model.py", "train.py", "config.toml")
-
-
-class DemoError(AirlockError):
-    exit_code = 1
 
 
 def _ssh_key(path: Path, comment: str) -> str:

@@ -533,7 +533,10 @@ def collect_approvals(
             result, verified = approval.verify_one(submitted, ctx, accepted)
         except FlowPauseTimeout:
             break
-        except Exception as e:  # noqa: BLE001 - malformed input written straight to the API is a refusal
+        except (TypeError, ValueError) as e:
+            # Malformed input written straight to the API (pydantic's ValidationError is a ValueError; a JSON value
+            # that is not an object is a TypeError): a refusal, and the run keeps waiting. Anything else is a bug
+            # or a broken trust root, and ends the run.
             submitted = approval.Approval(f"<invalid input: {type(e).__name__}>", "")
             result, verified = GateResult.fail(approval.GATE, f"invalid approval input: {type(e).__name__}"), None
         if verified is not None:

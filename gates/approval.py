@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from airlock import sshsig, untrusted
-from airlock.errors import AirlockError
+from airlock.errors import AirlockError, ApprovalRefused
 from airlock.ledger import canonical
 from gates._result import GateResult
 
@@ -31,10 +31,7 @@ STATEMENT_TYPE = "airlock-approval/v1"
 DECISIONS = ("approve", "reject")
 
 
-class Refused(AirlockError):
-    """One approval is refused; the reason says why."""
-
-    exit_code = 1
+Refused = ApprovalRefused  # one approval refused, with the reason
 
 
 @dataclass(frozen=True)

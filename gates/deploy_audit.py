@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from airlock.errors import AuditInputError
 from gates._result import GateResult
 
 GATE = "deploy-audit"
@@ -89,10 +90,6 @@ _BUILTIN_GRANTS = {
 
 _NOTEBOOK_WORDS = re.compile(r"jupyter|notebook|ipykernel|voila|marimo", re.I)
 _NOTEBOOK_PORT = 8888
-
-
-class AuditInputError(Exception):
-    """Input that cannot be audited: one line saying what and what to do."""
 
 
 @dataclass

@@ -101,3 +101,38 @@ def test_model_gate_policy_defaults_are_the_calibrated_gate_defaults():
             if f.name in type(pol_section).model_fields:
                 got, want = getattr(pol_section, f.name), getattr(params, f.name)
                 assert (tuple(got) if isinstance(got, list) else got) == want, (type(params).__name__, f.name)
+
+
+def test_an_internal_error_is_one_line_and_exit_3(monkeypatch, capsys):
+    """A bug of Airlock's (an exception that is not an AirlockError) is not 'usage' (2): it exits 3, in one line."""
+    from flows import cli
+
+    def buggy(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_audit", buggy)
+    assert cli.main(["audit", "templates/k8s"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("airlock: internal error KeyError") and "report it" in err and len(err.splitlines()) == 1
+
+
+def test_every_airlock_exception_lives_in_one_module():
+    import inspect
+
+    import airlock.aibom  # noqa: F401,E401
+    import airlock.errors as errors
+    import airlock.gitutil
+    import airlock.ingest
+    import airlock.modeldir
+    import airlock.modelsign
+    import airlock.oracle  # noqa: F401,E401
+    import gates.approval
+    import gates.deploy_audit
+
+    def subclasses(c):
+        for s in c.__subclasses__():
+            yield s
+            yield from subclasses(s)
+
+    assert {c.__module__ for c in subclasses(errors.AirlockError)} == {"airlock.errors"}
+    assert inspect.getmodule(gates.deploy_audit.AuditInputError) is errors
