@@ -73,12 +73,12 @@ PARAMS = {
 
 def in_process(model_dir: Path, data: Path, golden: Path, work: Path) -> tuple[float, dict]:
     """The previous design: the team's model imported into the evaluator's process."""
-    from flows._evaluate import _params
     from gates import advisory as A
     from gates import backdoor as B
     from gates import evaluation as E
     from gates import golden_regression as G
     from gates import robustness as R
+    from gates.model_gates import gate
 
     t0 = time.perf_counter()
     model, meta = B.load_trained(model_dir)
@@ -87,10 +87,8 @@ def in_process(model_dir: Path, data: Path, golden: Path, work: Path) -> tuple[f
     gx, gy = load_split(golden, "golden")
     verdicts = {}
     verdicts["evaluation"] = E.check(model, meta, (tx, ty), (gx, gy), E.EvalThresholds(0.9, 0.9)).verdict.value
-    verdicts["robustness"] = R.check(
-        model, meta, tx, ty, _params(R.RobustnessParams, PARAMS["robustness"])
-    ).verdict.value
-    bp = _params(B.BackdoorParams, PARAMS["backdoor"])
+    verdicts["robustness"] = R.check(model, meta, tx, ty, gate("robustness").build(PARAMS["robustness"])).verdict.value
+    bp = gate("backdoor").build(PARAMS["backdoor"])
     cand = B.reverse_engineer(model, meta, gx, gy, bp)
 
     def plain(d: Path, out: Path, cfg: Path) -> None:
@@ -104,7 +102,7 @@ def in_process(model_dir: Path, data: Path, golden: Path, work: Path) -> tuple[f
     ref = B.stand_in_reference(gx, gy, work / "stand-in-inproc", bp, trainer=plain, parallel=1)
     verdicts["backdoor"] = B.check(cand, ref, bp, reference_kind="golden-stand-in").verdict.value
     verdicts["golden_regression"] = G.check(model, meta, gx, gy).verdict.value
-    ap = _params(A.AdvisoryParams, PARAMS["advisory"])
+    ap = gate("advisory").build(PARAMS["advisory"])
     A.membership_inference(model, meta, x, y, tx, ty, ap)
     A.extraction_effort(model, meta, x, tx, ap)
     A.spectral_signatures(model, meta, x, y, ap, classes=[0])

@@ -16,8 +16,8 @@ import contextlib
 import json
 import sys
 import traceback
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 # Airlock's own code, from the installed package; ART before anything configures logging.
 import art  # noqa: F401
@@ -33,14 +33,13 @@ from airlock.datasets import load_split
 from airlock.errors import AirlockError
 from airlock.oracle import Oracle, RemoteModel
 from airlock.sandbox import Sandbox
+from gates import model_gates
 from gates._result import GateResult, Verdict
 
-ALL_GATES = ("evaluation", "robustness", "backdoor", "golden_regression", "advisory")
 
-
-def _params(cls, values: dict, **extra):
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return replace(cls(), **{k: v for k, v in fields.items() if k in cls.__dataclass_fields__}, **extra)
+def _params(section: str, req: dict) -> Any:
+    """The gate's parameters from its policy section (a key the gate does not have is refused) and the run."""
+    return model_gates.gate(section).build(req["params"][section], seed=int(req["seed"]), threads=int(req["threads"]))
 
 
 def _meta(model_dir: Path) -> dict:
@@ -70,7 +69,7 @@ def run(req: dict) -> dict:
     np.random.seed(seed)
     sb = Sandbox(**req["sandbox"])
     work = Path(req["workdir"])
-    wanted = tuple(req.get("gates") or ALL_GATES)
+    wanted = tuple(req.get("gates") or model_gates.SECTIONS)
     out: dict = {"results": [], "plots": {}}
     p = req["params"]
     src, model_dir = Path(req["src"]), Path(req["model"])
@@ -105,15 +104,13 @@ def run(req: dict) -> dict:
                     meta,
                     (x_te, y_te),
                     (x_go, y_go),
-                    evaluation.EvalThresholds(
-                        p["evaluation"]["min_test_accuracy"], p["evaluation"]["min_golden_accuracy"], seed
-                    ),
+                    _params("evaluation", req),
                 )
             )
 
         # Evasion robustness, decided on the Wilson lower bound, and its regression against production.
         if "robustness" in wanted:
-            rp = _params(robustness.RobustnessParams, p["robustness"], seed=seed, threads=threads)
+            rp = _params("robustness", req)
             r = add(robustness.check(cand, meta, x_te, y_te, rp, reference=prod, reference_meta=prod_meta))
             out["plots"]["robustness"] = str(robustness.write_curve(r, work / "robustness-curve.png"))
 
@@ -125,12 +122,12 @@ def run(req: dict) -> dict:
 
         # Golden-set regression against production (paired McNemar).
         if "golden_regression" in wanted:
-            gp = _params(golden_regression.GoldenRegressionParams, p["golden_regression"])
+            gp = _params("golden_regression", req)
             add(golden_regression.check(cand, meta, x_go, y_go, gp, reference=prod))
 
         # Advisory: reported and recorded in the bill of materials, never blocking.
         if "advisory" in wanted and p["advisory"].get("enabled", True):
-            ap = _params(advisory.AdvisoryParams, p["advisory"], seed=seed, threads=threads)
+            ap = _params("advisory", req)
             add(advisory.membership_inference(cand, meta, x_tr, y_tr, x_te, y_te, ap))
             add(advisory.extraction_effort(cand, meta, x_tr, x_te, ap))
             flagged = b.metrics.get("min_trigger_ratio_class") if b is not None else None
@@ -147,7 +144,7 @@ def run(req: dict) -> dict:
 def _backdoor(
     req, sb: Sandbox, cand: RemoteModel, meta, prod, prod_meta, x_go, y_go, cand_oracle: Oracle, standin: Path
 ) -> GateResult:
-    bp = _params(backdoor.BackdoorParams, req["params"]["backdoor"], seed=int(req["seed"]), threads=int(req["threads"]))
+    bp = _params("backdoor", req)
     cand_norms = backdoor.reverse_engineer(cand, meta, x_go, y_go, bp)
     reference, kind = req.get("prod_backdoor"), "production"
     if reference is not None and not _compatible(reference, cand_norms):

@@ -53,9 +53,9 @@ from flows import _report
 from flows._report import RunRecorder, emit
 from gates import approval, artifact, commit, data, data_validation
 from gates._result import GateResult, Verdict
+from gates.model_gates import BLOCKING_RESULTS, SECTIONS
 from registry import Registry
 
-MODEL_METRIC_GATES = ("evaluation", "robustness", "backdoor", "golden_regression")
 _report.install_log_filter()  # a refusal raised in a task: one line in the logs, not a traceback
 
 
@@ -322,10 +322,7 @@ def model_gates(
         "training_command": pol.training.command,
         "parallel": min(2, os.cpu_count() or 1),
         "sandbox": dataclasses.asdict(box),
-        "params": {
-            name: getattr(pol, name).model_dump()
-            for name in ("evaluation", "robustness", "backdoor", "golden_regression", "advisory")
-        },
+        "params": {name: getattr(pol, name).model_dump() for name in SECTIONS},
     }
     prod = production_reference(pol, work, ledger)
     if prod:
@@ -453,7 +450,7 @@ def sign_and_stage(
     metrics = {
         f"{r.gate}:{k}": v
         for r in rec.results
-        if r.gate in MODEL_METRIC_GATES or r.verdict is Verdict.ADVISORY
+        if r.gate in BLOCKING_RESULTS or r.verdict is Verdict.ADVISORY
         for k, v in r.metrics.items()
     }
     aibom.write(model_dir, provenance, committed, metrics)

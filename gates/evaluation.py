@@ -22,8 +22,8 @@ GATE = "evaluation"
 
 @dataclass(frozen=True)
 class EvalThresholds:
-    min_test_accuracy: float
-    min_golden_accuracy: float
+    min_test_accuracy: float = 0.90
+    min_golden_accuracy: float = 0.90
     seed: int = 0
 
 

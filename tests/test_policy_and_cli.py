@@ -85,22 +85,36 @@ def test_cli_usage_error_is_one_line():
 
 
 def test_model_gate_policy_defaults_are_the_calibrated_gate_defaults():
-    """The policy spells the model-gate parameters out (to validate them by key); they must not drift apart."""
+    """The policy spells the model-gate parameters out (to validate them by key), from the one list of model gates:
+    every key of a gate's section is one of the gate's parameters (a renamed threshold fails here instead of quietly
+    reverting to its default), every parameter the policy does not set is supplied by the run or fixed, and the
+    defaults agree."""
     from dataclasses import fields
 
-    from gates import advisory, backdoor, golden_regression, robustness
+    from gates import model_gates
 
-    pairs = [
-        (policy.RobustnessPolicy(), robustness.RobustnessParams()),
-        (policy.BackdoorPolicy(), backdoor.BackdoorParams()),
-        (policy.GoldenRegressionPolicy(), golden_regression.GoldenRegressionParams()),
-        (policy.AdvisoryPolicy(), advisory.AdvisoryParams()),
-    ]
-    for pol_section, params in pairs:
-        for f in fields(params):
-            if f.name in type(pol_section).model_fields:
-                got, want = getattr(pol_section, f.name), getattr(params, f.name)
-                assert (tuple(got) if isinstance(got, list) else got) == want, (type(params).__name__, f.name)
+    assert set(model_gates.SECTIONS) <= set(policy.Policy.model_fields)
+    for g in model_gates.MODEL_GATES:
+        section = type(policy.Policy.model_fields[g.section].default)
+        pol_keys = set(section.model_fields) - g.policy_only
+        params = g.params_class()()
+        param_keys = {f.name for f in fields(params)}
+        assert pol_keys <= param_keys, (g.section, pol_keys - param_keys)
+        for key in pol_keys:
+            got, want = getattr(section(), key), getattr(params, key)
+            assert (tuple(got) if isinstance(got, list) else got) == want, (g.section, key)
+        assert g.supplied <= param_keys, (g.section, g.supplied - param_keys)
+        built = g.build(section().model_dump(), seed=7, threads=2)  # what the evaluator does with a run
+        assert all(getattr(built, k) == (7 if k == "seed" else 2) for k in g.supplied), g.section
+
+
+def test_a_policy_key_the_gate_does_not_have_is_refused_not_dropped():
+    from gates import model_gates
+
+    g = model_gates.gate("robustness")
+    assert g.build({"samples": 50}, seed=3, threads=1).samples == 50
+    with pytest.raises(policy.PolicyError, match=r"\[robustness\] min_accuracy is not a parameter"):
+        g.build({"min_accuracy": 0.9})  # e.g. a threshold renamed in the gate but not in the policy
 
 
 def test_an_internal_error_is_one_line_and_exit_3(monkeypatch, capsys):
