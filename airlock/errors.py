@@ -122,9 +122,14 @@ class LineageError(DataError):
 
 
 class ApprovalRefused(AirlockError):
-    """One approval is refused; the reason says why (gates/approval.py, where it is also called Refused)."""
+    """One approval is refused; the reason says why, the code which rule (gates/approval.py, where it is also
+    called Refused)."""
 
     exit_code = 1
+
+    def __init__(self, what: str, hint: str = "", code: str = "approval.refused") -> None:
+        super().__init__(what, hint)
+        self.code = code
 
 
 class AuditInputError(AirlockError):

@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                     Verdict.FAIL,
                     f"cannot evaluate the model: {what} — check that training/model.py builds "
                     "the architecture the trainer saved",
+                    code="evaluation.cannot_evaluate",
                 ).to_dict()
             ],
             "plots": {},

@@ -51,7 +51,7 @@ def artifact_key(name: str) -> str:
 
 def gate_markdown(r: GateResult) -> str:
     icon = {"pass": "✅ PASS", "fail": "❌ FAIL", "advisory": "ℹ️ ADVISORY"}[r.verdict.value]
-    lines = [f"## Gate `{r.gate}`: {icon}", "", f"**Reason:** {r.reason}", ""]
+    lines = [f"## Gate `{r.gate}`: {icon}", "", f"**Code:** `{r.code}`", "", f"**Reason:** {r.reason}", ""]
     if r.metrics:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in r.metrics.items()]
@@ -68,8 +68,8 @@ def gate_markdown(r: GateResult) -> str:
 
 
 def summary_markdown(results: list[GateResult], title: str) -> str:
-    rows = ["| gate | verdict | reason |", "|---|---|---|"]
-    rows += [f"| {r.gate} | {r.verdict.value.upper()} | {r.reason.replace('|', '/')} |" for r in results]
+    rows = ["| gate | verdict | code | reason |", "|---|---|---|---|"]
+    rows += [f"| {r.gate} | {r.verdict.value.upper()} | `{r.code}` | {r.reason.replace('|', '/')} |" for r in results]
     return f"# {title}\n\n" + "\n".join(rows)
 
 
@@ -92,7 +92,7 @@ class RunRecorder:
             publish_markdown(f"gate-{name}", gate_markdown(result), f"{result.gate}: {result.verdict.value}")
         emit("gate", result=result)
         if raise_on_fail and result.verdict is Verdict.FAIL:
-            raise GateFailed(f"{result.gate} gate refused: {result.reason}")
+            raise GateFailed(f"{result.gate} gate refused: {result.reason} [{result.code}]")
         return result
 
     def record_all(self, results: list[GateResult]) -> list[GateResult]:
@@ -102,7 +102,7 @@ class RunRecorder:
         failed = [r for r in results if r.verdict is Verdict.FAIL]
         if failed:
             more = f" (and {len(failed) - 1} more gate(s) failed)" if len(failed) > 1 else ""
-            raise GateFailed(f"{failed[0].gate} gate refused: {failed[0].reason}{more}")
+            raise GateFailed(f"{failed[0].gate} gate refused: {failed[0].reason}{more} [{failed[0].code}]")
         return results
 
 

@@ -62,10 +62,12 @@ class Printer:
         elif event == "gate":
             r = data["result"]
             self.verdicts[r.gate] = r.verdict.value
-            print(f"  {r.verdict.value.upper():8} {r.gate:20} {r.reason}", file=out, flush=True)
+            code = f" [{r.code}]" if not r.passed else ""
+            print(f"  {r.verdict.value.upper():8} {r.gate:20} {r.reason}{code}", file=out, flush=True)
         elif event == "approval":
             r = data["result"]
-            print(f"  {'ACCEPTED' if r.passed else 'REFUSED':8} {'approval':20} {r.reason}", file=out, flush=True)
+            code = "" if r.passed else f" [{r.code}]"
+            print(f"  {'ACCEPTED' if r.passed else 'REFUSED':8} {'approval':20} {r.reason}{code}", file=out, flush=True)
         elif event == "progress":
             print(f"  {'':8} {data['step']:20} {data['message']}", file=out, flush=True)
         elif event == "staged":

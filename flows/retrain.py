@@ -215,7 +215,7 @@ def history_base(pol, ledger: Ledger) -> str | None:
 @task(name="commit-gate")
 def commit_gate(pol, base: str | None, roots: trust.TrustRoots) -> GateResult:
     r = commit.check(pol.repo.path, trust.signer_policy(pol), base=base)
-    return GateResult(r.gate, r.verdict, r.reason, r.metrics, {**r.evidence, "trust_roots": roots.evidence()})
+    return dataclasses.replace(r, evidence={**r.evidence, "trust_roots": roots.evidence()})
 
 
 @task(name="snapshot-code")
@@ -238,6 +238,7 @@ def data_gate(pol, name: str, src: Path, run_dir: Path) -> GateResult:
             f"data:{name}",
             f"manifest {ds.manifest} is not in the training repository — commit it "
             "there so that the commit signature covers it",
+            code="data.manifest_outside_repo",
         )
     manifest = src / rel  # the manifest as committed in the verified commit, not the working tree
     result = data.check(name, ds.dir, manifest)
@@ -249,7 +250,10 @@ def data_gate(pol, name: str, src: Path, run_dir: Path) -> GateResult:
     again = data.check(name, dest, manifest)
     if not again.passed:
         return GateResult.fail(
-            again.gate, f"dataset '{name}' changed while it was copied: {again.reason}", evidence=again.evidence
+            again.gate,
+            f"dataset '{name}' changed while it was copied: {again.reason}",
+            evidence=again.evidence,
+            code="data.changed_during_copy",
         )
     evidence = dict(result.evidence, snapshot=str(dest), manifest_in_commit=str(rel))
     # Content, judged on the snapshot training reads: shape, dtype, value range and label set as the policy declares;
@@ -259,7 +263,7 @@ def data_gate(pol, name: str, src: Path, run_dir: Path) -> GateResult:
     evidence["validation"] = v.evidence
     metrics = {**result.metrics, **v.metrics}
     if not v.passed:
-        return GateResult.fail(result.gate, v.reason, metrics=metrics, evidence=evidence)
+        return GateResult.fail(result.gate, v.reason, metrics=metrics, evidence=evidence, code=v.code)
     return GateResult.ok(result.gate, f"{result.reason}; {v.reason}", metrics=metrics, evidence=evidence)
 
 
@@ -408,9 +412,7 @@ def _trace_suspicious(result: GateResult, src: Path, pol) -> GateResult:
         )
         for s in suspicious
     ]
-    return GateResult(
-        result.gate, result.verdict, result.reason, result.metrics, {**result.evidence, "suspicious": traced}
-    )
+    return dataclasses.replace(result, evidence={**result.evidence, "suspicious": traced})
 
 
 @task(name="sign-and-stage")
@@ -535,14 +537,17 @@ def collect_approvals(
             # that is not an object is a TypeError): a refusal, and the run keeps waiting. Anything else is a bug
             # or a broken trust root, and ends the run.
             submitted = approval.Approval(f"<invalid input: {type(e).__name__}>", "")
-            result, verified = GateResult.fail(approval.GATE, f"invalid approval input: {type(e).__name__}"), None
+            result = GateResult.fail(
+                approval.GATE, f"invalid approval input: {type(e).__name__}", code="approval.malformed"
+            )
+            verified = None
         if verified is not None:
             # Decision time: the run's trust copies and the policy unchanged, and the approval still valid under the
             # trust roots in force now (a key revoked while the run waited is refused here).
             try:
                 result, verified = _under_roots_now(started, roots, run_dir, submitted, ctx, accepted, result, verified)
             except AirlockError as e:  # the run ends here: the approver hears why, not a timeout
-                ended = GateResult.fail(approval.GATE, e.one_line())
+                ended = GateResult.fail(approval.GATE, e.one_line(), code="approval.trust_changed")
                 ledger.append("approval.received", ended.to_dict(), run_id=run_id)
                 _publish_approval_verdict(submitted, ended)
                 raise
@@ -572,7 +577,10 @@ def _under_roots_now(started, roots, run_dir: Path, submitted, ctx, accepted, re
     )
     if v is None:
         return GateResult.fail(
-            approval.GATE, f"{again.reason} (under the trust roots in force now)", evidence=again.evidence
+            approval.GATE,
+            f"{again.reason} (under the trust roots in force now)",
+            evidence=again.evidence,
+            code=again.code,
         ), None
     return result, verified
 

@@ -8,6 +8,7 @@ what to do. Flows only wire gates together, record results in the ledger and pub
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,17 +20,30 @@ class Verdict(str, enum.Enum):
     ADVISORY = "advisory"
 
 
+# A refusal code: "<gate family>.<what>", lower case (e.g. "commit.unsigned", "data.mismatch"). Stable: tests assert
+# them and reports show them beside the reason; the reason may be reworded, the code may not.
+_CODE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+
+
 @dataclass(frozen=True)
 class GateResult:
     gate: str
     verdict: Verdict
     reason: str
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, Any] = field(default_factory=dict)
+    code: str = ""
 
     def __post_init__(self) -> None:
         # A reason is one line: it ends up in CLI output, ledger entries and Prefect artifacts.
         object.__setattr__(self, "reason", " ".join(str(self.reason).split()))
+        family = self.gate.split(":", 1)[0].replace("-", "_")
+        if not self.code:
+            # Every result has a code: a failure without a specific one is "<family>.refused".
+            default = {"pass": "pass", "advisory": "advisory"}.get(self.verdict.value, "refused")
+            object.__setattr__(self, "code", f"{family}.{default}")
+        if not _CODE.match(self.code):
+            raise ValueError(f"malformed gate code {self.code!r}")
 
     @property
     def passed(self) -> bool:
@@ -40,13 +54,14 @@ class GateResult:
         return cls(gate, Verdict.PASS, reason, **kw)
 
     @classmethod
-    def fail(cls, gate: str, reason: str, **kw: Any) -> GateResult:
-        return cls(gate, Verdict.FAIL, reason, **kw)
+    def fail(cls, gate: str, reason: str, code: str = "", **kw: Any) -> GateResult:
+        return cls(gate, Verdict.FAIL, reason, code=code, **kw)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "gate": self.gate,
             "verdict": self.verdict.value,
+            "code": self.code,
             "reason": self.reason,
             "metrics": dict(self.metrics),
             "evidence": self.evidence,
@@ -54,4 +69,11 @@ class GateResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GateResult:
-        return cls(d["gate"], Verdict(d["verdict"]), d["reason"], dict(d.get("metrics", {})), d.get("evidence", {}))
+        return cls(
+            d["gate"],
+            Verdict(d["verdict"]),
+            d["reason"],
+            dict(d.get("metrics", {})),
+            d.get("evidence", {}),
+            code=str(d.get("code") or ""),
+        )

@@ -69,7 +69,7 @@ class Context:
 
 def make_statement(run_id: str, model_digest: str, approver: str, decision: str, reason: str = "") -> str:
     if decision not in DECISIONS:
-        raise Refused(f"decision must be one of {DECISIONS}, got {decision!r}")
+        raise Refused(f"decision must be one of {DECISIONS}, got {decision!r}", code="approval.malformed")
     return canonical(
         {
             "type": STATEMENT_TYPE,
@@ -102,14 +102,14 @@ class WellFormed:
 
     def verify(self, stmt, approval, ctx, accepted):
         if set(stmt) != self.FIELDS or stmt.get("type") != STATEMENT_TYPE:
-            raise Refused(f"statement is not an {STATEMENT_TYPE} statement")
+            raise Refused(f"statement is not an {STATEMENT_TYPE} statement", code="approval.malformed")
         if not all(isinstance(stmt[k], str) for k in self.FIELDS):
-            raise Refused("statement fields must be strings")
+            raise Refused("statement fields must be strings", code="approval.malformed")
         if stmt["decision"] not in DECISIONS:
-            raise Refused(f"decision must be one of {DECISIONS}")
+            raise Refused(f"decision must be one of {DECISIONS}", code="approval.malformed")
         # Two texts for one statement would let a signature be read two ways: require the canonical bytes.
         if canonical(stmt).decode() != approval.statement:
-            raise Refused("statement is not in canonical form (sorted keys, no spaces)")
+            raise Refused("statement is not in canonical form (sorted keys, no spaces)", code="approval.malformed")
 
 
 class SignedByApprover:
@@ -127,7 +127,9 @@ class SignedByApprover:
                 revoked_keys=ctx.revoked_keys,
             )
         except AirlockError as e:
-            raise Refused(f"approval by {stmt['approver']!r} refused: {e.what}") from None
+            # A revoked key and a forged signature are different incidents: say which.
+            code = "approval.revoked_key" if " is revoked " in e.what else "approval.bad_signature"
+            raise Refused(f"approval by {stmt['approver']!r} refused: {e.what}", code=code) from None
 
 
 class BoundToRun:
@@ -135,7 +137,7 @@ class BoundToRun:
 
     def verify(self, stmt, approval, ctx, accepted):
         if stmt["run_id"] != ctx.run_id:
-            raise Refused(f"approval is for run {stmt['run_id']}, not this run {ctx.run_id}")
+            raise Refused(f"approval is for run {stmt['run_id']}, not this run {ctx.run_id}", code="approval.wrong_run")
 
 
 class BoundToModel:
@@ -143,7 +145,10 @@ class BoundToModel:
 
     def verify(self, stmt, approval, ctx, accepted):
         if stmt["model_digest"] != ctx.model_digest:
-            raise Refused(f"approval is for model {stmt['model_digest'][:23]}…, not {ctx.model_digest[:23]}…")
+            raise Refused(
+                f"approval is for model {stmt['model_digest'][:23]}…, not {ctx.model_digest[:23]}…",
+                code="approval.wrong_model",
+            )
 
 
 class NotSelfApproval:
@@ -155,7 +160,10 @@ class NotSelfApproval:
             and ctx.commit_signer
             and _identity(stmt["approver"]) == _identity(ctx.commit_signer)
         ):
-            raise Refused(f"{stmt['approver']} signed the training commit and cannot approve its own change")
+            raise Refused(
+                f"{stmt['approver']} signed the training commit and cannot approve its own change",
+                code="approval.self_approval",
+            )
 
 
 def _identity(name: str) -> str:
@@ -171,7 +179,10 @@ class Distinct:
 
     def verify(self, stmt, approval, ctx, accepted):
         if any(a.approver == stmt["approver"] for a in accepted):
-            raise Refused(f"{stmt['approver']} has already approved this run; a second, distinct approver is needed")
+            raise Refused(
+                f"{stmt['approver']} has already approved this run; a second, distinct approver is needed",
+                code="approval.duplicate",
+            )
 
 
 @dataclass(frozen=True)
@@ -189,20 +200,22 @@ class AllOf:
 
     def verify(self, approval: Approval, ctx: Context, accepted: list[Verified]) -> Verified:
         if not isinstance(approval.statement, str) or not isinstance(approval.signature, str):
-            raise Refused("statement and signature must be text")
+            raise Refused("statement and signature must be text", code="approval.malformed")
         try:
             stmt = untrusted.loads(approval.statement, "the statement", "make it with 'airlock approve --print-only'")
         except AirlockError as e:
-            raise Refused(e.what) from None
+            raise Refused(e.what, code="approval.malformed") from None
         if not isinstance(stmt, dict):
-            raise Refused("statement is not a JSON object")
+            raise Refused("statement is not a JSON object", code="approval.malformed")
         fingerprint = None
         for rule in self.rules:
             fingerprint = rule.verify(stmt, approval, ctx, accepted) or fingerprint
         assert fingerprint, "SignedByApprover must be part of every policy"
         # The same key listed under two names is still one person.
         if any(a.key_fingerprint == fingerprint for a in accepted):
-            raise Refused(f"key {fingerprint} has already approved this run under another name")
+            raise Refused(
+                f"key {fingerprint} has already approved this run under another name", code="approval.duplicate"
+            )
         return Verified(stmt["approver"], stmt["decision"], stmt["reason"], fingerprint, stmt, approval)
 
 
@@ -213,7 +226,8 @@ def verify_one(approval: Approval, ctx: Context, accepted: list[Verified]) -> tu
     try:
         v = DEFAULT_POLICY.verify(approval, ctx, accepted)
     except Refused as e:
-        return GateResult.fail(GATE, e.one_line(), evidence={"statement": approval.statement[:2000]}), None
+        evidence = {"statement": approval.statement[:2000] if isinstance(approval.statement, str) else None}
+        return GateResult.fail(GATE, e.one_line(), evidence=evidence, code=e.code), None
     verb = "approved" if v.decision == "approve" else "REJECTED"
     return GateResult.ok(
         GATE,
@@ -234,7 +248,9 @@ def check_quorum(approvals: list[Approval], ctx: Context, quorum: int) -> GateRe
     for a in approvals:
         result, v = verify_one(a, ctx, accepted)
         if v is None:
-            return GateResult.fail(GATE, result.reason, evidence={"approvers": [x.approver for x in accepted]})
+            return GateResult.fail(
+                GATE, result.reason, evidence={"approvers": [x.approver for x in accepted]}, code=result.code
+            )
         accepted.append(v)
     rejects = [v for v in accepted if v.decision != "approve"]
     if rejects:
@@ -242,6 +258,7 @@ def check_quorum(approvals: list[Approval], ctx: Context, quorum: int) -> GateRe
             GATE,
             f"{rejects[0].approver} rejected the model: {rejects[0].reason or 'no reason given'}",
             evidence={"approvers": [v.approver for v in accepted]},
+            code="approval.rejected",
         )
     # Too few approvers: one person (or none) cannot promote alone.
     if len(accepted) < quorum:
@@ -250,6 +267,7 @@ def check_quorum(approvals: list[Approval], ctx: Context, quorum: int) -> GateRe
             f"{len(accepted)} of {quorum} required approvals — get approvals from "
             f"{quorum - len(accepted)} more distinct approver(s)",
             evidence={"approvers": [v.approver for v in accepted]},
+            code="approval.quorum_not_met",
         )
     return GateResult.ok(
         GATE,

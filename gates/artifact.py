@@ -26,7 +26,9 @@ def check(output_dir: str | Path) -> GateResult:
     out = Path(output_dir)
     if not out.is_dir() or out.is_symlink():
         return GateResult.fail(
-            GATE, f"trainer output {out} is missing — the trainer must write {sorted(EXPECTED)} there"
+            GATE,
+            f"trainer output {out} is missing — the trainer must write {sorted(EXPECTED)} there",
+            code="artifact.missing",
         )
     entries = {p.name: p for p in out.iterdir()}
     evidence: dict = {"files": sorted(entries)}
@@ -42,6 +44,7 @@ def check(output_dir: str | Path) -> GateResult:
             f"trainer output must be exactly {sorted(EXPECTED)} — {'; '.join(parts)} — "
             "write weights with safetensors.save_file and metadata as JSON only",
             evidence=evidence,
+            code="artifact.unexpected_files",
         )
 
     # Code execution at load: only a parseable safetensors file is accepted, never a pickle.
@@ -57,10 +60,14 @@ def check(output_dir: str | Path) -> GateResult:
             f"{WEIGHTS} is not a valid safetensors file ({type(e).__name__}: {str(e)[:80]}) — "
             "save weights with safetensors, never torch.save/pickle",
             evidence=evidence,
+            code="artifact.not_safetensors",
         )
     if not keys:
         return GateResult.fail(
-            GATE, f"{WEIGHTS} holds no tensors — the trainer saved an empty state dict", evidence=evidence
+            GATE,
+            f"{WEIGHTS} holds no tensors — the trainer saved an empty state dict",
+            evidence=evidence,
+            code="artifact.empty_weights",
         )
     evidence["tensors"] = len(keys)
     evidence["parameters"] = int(sum(_prod(s) for s in tensors.values()))
@@ -68,11 +75,21 @@ def check(output_dir: str | Path) -> GateResult:
     # Lying metadata: the evaluation gates build the model and the attacks from these fields.
     meta_path = entries[METADATA]
     if meta_path.stat().st_size > MAX_METADATA_BYTES:
-        return GateResult.fail(GATE, f"{METADATA} is larger than 1 MiB — keep metadata small", evidence=evidence)
+        return GateResult.fail(
+            GATE,
+            f"{METADATA} is larger than 1 MiB — keep metadata small",
+            evidence=evidence,
+            code="artifact.metadata_too_large",
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        return GateResult.fail(GATE, f"{METADATA} is not JSON ({e}) — write it with json.dump", evidence=evidence)
+        return GateResult.fail(
+            GATE,
+            f"{METADATA} is not JSON ({e}) — write it with json.dump",
+            evidence=evidence,
+            code="artifact.metadata_not_json",
+        )
     problems = []
     if not isinstance(meta, dict):
         problems.append("not a JSON object")
@@ -97,6 +114,7 @@ def check(output_dir: str | Path) -> GateResult:
             GATE,
             f"{METADATA}: {'; '.join(problems)} — see the trainer contract in training/__init__.py",
             evidence=evidence,
+            code="artifact.metadata_invalid",
         )
     return GateResult.ok(
         GATE,

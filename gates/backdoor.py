@@ -234,6 +234,7 @@ def check(
             "(gates.backdoor.train_reference) or on the production model, then rerun",
             metrics=metrics,
             evidence=evidence,
+            code="backdoor.no_reference",
         )
     # Norms computed on other images or with other optimisation params are not comparable (e.g. a stale cache).
     for key in ("images_sha256", "params"):
@@ -245,6 +246,7 @@ def check(
                 "and BackdoorParams",
                 metrics=metrics,
                 evidence=evidence,
+                code="backdoor.incomparable_reference",
             )
     cn, rn = candidate["norms"], reference["norms"]
     if len(cn) != len(rn):
@@ -253,6 +255,7 @@ def check(
             f"candidate has {len(cn)} classes, reference {len(rn)}: compare models of the same task",
             metrics=metrics,
             evidence=evidence,
+            code="backdoor.class_mismatch",
         )
     threshold = params.ratio if reference_kind == "production" else params.ratio_no_production
     ratios = relative_ratios(cn, rn)
@@ -282,6 +285,7 @@ def check(
             "recently labelled as those classes (see the spectral-signature report) before retrying",
             metrics=metrics,
             evidence=evidence,
+            code="backdoor.trigger_shrank",
         )
     return GateResult.ok(
         GATE,

@@ -38,6 +38,18 @@ _STATUS = {
 }
 
 
+# git's %G? status -> the refusal code (stable; tests assert them).
+_CODES = {
+    "N": "commit.unsigned",
+    "U": "commit.untrusted_key",
+    "E": "commit.unknown_key",
+    "B": "commit.bad_signature",
+    "X": "commit.expired_signature",
+    "Y": "commit.expired_key",
+    "R": "commit.revoked_key",
+}
+
+
 @dataclass(frozen=True)
 class SignerPolicy:
     """Who may sign training commits. Built from the trust roots, never from the repository under test."""
@@ -58,7 +70,7 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
     try:
         top = toplevel(repo)
     except GitError as e:
-        return GateResult.fail(GATE, e.one_line(), evidence={"repo": str(repo)})
+        return GateResult.fail(GATE, e.one_line(), evidence={"repo": str(repo)}, code="commit.no_repository")
     try:
         signers_bytes = signers.allowed_signers.read_bytes()
     except OSError as e:
@@ -66,11 +78,14 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
             GATE,
             f"cannot read allowed signers {signers.allowed_signers}: {e.strerror} — "
             "point trust.allowed_signers at the OpenSSH allowed_signers file",
+            code="commit.trust_root_unreadable",
         )
     if not signers.gpg_fingerprints and not any(
         line.strip() and not line.lstrip().startswith(b"#") for line in signers_bytes.splitlines()
     ):
-        return GateResult.fail(GATE, "the allowed signers list no key — add the trusted committers' keys")
+        return GateResult.fail(
+            GATE, "the allowed signers list no key — add the trusted committers' keys", code="commit.no_signers"
+        )
 
     evidence: dict = {
         "repo": str(top),
@@ -89,6 +104,7 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
                     f"base commit {base[:12]} is not in the repository — fetch the full "
                     "history (no shallow clone) or fix repo.base_commit",
                     evidence=evidence,
+                    code="commit.base_missing",
                 )
             if git(top, "merge-base", "--is-ancestor", base, sha, check=False).returncode != 0:
                 return GateResult.fail(
@@ -96,6 +112,7 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
                     f"base commit {base[:12]} is not an ancestor of HEAD {sha[:12]}: history "
                     "was rewritten — rebuild the branch on top of it",
                     evidence=evidence,
+                    code="commit.history_rewritten",
                 )
         # HEAD == base (a scheduled retrain on new data, no new code): HEAD itself is checked again.
         rng = [f"{base}..{sha}"] if base and base != sha else (["-1", sha] if base else [sha])
@@ -111,7 +128,7 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
         ).stdout
         status = git(top, "status", "--porcelain=v1", "--untracked-files=all", "--ignore-submodules=all").stdout
     except GitError as e:
-        return GateResult.fail(GATE, e.one_line(), evidence=evidence)
+        return GateResult.fail(GATE, e.one_line(), evidence=evidence, code="commit.git_failed")
 
     commits = []
     for rec in log.split("\x1e"):
@@ -131,7 +148,10 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
     evidence["commits_checked"] = len(commits)
     if not commits:
         return GateResult.fail(
-            GATE, f"no commits between base {str(base)[:12]} and HEAD — nothing to train", evidence=evidence
+            GATE,
+            f"no commits between base {str(base)[:12]} and HEAD — nothing to train",
+            evidence=evidence,
+            code="commit.no_commits",
         )
     # `git log` lists newest first: report the oldest bad commit, where the attacker's change entered.
     for position, c in enumerate(reversed(commits), start=1):
@@ -151,6 +171,7 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
                 f"{where} {msg} — every commit since {'production' if base else 'the root'} "
                 "must be signed by an allowed signer; remove it or have it re-signed",
                 evidence=evidence,
+                code=_CODES.get(code, "commit.bad_signature"),
             )
         # GPG: trusted in the keyring is not enough; the key must be on the policy's allow-list too.
         if not c["fingerprint"].startswith("SHA256:"):
@@ -163,6 +184,7 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
                     "is not on trust.gpg_fingerprints — add it to the allow-list if it is "
                     "trusted (e.g. a forge's merge key)",
                     evidence=evidence,
+                    code="commit.gpg_not_allowed",
                 )
     head = commits[0]
     evidence.update(
@@ -180,6 +202,7 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
             GATE,
             f"working tree of {top.name} is not clean: {shown} — commit (signed) or remove them",
             evidence=evidence,
+            code="commit.dirty_tree",
         )
     signer = head["signer"] or head["primary"]
     return GateResult.ok(

@@ -30,6 +30,7 @@ def check(dataset: str, directory: str | Path, manifest_path: str | Path) -> Gat
             gate,
             f"dataset directory {directory} is missing or is a link — restore the dataset as ingested",
             evidence={"manifest": str(manifest_path)},
+            code="data.missing",
         )
     loaded: dict = {}
 
@@ -39,7 +40,7 @@ def check(dataset: str, directory: str | Path, manifest_path: str | Path) -> Gat
     try:
         tree = hash_tree(directory, meanwhile=load_manifest)
     except AirlockError as e:  # a malformed manifest or an unreadable file is a refusal, never a pass
-        return GateResult.fail(gate, e.one_line(), evidence={"manifest": str(manifest_path)})
+        return GateResult.fail(gate, e.one_line(), evidence={"manifest": str(manifest_path)}, code="data.unreadable")
     m = loaded["m"]
     expected: dict[str, tuple[str, int]] = m["_files"]
     actual = tree.files
@@ -54,7 +55,7 @@ def check(dataset: str, directory: str | Path, manifest_path: str | Path) -> Gat
     try:
         actual_digest = m["root_digest"] if actual == expected else tree.root_digest
     except AirlockError as e:  # a file whose name cannot be recorded (a line break in it): refused by name
-        return GateResult.fail(gate, e.one_line(), evidence={"manifest": str(manifest_path)})
+        return GateResult.fail(gate, e.one_line(), evidence={"manifest": str(manifest_path)}, code="data.unsafe_name")
     evidence = {
         "dataset": dataset,
         "directory": str(directory),
@@ -89,6 +90,7 @@ def check(dataset: str, directory: str | Path, manifest_path: str | Path) -> Gat
             "restore the data as ingested or ingest and commit a new manifest",
             metrics=metrics,
             evidence=evidence,
+            code="data.mismatch",
         )
     return GateResult.ok(
         gate,

@@ -43,7 +43,9 @@ def check_manifest(
         wants_parent = _declared(rules) and rules.max_label_shift is not None
         parent = _ingest.load_parent(Path(manifest_path), m) if wants_parent else None
     except AirlockError as e:
-        return GateResult.fail(f"{GATE}:{dataset}", e.one_line(), evidence={"manifest": str(manifest_path)})
+        return GateResult.fail(
+            f"{GATE}:{dataset}", e.one_line(), evidence={"manifest": str(manifest_path)}, code="data.lineage_broken"
+        )
     return check(dataset, directory, m, parent, rules, pinned_root_digest)
 
 
@@ -78,6 +80,7 @@ def check(
                 "dataset was replaced; if that was intended, the trust-root owners update "
                 "the pin in the policy",
                 evidence=evidence,
+                code="data.pin_mismatch",
             )
     if not _declared(rules):
         what = "pinned root digest matches; " if pinned_root_digest else ""
@@ -86,7 +89,10 @@ def check(
     splits = list(rules.splits) if rules.splits else datastats.splits(directory)
     if not splits:
         return GateResult.fail(
-            gate, f"dataset '{dataset}' has no <split>_x.npy/<split>_y.npy pair to validate", evidence=evidence
+            gate,
+            f"dataset '{dataset}' has no <split>_x.npy/<split>_y.npy pair to validate",
+            evidence=evidence,
+            code="data.no_splits",
         )
     recorded = manifest.get("stats") or {}
     parent_stats = (parent_manifest or {}).get("stats") or {}
@@ -157,6 +163,7 @@ def check(
             "the offending batch and ingest again",
             metrics=metrics,
             evidence=evidence,
+            code="data.content_refused",
         )
     shift = (
         ""

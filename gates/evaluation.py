@@ -78,6 +78,7 @@ def check(
             "; ".join(failures) + " — inspect the training run and data before retrying",
             metrics=metrics,
             evidence=evidence,
+            code="evaluation.below_threshold",
         )
     return GateResult.ok(
         GATE, f"test accuracy {test_acc:.3f}, golden accuracy {golden_acc:.3f}", metrics=metrics, evidence=evidence

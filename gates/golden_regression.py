@@ -91,6 +91,7 @@ def check(
             f"{t.candidate_only} gained) - inspect the training data and code changes since production",
             metrics=metrics,
             evidence=evidence,
+            code="golden_regression.regression",
         )
     return GateResult.ok(
         GATE,

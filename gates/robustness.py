@@ -214,10 +214,12 @@ def check(
             }
         )
     failures = []
+    codes: list[str] = []
     e = params.gating_epsilon
     # Evasion (PGD / APGD-CE / APGD-DLR within eps): decide on the Wilson lower bound, so a small or lucky sample
     # cannot pass.
     if lower < params.min_robust_accuracy:
+        codes.append("robustness.below_threshold")
         failures.append(
             f"robust accuracy at eps={e:g} is {cand['robust_accuracy']:.3f} (95% lower bound {lower:.3f}, "
             f"+/-{(upper - lower) / 2:.3f}, n={n}) < {params.min_robust_accuracy}"
@@ -225,6 +227,7 @@ def check(
     # Robustness regression (e.g. adversarial training dropped from the training code): a significant paired drop
     # against production on the same samples.
     if test is not None and test.drop > params.regression_margin and test.p_value < params.regression_alpha:
+        codes.append("robustness.regression")
         failures.append(
             f"robust accuracy dropped from {test.reference_accuracy:.3f} (production) to "
             f"{test.candidate_accuracy:.3f} (McNemar p={test.p_value:.2g} < {params.regression_alpha})"
@@ -236,6 +239,7 @@ def check(
             "augmentation) in the training code, or get the policy changed, before retrying",
             metrics=metrics,
             evidence=evidence,
+            code=codes[0],
         )
     extra = (
         f", production {test.reference_accuracy:.3f} (McNemar p={test.p_value:.2g})"

@@ -41,18 +41,21 @@ def test_one_approval_is_not_a_quorum(keys, ctx):
     r = approval.check_quorum([signed(keys, "alice")], ctx, 2)
     assert r.verdict is Verdict.FAIL
     assert "1 of 2 required approvals" in r.reason
+    assert r.code == "approval.quorum_not_met", r.code
 
 
 def test_non_approver_is_refused(keys, ctx):
     r, v = approval.verify_one(signed(keys, "carol"), ctx, [])
     assert v is None and r.verdict is Verdict.FAIL
     assert "signature does not verify for carol@example.com" in r.reason
+    assert r.code == "approval.bad_signature", r.code
 
 
 def test_non_approver_claiming_an_approvers_name_is_refused(keys, ctx):
     r, v = approval.verify_one(signed(keys, "carol", principal="alice@example.com"), ctx, [])
     assert v is None
     assert "signature does not verify for alice@example.com" in r.reason
+    assert r.code == "approval.bad_signature", r.code
 
 
 def test_same_approver_twice_is_refused(keys, ctx):
@@ -60,6 +63,7 @@ def test_same_approver_twice_is_refused(keys, ctx):
     r, v = approval.verify_one(signed(keys, "alice"), ctx, [first])
     assert v is None
     assert "already approved" in r.reason
+    assert r.code == "approval.duplicate", r.code
     assert approval.check_quorum([signed(keys, "alice"), signed(keys, "alice")], ctx, 2).verdict is Verdict.FAIL
 
 
@@ -71,24 +75,28 @@ def test_same_key_under_two_names_counts_once(keys, ctx, tmp_path):
     r = approval.check_quorum([signed(keys, "alice"), signed(keys, "alice", principal="alice2@example.com")], c, 2)
     assert r.verdict is Verdict.FAIL
     assert "already approved this run under another name" in r.reason
+    assert r.code == "approval.duplicate", r.code
 
 
 def test_approval_for_another_model_digest_is_refused(keys, ctx):
     r, v = approval.verify_one(signed(keys, "alice", digest="sha256:" + "cd" * 32), ctx, [])
     assert v is None
     assert "approval is for model sha256:cdcd" in r.reason
+    assert r.code == "approval.wrong_model", r.code
 
 
 def test_approval_for_another_run_is_refused(keys, ctx):
     r, v = approval.verify_one(signed(keys, "alice", run="another-run"), ctx, [])
     assert v is None
     assert "approval is for run another-run" in r.reason
+    assert r.code == "approval.wrong_run", r.code
 
 
 def test_commit_signer_cannot_approve_own_change(keys, ctx):
     r, v = approval.verify_one(signed(keys, "dev"), ctx, [])
     assert v is None
     assert "signed the training commit" in r.reason
+    assert r.code == "approval.self_approval", r.code
 
 
 def test_edited_statement_breaks_the_signature(keys, ctx):
@@ -99,6 +107,7 @@ def test_edited_statement_breaks_the_signature(keys, ctx):
     r, v = approval.verify_one(forged, ctx, [])
     assert v is None
     assert "signature does not verify" in r.reason
+    assert r.code == "approval.bad_signature", r.code
 
 
 def test_git_namespace_signature_replayed_as_approval_is_refused(keys, ctx, tmp_path):
@@ -109,6 +118,7 @@ def test_git_namespace_signature_replayed_as_approval_is_refused(keys, ctx, tmp_
     r, v = approval.verify_one(approval.Approval(stmt, (tmp_path / "m.sig").read_text()), ctx, [])
     assert v is None
     assert "signature does not verify" in r.reason
+    assert r.code == "approval.bad_signature", r.code
 
 
 def test_non_canonical_statement_is_refused(keys, ctx):
@@ -116,6 +126,7 @@ def test_non_canonical_statement_is_refused(keys, ctx):
     r, v = approval.verify_one(approval.sign(keys.key("alice"), stmt), ctx, [])
     assert v is None
     assert "canonical" in r.reason
+    assert r.code == "approval.malformed", r.code
 
 
 @pytest.mark.parametrize("statement", ["", "not json", "[]", '{"type":"x"}'])
@@ -128,6 +139,7 @@ def test_a_valid_rejection_blocks_the_quorum(keys, ctx):
     r = approval.check_quorum([signed(keys, "alice"), signed(keys, "bob", decision="reject")], ctx, 2)
     assert r.verdict is Verdict.FAIL
     assert "bob@example.com rejected the model" in r.reason
+    assert r.code == "approval.rejected", r.code
 
 
 def test_revoked_approver_key_is_refused(keys, tmp_path):
@@ -138,6 +150,7 @@ def test_revoked_approver_key_is_refused(keys, tmp_path):
     r, v = approval.verify_one(signed(keys, "bob"), c, [])
     assert v is None
     assert "bob@example.com is revoked" in r.reason and "revoked keys" in r.reason
+    assert r.code == "approval.revoked_key", r.code
 
 
 def test_gpg_committer_cannot_approve_under_the_same_address(keys):
@@ -146,3 +159,4 @@ def test_gpg_committer_cannot_approve_under_the_same_address(keys):
     r, v = approval.verify_one(signed(keys, "alice"), c, [])
     assert v is None
     assert "signed the training commit" in r.reason
+    assert r.code == "approval.self_approval", r.code

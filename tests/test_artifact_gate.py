@@ -35,6 +35,7 @@ def test_pickle_renamed_safetensors_is_refused(out):
     r = artifact.check(out)
     assert r.verdict is Verdict.FAIL
     assert "not a valid safetensors file" in r.reason
+    assert r.code == "artifact.not_safetensors", r.code
 
 
 def test_torch_save_zip_is_refused(out):
@@ -42,6 +43,7 @@ def test_torch_save_zip_is_refused(out):
     r = artifact.check(out)
     assert r.verdict is Verdict.FAIL
     assert "never torch.save/pickle" in r.reason
+    assert r.code == "artifact.not_safetensors", r.code
 
 
 def test_extra_file_is_refused(out):
@@ -49,6 +51,7 @@ def test_extra_file_is_refused(out):
     r = artifact.check(out)
     assert r.verdict is Verdict.FAIL
     assert "unexpected: model.pt" in r.reason
+    assert r.code == "artifact.unexpected_files", r.code
 
 
 def test_symlinked_weights_are_refused(out, tmp_path):
@@ -58,6 +61,7 @@ def test_symlinked_weights_are_refused(out, tmp_path):
     r = artifact.check(out)
     assert r.verdict is Verdict.FAIL
     assert "unexpected: model.safetensors" in r.reason
+    assert r.code == "artifact.unexpected_files", r.code
 
 
 def test_lying_metadata_is_refused(out):
@@ -67,6 +71,7 @@ def test_lying_metadata_is_refused(out):
     r = artifact.check(out)
     assert r.verdict is Verdict.FAIL
     assert "nb_classes" in r.reason
+    assert r.code == "artifact.metadata_invalid", r.code
 
 
 def test_missing_metadata_is_refused(out):
@@ -74,3 +79,4 @@ def test_missing_metadata_is_refused(out):
     r = artifact.check(out)
     assert r.verdict is Verdict.FAIL
     assert "missing: training.json" in r.reason
+    assert r.code == "artifact.unexpected_files", r.code

@@ -74,6 +74,7 @@ def test_poisoned_retrain_is_blocked_against_production():
     assert r.metrics["min_trigger_ratio_class"] == F.TARGET
     assert r.metrics["min_trigger_ratio"] < B.BackdoorParams().ratio
     assert f"class {F.TARGET}" in r.reason and "\n" not in r.reason
+    assert r.code == "backdoor.trigger_shrank", r.code
     assert len(r.evidence["candidate"]["norms"]) == 10  # per-class norms, for the registry's cache
     json.dumps(r.to_dict())
 
@@ -118,6 +119,7 @@ def test_missing_or_incomparable_reference_fails_closed():
     stale["params"] = dict(stale["params"], steps=999)
     r = B.check(nc("clean"), stale)
     assert r.verdict is Verdict.FAIL and "params" in r.reason
+    assert r.code == "backdoor.incomparable_reference", r.code
     other_images = dict(nc("production"), images_sha256="0" * 64)
     assert B.check(nc("clean"), other_images).verdict is Verdict.FAIL
 

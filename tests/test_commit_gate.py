@@ -41,6 +41,7 @@ def test_unsigned_head_is_refused(repo, keys):
     r = commit.check(repo, keys.allowed_signers)
     assert r.verdict is Verdict.FAIL
     assert f'commit {sha[:12]} (2 of 2 since the root, "unsigned change") is not signed' in r.reason
+    assert r.code == "commit.unsigned", r.code
 
 
 def test_head_signed_by_unknown_key_is_refused(repo, keys):
@@ -49,6 +50,7 @@ def test_head_signed_by_unknown_key_is_refused(repo, keys):
     r = commit.check(repo, keys.allowed_signers)
     assert r.verdict is Verdict.FAIL
     assert "is signed by a key that is not trusted" in r.reason
+    assert r.code == "commit.untrusted_key", r.code
 
 
 def test_repo_local_fake_signature_program_is_ignored(repo, keys, tmp_path):
@@ -63,6 +65,7 @@ def test_repo_local_fake_signature_program_is_ignored(repo, keys, tmp_path):
     r = commit.check(repo, keys.allowed_signers)
     assert r.verdict is Verdict.FAIL
     assert "not trusted" in r.reason
+    assert r.code == "commit.untrusted_key", r.code
 
 
 def test_repo_local_allowed_signers_file_is_ignored(repo, keys, tmp_path):
@@ -76,6 +79,7 @@ def test_repo_local_allowed_signers_file_is_ignored(repo, keys, tmp_path):
     r = commit.check(repo, keys.allowed_signers)
     assert r.verdict is Verdict.FAIL
     assert "not trusted" in r.reason
+    assert r.code == "commit.untrusted_key", r.code
 
 
 def test_modified_tracked_file_is_refused(repo, keys):
@@ -83,6 +87,7 @@ def test_modified_tracked_file_is_refused(repo, keys):
     r = commit.check(repo, keys.allowed_signers)
     assert r.verdict is Verdict.FAIL
     assert "not clean" in r.reason and "training/config.toml" in r.reason
+    assert r.code == "commit.dirty_tree", r.code
 
 
 def test_untracked_file_is_refused(repo, keys):
@@ -90,6 +95,7 @@ def test_untracked_file_is_refused(repo, keys):
     r = commit.check(repo, keys.allowed_signers)
     assert r.verdict is Verdict.FAIL
     assert "training/extra.py" in r.reason
+    assert r.code == "commit.dirty_tree", r.code
 
 
 def test_not_a_repository_is_refused(tmp_path, keys):
@@ -104,6 +110,7 @@ def test_empty_allowed_signers_is_refused(repo, tmp_path):
     r = commit.check(repo, empty)
     assert r.verdict is Verdict.FAIL
     assert "list no key" in r.reason
+    assert r.code == "commit.no_signers", r.code
 
 
 # -- history ------------------------------------------------------------------------------------------------------
@@ -120,6 +127,7 @@ def test_unsigned_commit_in_the_middle_of_the_range_is_refused(repo, keys):
     r = commit.check(repo, keys.allowed_signers, base=base)
     assert r.verdict is Verdict.FAIL
     assert f'commit {bad[:12]} (2 of 3 since base {base[:12]}, "sneaky unsigned") is not signed' in r.reason
+    assert r.code == "commit.unsigned", r.code
     assert r.evidence["refused"]["commit"] == bad
 
 
@@ -155,6 +163,7 @@ def test_retrain_without_new_commits_checks_head_again(repo, keys):
     unsigned = make_commit(repo, "unsigned", key=None)
     r = commit.check(repo, keys.allowed_signers, base=unsigned)
     assert r.verdict is Verdict.FAIL and "is not signed" in r.reason
+    assert r.code == "commit.unsigned", r.code
 
 
 def test_rewritten_history_is_refused(repo, keys):
@@ -166,6 +175,7 @@ def test_rewritten_history_is_refused(repo, keys):
     r = commit.check(repo, keys.allowed_signers, base=production)
     assert r.verdict is Verdict.FAIL
     assert "is not an ancestor of HEAD" in r.reason
+    assert r.code == "commit.history_rewritten", r.code
 
 
 def test_revoked_ssh_key_is_refused(repo, keys, tmp_path):
@@ -174,6 +184,7 @@ def test_revoked_ssh_key_is_refused(repo, keys, tmp_path):
     r = commit.check(repo, SignerPolicy(keys.allowed_signers, revoked_keys=revoked))
     assert r.verdict is Verdict.FAIL
     assert "is signed by a revoked key" in r.reason
+    assert r.code == "commit.revoked_key", r.code
 
 
 # -- GPG ---------------------------------------------------------------------------------------------------------
@@ -246,6 +257,7 @@ def test_imported_but_untrusted_gpg_key_is_refused(repo, keys, gk):
     r = commit.check(repo, gpg_policy(keys, gk, "good", "untrusted"), base=base)
     assert r.verdict is Verdict.FAIL
     assert "not trusted" in r.reason
+    assert r.code == "commit.untrusted_key", r.code
 
 
 def test_trusted_gpg_key_not_on_the_allow_list_is_refused(repo, keys, gk):
@@ -254,6 +266,7 @@ def test_trusted_gpg_key_not_on_the_allow_list_is_refused(repo, keys, gk):
     r = commit.check(repo, gpg_policy(keys, gk, "good"), base=base)
     assert r.verdict is Verdict.FAIL
     assert "not on trust.gpg_fingerprints" in r.reason
+    assert r.code == "commit.gpg_not_allowed", r.code
 
 
 def test_expired_gpg_key_is_refused(repo, keys, gk):
@@ -262,6 +275,7 @@ def test_expired_gpg_key_is_refused(repo, keys, gk):
     r = commit.check(repo, gpg_policy(keys, gk, "good", "expired"), base=base)
     assert r.verdict is Verdict.FAIL
     assert "expired key" in r.reason
+    assert r.code == "commit.expired_key", r.code
 
 
 def test_revoked_gpg_key_is_refused(repo, keys, gk):
@@ -270,6 +284,7 @@ def test_revoked_gpg_key_is_refused(repo, keys, gk):
     r = commit.check(repo, gpg_policy(keys, gk, "good", "revoked"), base=base)
     assert r.verdict is Verdict.FAIL
     assert "revoked key" in r.reason
+    assert r.code == "commit.revoked_key", r.code
 
 
 def test_forge_merge_commit_needs_its_key_on_the_allow_list(repo, keys, gk):
@@ -323,6 +338,7 @@ def test_gpg_signature_without_a_configured_keyring_is_refused(repo, keys, gk):
         del os.environ["GNUPGHOME"]
     assert r.verdict is Verdict.FAIL
     assert "cannot be checked" in r.reason
+    assert r.code == "commit.unknown_key", r.code
 
 
 # -- protected trust roots -----------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def test_poisoned_file_is_refused_by_name(dataset):
     r = data.check("train", d, m)
     assert r.verdict is Verdict.FAIL
     assert "changed: train_y.npy" in r.reason
+    assert r.code == "data.mismatch", r.code
     assert r.evidence["changed"] == ["train_y.npy"]
 
 
@@ -47,6 +48,7 @@ def test_injected_file_is_refused_by_name(dataset):
     r = data.check("train", d, m)
     assert r.verdict is Verdict.FAIL
     assert "extra: extra_x.npy" in r.reason
+    assert r.code == "data.mismatch", r.code
 
 
 def test_removed_file_is_refused_by_name(dataset):
@@ -55,6 +57,7 @@ def test_removed_file_is_refused_by_name(dataset):
     r = data.check("train", d, m)
     assert r.verdict is Verdict.FAIL
     assert "missing: test_y.npy" in r.reason
+    assert r.code == "data.mismatch", r.code
 
 
 def test_symlink_with_identical_content_is_still_refused(dataset, tmp_path):
@@ -67,6 +70,7 @@ def test_symlink_with_identical_content_is_still_refused(dataset, tmp_path):
     assert r.verdict is Verdict.FAIL
     assert "symlinked: train_x.npy" in r.reason
     assert "missing" not in r.reason
+    assert r.code == "data.mismatch", r.code
 
 
 def test_fifo_is_refused_without_being_read(dataset):
@@ -75,6 +79,7 @@ def test_fifo_is_refused_without_being_read(dataset):
     r = data.check("train", d, m)
     assert r.verdict is Verdict.FAIL
     assert "not regular files: pipe" in r.reason
+    assert r.code == "data.mismatch", r.code
 
 
 def test_manifest_edited_without_root_digest_is_refused(dataset):
@@ -85,6 +90,7 @@ def test_manifest_edited_without_root_digest_is_refused(dataset):
     r = data.check("train", d, m)
     assert r.verdict is Verdict.FAIL
     assert "root_digest does not match" in r.reason
+    assert r.code == "data.unreadable", r.code
 
 
 def test_manifest_path_escaping_the_dataset_is_refused(dataset):
@@ -95,6 +101,7 @@ def test_manifest_path_escaping_the_dataset_is_refused(dataset):
     r = data.check("train", d, m)
     assert r.verdict is Verdict.FAIL
     assert "malformed entry" in r.reason
+    assert r.code == "data.unreadable", r.code
 
 
 @pytest.mark.parametrize("content", ["", "not json", "[]", '{"format": "other"}'])
@@ -104,6 +111,7 @@ def test_unparseable_manifest_is_refused(dataset, content):
     r = data.check("train", d, m)
     assert r.verdict is Verdict.FAIL
     assert "manifest" in r.reason
+    assert r.code == "data.unreadable", r.code
 
 
 def test_missing_dataset_directory_is_refused(dataset, tmp_path):
@@ -111,3 +119,4 @@ def test_missing_dataset_directory_is_refused(dataset, tmp_path):
     r = data.check("train", tmp_path / "nope", m)
     assert r.verdict is Verdict.FAIL
     assert "missing" in r.reason
+    assert r.code == "data.missing", r.code

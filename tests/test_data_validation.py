@@ -140,6 +140,7 @@ def test_label_shift_beyond_the_bound_is_refused_with_the_numbers(train):
         f"({v1['root_digest'][:19]}…), the policy allows 0.1 — label 7 {old[7]:.1%} → {new[7]:.1%}"
     ) in r.reason
     assert "(train_y.npy)" in r.reason
+    assert r.code == "data.content_refused", r.code
     assert r.metrics["label_shift:train"] == pytest.approx(tv, abs=1e-6) and r.metrics["label_shift:test"] == 0.0
 
 
@@ -164,6 +165,7 @@ def test_golden_set_swapped_with_its_manifest_is_refused_by_the_pin(tmp_path, di
     assert r.verdict is Verdict.FAIL
     assert f"dataset 'golden' (golden.json) has root digest {current}, not the pinned {pinned}" in r.reason
     assert "data.golden.pinned_root_digest" in r.reason
+    assert r.code == "data.pin_mismatch", r.code
 
 
 def test_edited_recorded_stats_are_refused(train):
@@ -172,6 +174,7 @@ def test_edited_recorded_stats_are_refused(train):
     train.manifest.write_text(json.dumps(doc))
     r = train.check()
     assert r.verdict is Verdict.FAIL and "split train: the manifest's recorded stats do not match the data" in r.reason
+    assert r.code == "data.content_refused", r.code
 
 
 def test_parent_swapped_in_the_history_is_refused_naming_the_file(train):
@@ -185,6 +188,7 @@ def test_parent_swapped_in_the_history_is_refused_naming_the_file(train):
     r = train.check()
     assert r.verdict is Verdict.FAIL
     assert "history/train/v1.json" in r.reason and "is not the parent named by version 2" in r.reason
+    assert r.code == "data.lineage_broken", r.code
 
 
 def test_unreadable_npy_is_refused_by_name(train, tmp_path):

@@ -40,6 +40,7 @@ def test_untrained_model_is_refused(loaded, digits):
     )
     assert r.verdict is Verdict.FAIL
     assert "test accuracy" in r.reason and "golden accuracy" in r.reason
+    assert r.code == "evaluation.below_threshold", r.code
 
 
 def test_golden_set_alone_can_refuse(loaded, digits):
@@ -51,3 +52,4 @@ def test_golden_set_alone_can_refuse(loaded, digits):
     r = evaluation.check(model, meta, (x_te, y_te), (x_go, shifted), T)
     assert r.verdict is Verdict.FAIL
     assert "golden accuracy" in r.reason and "test accuracy" not in r.reason
+    assert r.code == "evaluation.below_threshold", r.code

@@ -144,6 +144,7 @@ def test_unsigned_commit_stops_the_run(work, prefect_api):
     res = run_to_end(work, prefect_api)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "commit gate refused" in res.stdout and "is not signed" in res.stdout
+    assert "[commit.unsigned]" in res.stdout  # the stable code, beside the reason
     assert "Traceback" not in res.stdout + res.stderr
     assert nothing_staged_or_promoted(work)
     assert kinds(work)[-1] == "run.failed"
@@ -157,6 +158,9 @@ def test_poisoned_data_stops_the_run(work, prefect_api):
     res = run_to_end(work, prefect_api)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "data:train gate refused" in res.stdout and "changed: train_y.npy" in res.stdout
+    assert "[data.mismatch]" in res.stdout
+    verdicts = [e["data"] for e in Ledger(work["ledger"]).entries() if e["kind"] == "gate.verdict"]
+    assert verdicts[-1]["code"] == "data.mismatch" and verdicts[0]["code"] == "commit.pass"
     assert nothing_staged_or_promoted(work)
 
 

@@ -35,6 +35,7 @@ def test_degraded_model_is_blocked_with_both_accuracies_and_p_value(golden):
     assert f"{r.metrics['reference_accuracy']:.3f}" in r.reason
     assert f"{r.metrics['candidate_accuracy']:.3f}" in r.reason
     assert "p=" in r.reason and "\n" not in r.reason
+    assert r.code == "golden_regression.regression", r.code
 
 
 def test_equally_good_retrain_passes(golden):

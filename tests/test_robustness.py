@@ -65,6 +65,7 @@ def test_lower_bound_not_point_estimate_decides(test_split):
     assert r.verdict is Verdict.FAIL
     assert r.metrics["robust_accuracy"] >= threshold > r.metrics["wilson_lower"]
     assert "lower bound" in r.reason
+    assert r.code == "robustness.below_threshold", r.code
     ok = R.check(model, meta, *test_split, dataclasses.replace(small, min_robust_accuracy=round(lower - 0.01, 3)))
     assert ok.verdict is Verdict.PASS
 
@@ -77,6 +78,7 @@ def test_robustness_regression_against_production_fails():
     assert r.verdict is Verdict.FAIL
     assert r.metrics["robust_drop"] > P.regression_margin and r.metrics["regression_p_value"] < 1e-3
     assert "dropped" in r.reason and "McNemar" in r.reason
+    assert r.code == "robustness.regression", r.code
 
 
 def test_more_robust_candidate_passes_against_production():
