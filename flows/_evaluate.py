@@ -159,29 +159,11 @@ def _backdoor(
             flush=True,
         )
         src = Path(req["src"])
-        command = [c for c in req["training_command"]]
 
         # The stand-in is trained by the verified commit's own trainer, in the sandbox like any training.
-        def train(data: Path, out: Path, cfg: Path) -> None:
-            job = sb.job(
-                "stand-in trainer",
-                ro={"src": src, "data": data},
-                rw={"out": out},
-                cwd="src",
-                timeout=float(req["timeout"]),
-                threads=int(req["threads"]),
-            )
-            job.run(
-                [
-                    *command,
-                    "--data",
-                    job.path("data"),
-                    "--out",
-                    job.path("out"),
-                    "--config",
-                    f"{job.path('data')}/{cfg.name}",
-                ]
-            )
+        train = backdoor.sandboxed_trainer(
+            list(req["training_command"]), src, sb, float(req["timeout"]), int(req["threads"])
+        )
 
         def load(d: Path) -> tuple[RemoteModel, dict]:
             # Like the candidate's: a new directory with the trainer's two files alone, judged by the artifact gate.

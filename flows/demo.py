@@ -251,7 +251,7 @@ def wait_for_request(ledger: Ledger, timeout: float, stop: threading.Event) -> s
 
 
 def main(args) -> int:
-    from flows.cli import Printer, _prefect_env
+    from flows._console import Printer, _prefect_env
 
     log = sys.stderr if args.json else sys.stdout
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="airlock-demo-"))

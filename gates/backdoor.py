@@ -347,7 +347,10 @@ def train_reference(
     out_dir.mkdir(parents=True, exist_ok=True)
     config = Path(config) if config is not None else _default_config(trainer_module)
     hp = tomllib.loads(config.read_text())
-    run = trainer or _sandboxed_trainer(trainer_module, timeout)
+    root = _module_root(trainer_module)
+    if trainer is None and root is None:
+        raise RuntimeError(f"cannot find the trainer module {trainer_module}")
+    run = trainer or sandboxed_trainer(["{python}", "-m", trainer_module], Path(str(root)), timeout=timeout)
     data = out_dir / "data"
     data.mkdir(exist_ok=True)
     np.save(data / "train_x.npy", np.asarray(golden_x, dtype=np.float32), allow_pickle=False)
@@ -364,22 +367,27 @@ def train_reference(
     return [out for _, out, _ in jobs]
 
 
-def _sandboxed_trainer(trainer_module: str, timeout: float) -> Callable[[Path, Path, Path], None]:
+def sandboxed_trainer(
+    command: list[str], src: Path, sandbox: Any = None, timeout: float = 600.0, threads: int = 1
+) -> Callable[[Path, Path, Path], None]:
+    """A :func:`train_reference` trainer: ``command`` (the policy's training command) run from the export ``src``
+    in the sandbox (airlock/sandbox.py), like any training: the stand-in's trainer is team code too."""
     from airlock.sandbox import Sandbox
 
-    root = _module_root(trainer_module)
-    if root is None:
-        raise RuntimeError(f"cannot find the trainer module {trainer_module}")
+    box = sandbox or Sandbox()
 
     def run(data: Path, out: Path, cfg: Path) -> None:
-        job = Sandbox().job(
-            "stand-in trainer", ro={"src": Path(root), "data": data}, rw={"out": out}, cwd="src", timeout=timeout
+        job = box.job(
+            "stand-in trainer",
+            ro={"src": src, "data": data},
+            rw={"out": out},
+            cwd="src",
+            timeout=timeout,
+            threads=threads,
         )
         job.run(
             [
-                "{python}",
-                "-m",
-                trainer_module,
+                *command,
                 "--data",
                 job.path("data"),
                 "--out",
