@@ -8,9 +8,9 @@ Security rules:
 * Everything the oracle sends is untrusted input: each frame is bounded (header size, dtype float32 only, exactly
   the shape asked for), non-finite numbers are refused, and a stalled oracle is a timeout. A broken answer raises
   :class:`OracleError`, which the evaluator turns into a refusal.
-* The oracle answers for the model. It can answer falsely (a model may behave differently when evaluated than when
-  served, or return gradients that do not match its outputs): that is the model's behaviour, judged by the gates
-  like any other, and no way to change a verdict on this side.
+* The oracle answers for the model. It can answer falsely: a model may behave differently when evaluated than when
+  served (judged by what it answers), or return gradients that do not match its outputs (caught: the robustness
+  gate checks them against finite differences first). Neither changes how an answer is judged on this side.
 
 :class:`RemoteModel` is a ``torch.nn.Module`` whose forward asks the oracle for logits and whose backward asks for
 the vector-Jacobian product with respect to the input (a custom ``torch.autograd.Function``), so ART's

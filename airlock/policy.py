@@ -160,6 +160,7 @@ class RobustnessPolicy(_Strict):
     apgd_restarts: int = Field(default=1, ge=1, le=20)
     regression_alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
     regression_margin: Fraction = 0.03
+    max_gradient_error: Fraction = 0.10
 
 
 class BackdoorPolicy(_Strict):

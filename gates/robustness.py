@@ -6,6 +6,10 @@ Attacks it blocks:
   robust accuracy counts a sample only if it survives EVERY attack: PGD (Madry et al.), then, as in AutoAttack
   (Croce & Hein 2020) but without its slow black-box Square attack, APGD with the cross-entropy loss and APGD with
   the DLR loss (which defeats gradient masking by logit scaling);
+* gradient masking: model code whose gradients do not match its outputs (a custom backward that returns zeros or
+  noise) makes every gradient attack fail, so a fragile model would pass. Before attacking, the model's own
+  directional derivatives are compared with finite differences of its outputs (:func:`gradient_consistency`); a
+  median relative error above ``max_gradient_error`` fails (honest models: ~0.001; zero or random gradients: ~1.0);
 * a small sample passing on luck: the decision is on the Wilson 95% LOWER bound of robust accuracy, not the point
   estimate, and the interval's half-width is reported;
 * a retrain that quietly drops robustness (e.g. adversarial training or augmentation removed from the training
@@ -51,8 +55,33 @@ class RobustnessParams:
     regression_alpha: float = 0.01
     regression_margin: float = 0.03
     mcnemar_method: str = "midp"
+    # Gradient masking: the median relative error between the model's directional derivatives and finite
+    # differences of its outputs (measured: 0.0006-0.0010 on the example models, ~1.0 for zero or random gradients).
+    max_gradient_error: float = 0.10
+    gradient_samples: int = 32
     seed: int = 0
     threads: int = 1
+
+
+def gradient_consistency(model, x: np.ndarray, samples: int = 32, h: float = 1e-3, seed: int = 0) -> dict[str, Any]:
+    """Per sample, the directional derivative u.J(x)v from the model's own backward pass against the central finite
+    difference u.(f(x+hv) - f(x-hv))/2h of its outputs, for random unit directions v and random cotangents u.
+    Returns the median and maximum relative error (0 = consistent, ~1 = the gradients say nothing)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    xs = torch.from_numpy(np.ascontiguousarray(x[:samples], dtype=np.float32))
+    v = torch.randn(xs.shape, generator=gen)
+    v = v / v.flatten(1).norm(dim=1).view(-1, *([1] * (xs.dim() - 1)))
+    xg = xs.clone().requires_grad_(True)
+    out = model(xg)
+    u = torch.randn(out.shape, generator=gen)
+    (g,) = torch.autograd.grad((out * u).sum(), xg)
+    analytic = (g * v).flatten(1).sum(1)
+    with torch.no_grad():
+        numeric = ((model(xs + h * v) - model(xs - h * v)) * u).sum(1) / (2 * h)
+    err = (analytic - numeric).abs() / (analytic.abs() + numeric.abs() + 1e-6)
+    return {"median": float(err.median()), "max": float(err.max()), "samples": int(len(xs)), "h": h}
 
 
 def _pgd(clf, x, y, eps, steps):
@@ -172,6 +201,18 @@ def check(
     ``wilson_upper``, ``half_width`` and, with a reference, ``reference_robust_accuracy``, ``robust_drop``,
     ``regression_p_value``. ``evidence["curve"]`` / ``evidence["reference_curve"]`` feed :func:`write_curve`.
     """
+    # Gradient masking: gradient attacks only test a model whose gradients describe its outputs.
+    consistency = gradient_consistency(candidate, x, params.gradient_samples, seed=params.seed)
+    if consistency["median"] > params.max_gradient_error:
+        return GateResult.fail(
+            GATE,
+            f"the model's gradients do not match its outputs (median relative error {consistency['median']:.2f} over "
+            f"{consistency['samples']} samples > {params.max_gradient_error}): gradient attacks cannot test it "
+            "(gradient masking) - remove the custom gradient from the model code",
+            metrics={"gradient_error": consistency["median"], "max_gradient_error": params.max_gradient_error},
+            evidence={"gradient_consistency": consistency},
+            code="robustness.gradient_mismatch",
+        )
     cand = evaluate(candidate, meta, x, y, params)
     ref = evaluate(reference, reference_meta or meta, x, y, params) if reference is not None else None
     n = cand["n"]
@@ -187,6 +228,7 @@ def check(
         "half_width": (upper - lower) / 2,
         "gating_epsilon": float(params.gating_epsilon),
         "threshold": float(params.min_robust_accuracy),
+        "gradient_error": consistency["median"],
         "samples": float(n),
     }
     for pt in cand["curve"]:

@@ -233,3 +233,43 @@ def test_the_oracle_answers_exactly_what_the_model_in_process_computes(digits):
         np.testing.assert_array_equal(remote.activations(x[:16], "penultimate").shape, (16, 64))
     with pytest.raises(OracleError, match="sandbox is gone|sandbox exited"):
         remote(torch.from_numpy(x[:2]))  # closed: a question to a dead oracle is an error, not an answer
+
+
+def test_model_code_that_masks_its_gradients_is_refused_by_the_robustness_gate(tmp_path, trained, digits):
+    """Hostile model code, in its sandbox, answers true logits but zero input gradients: PGD and APGD would find
+    nothing and a fragile model would pass. The evaluator checks the answers against each other and refuses."""
+    src = export(
+        tmp_path,
+        """
+        import torch
+        from training._real_model import build_model as _real
+
+        class _Hide(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.clone()
+
+            @staticmethod
+            def backward(ctx, g):
+                return torch.zeros_like(g)
+
+        class Masked(torch.nn.Module):
+            def __init__(self, hp):
+                super().__init__()
+                self.inner = _real(hp)
+                self.penultimate = self.inner.penultimate
+
+            def load_state_dict(self, s, *a, **k):
+                return self.inner.load_state_dict(s, *a, **k)
+
+            def forward(self, x):
+                return self.inner(_Hide.apply(x))
+
+        def build_model(hp):
+            return Masked(hp)
+    """,
+    )
+    shutil.copy2(ROOT / "training" / "model.py", src / "training" / "_real_model.py")
+    out = _evaluate.run(request(tmp_path, src, trained, digits, ["robustness"]))
+    r = results(out)["robustness"]
+    assert r["verdict"] == "fail" and r["code"] == "robustness.gradient_mismatch", r["reason"]

@@ -94,3 +94,43 @@ def test_curve_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     # from the serialised result too (as stored in a ledger)
     assert R.write_curve(json.loads(json.dumps(r.to_dict())), tmp_path / "again.png").exists()
+
+
+class _ZeroGrad:
+    """A custom backward that returns zeros: what model code would do to hide from gradient attacks."""
+
+    @staticmethod
+    def wrap(model, kind: str = "zero"):
+        import torch
+
+        class Fn(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.clone()
+
+            @staticmethod
+            def backward(ctx, g):
+                return torch.zeros_like(g) if kind == "zero" else torch.randn_like(g)
+
+        class Masked(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = model
+
+            def forward(self, x):
+                return self.inner(Fn.apply(x))
+
+        return Masked().eval()
+
+
+@pytest.mark.parametrize("kind", ["zero", "random"])
+def test_gradient_masking_is_refused_before_any_attack(test_split, kind):
+    """With zero (or random) gradients every gradient attack fails and a fragile model would look robust: the gate
+    compares the model's directional derivatives with finite differences of its outputs and refuses."""
+    model, meta = F.clean_model(1234)
+    masked = _ZeroGrad.wrap(model, kind)
+    honest = R.gradient_consistency(model, test_split[0])
+    assert honest["median"] < 0.01
+    r = R.check(masked, meta, *test_split, P)
+    assert r.verdict is Verdict.FAIL and r.code == "robustness.gradient_mismatch", r.reason
+    assert r.metrics["gradient_error"] > 0.9 and "gradient masking" in r.reason
