@@ -112,7 +112,8 @@ def run(req: dict) -> dict:
         if "robustness" in wanted:
             rp = _params("robustness", req)
             r = add(robustness.check(cand, meta, x_te, y_te, rp, reference=prod, reference_meta=prod_meta))
-            out["plots"]["robustness"] = str(robustness.write_curve(r, work / "robustness-curve.png"))
+            if r.evidence.get("curve"):  # none when the gate refused before attacking (gradient masking)
+                out["plots"]["robustness"] = str(robustness.write_curve(r, work / "robustness-curve.png"))
 
         # Backdoor: per-class minimal triggers against production's (cached in its signed evidence) or a stand-in
         # trained by the same trainer on the known-clean golden set when nothing is in production.
