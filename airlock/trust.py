@@ -167,13 +167,6 @@ def pin(pol, roots: TrustRoots):
     return pol.model_copy(update={"trust": trust})
 
 
-def signer_policy(pol):
-    from gates.commit import SignerPolicy
-
-    t = pol.trust
-    return SignerPolicy(t.allowed_signers, t.revoked_keys, t.gpg_home, frozenset(t.gpg_fingerprints))
-
-
 def recheck(roots: TrustRoots) -> None:
     """The run's copies are exactly what was read at the start (a trust file swapped under a waiting run)."""
     for key, digest in roots.digests.items():

@@ -214,7 +214,7 @@ def history_base(pol, ledger: Ledger) -> str | None:
 
 @task(name="commit-gate")
 def commit_gate(pol, base: str | None, roots: trust.TrustRoots) -> GateResult:
-    r = commit.check(pol.repo.path, trust.signer_policy(pol), base=base)
+    r = commit.check(pol.repo.path, commit.SignerPolicy.from_policy(pol), base=base)
     return dataclasses.replace(r, evidence={**r.evidence, "trust_roots": roots.evidence()})
 
 

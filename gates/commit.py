@@ -59,6 +59,12 @@ class SignerPolicy:
     gpg_home: Path | None = None
     gpg_fingerprints: frozenset[str] = frozenset()
 
+    @classmethod
+    def from_policy(cls, pol) -> SignerPolicy:
+        """From a policy whose trust roots were pinned (airlock.trust.pin): the run's copies, never the repo's."""
+        t = pol.trust
+        return cls(t.allowed_signers, t.revoked_keys, t.gpg_home, frozenset(t.gpg_fingerprints))
+
     def git_kwargs(self) -> dict:
         return {"allowed_signers": self.allowed_signers, "revoked_keys": self.revoked_keys, "gnupg_home": self.gpg_home}
 

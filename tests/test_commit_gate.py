@@ -389,7 +389,7 @@ def test_commit_adding_its_own_signer_is_not_trusted_with_a_protected_ref(repo, 
             )
         )
         pinned = trust.pin(pol, trust.resolve(pol, tmp_path / f"trust-{ref}"))
-        return commit.check(repo, trust.signer_policy(pinned))
+        return commit.check(repo, commit.SignerPolicy.from_policy(pinned))
 
     refused = gate("main")
     assert refused.verdict is Verdict.FAIL

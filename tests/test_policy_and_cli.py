@@ -150,3 +150,21 @@ def test_every_airlock_exception_lives_in_one_module():
 
     assert {c.__module__ for c in subclasses(errors.AirlockError)} == {"airlock.errors"}
     assert inspect.getmodule(gates.deploy_audit.AuditInputError) is errors
+
+
+def test_airlock_core_imports_nothing_from_gates():
+    """Core (airlock/) is what gates, flows and the registry build on: it never reaches back into them."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "airlock"
+    crossing = []
+    for f in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
+            crossing += [f"{f.name}: {n}" for n in names if n.split(".")[0] in ("gates", "flows", "registry")]
+    assert crossing == []
