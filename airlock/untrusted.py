@@ -8,8 +8,8 @@ Security rules:
   encoder can write back, so hashing or logging it would crash), and nesting deeper than :data:`MAX_DEPTH`.
 * A refusal is :class:`~airlock.errors.UntrustedInputError`, an Airlock error (exit 1, one line naming what was
   read): never a ``RecursionError``, ``UnicodeEncodeError``, ``OverflowError`` or ``TypeError`` from deep inside.
-* Typed access (:func:`dict_of`, :func:`field`) refuses a wrong JSON type by the field's name, so callers do not
-  meet ``AttributeError`` on a list where an object was expected.
+* Shapes are the caller's to check (each reader checks its fields' types before use), so that no reader meets
+  ``AttributeError`` on a list where an object was expected; the fuzz tests hold them to it.
 """
 
 from __future__ import annotations
@@ -104,30 +104,3 @@ def _depth(obj: Any, what: str, hint: str, max_depth: int) -> None:
             stack.extend((v, d + 1) for v in node.values() if isinstance(v, (dict, list)))
         elif isinstance(node, list):
             stack.extend((v, d + 1) for v in node if isinstance(v, (dict, list)))
-
-
-_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number", bool: "true/false"}
-
-
-def dict_of(obj: Any, what: str, hint: str = "restore it from a trusted copy") -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise UntrustedInputError(f"{what} is not a JSON object", hint)
-    return obj
-
-
-def field(
-    obj: dict[str, Any],
-    key: str,
-    typ: type,
-    what: str,
-    hint: str = "restore it from a trusted copy",
-    optional: bool = False,
-) -> Any:
-    """``obj[key]`` if it has JSON type ``typ`` (an int is not a bool, nor a bool an int), else a refusal."""
-    if key not in obj and optional:
-        return None
-    v = obj.get(key)
-    ok = type(v) is typ or (typ is float and type(v) is int)
-    if not ok:
-        raise UntrustedInputError(f"{what}: {key} is not {_NAMES.get(typ, typ.__name__)}", hint)
-    return v
