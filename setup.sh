@@ -40,4 +40,8 @@ if ! "$PY" -m pip install -q --root-user-action=ignore -e ".[test]"; then
 fi
 # pyenv only exposes a newly installed console script after a rehash.
 if command -v pyenv >/dev/null; then pyenv rehash || true; fi
+# Prefect migrates every new database from scratch (~8 s on 2 cores): do it once here for this Prefect version; each
+# `airlock demo` copies the migrated database into its own PREFECT_HOME (flows/_server.py).
+say "preparing an empty Prefect database for the demo"
+"$PY" -m flows._server --prepare >/dev/null
 say "ready: run 'airlock demo' or 'python3 -m pytest -q'"

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import sys
+import threading
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,18 @@ def _oracle(sb: Sandbox, req: dict, what: str, ro: dict[str, Path], stack: conte
     return stack.enter_context(Oracle(job, timeout=float(req["timeout"]), on_line=_progress(what)))
 
 
+# The order results are reported in (the flow, the reports and the ledger), whatever order they finish in.
+ORDER = (
+    "evaluation",
+    "robustness",
+    "backdoor",
+    "golden_regression",
+    "membership_inference",
+    "extraction_effort",
+    "spectral_signatures",
+)
+
+
 def run(req: dict) -> dict:
     import numpy as np
     import torch
@@ -81,9 +96,12 @@ def run(req: dict) -> dict:
         print(f"{result.gate} done ({result.verdict.value})", flush=True)  # progress; verdicts come from the flow
         return result
 
-    with contextlib.ExitStack() as stack:
+    failed = threading.Event()
+    # The stack closes first (oracles, then ``failed`` set), then the background thread is waited for.
+    with ThreadPoolExecutor(max_workers=1) as background, contextlib.ExitStack() as stack:
+        stack.callback(failed.set)  # on the way out (an error included), abandon the stand-in between models
         meta = _meta(model_dir)
-        cand_oracle = _oracle(sb, req, "candidate model", {"src": src, "model": model_dir, "standin": standin}, stack)
+        cand_oracle = _oracle(sb, req, "candidate model", {"src": src, "model": model_dir}, stack)
         cand = cand_oracle.load("candidate", cand_oracle.job.path("model"), meta)
         prod = prod_meta = None
         if req.get("prod_model"):
@@ -96,17 +114,19 @@ def run(req: dict) -> dict:
         x_te, y_te = load_split(Path(req["train_dir"]), "test")
         x_go, y_go = load_split(Path(req["golden_dir"]), "golden")
 
+        # Nothing in production: the backdoor gate's reference is a golden-set stand-in (models trained by the same
+        # trainer on the known-clean golden set). It needs nothing of the candidate, so it is made in the background
+        # from the start, with its own sandboxed oracle, while the gates below judge the candidate.
+        stand_in: Future | None = None
+        if "backdoor" in wanted and prod is None:
+            oracles: queue.SimpleQueue[Oracle] = queue.SimpleQueue()
+            for i in range(max(1, int(req.get("parallel", 1)))):  # one per stand-in worker: a pipe serves one thread
+                oracles.put(_oracle(sb, req, f"stand-in models {i + 1}", {"src": src, "standin": standin}, stack))
+            stand_in = background.submit(_stand_in, req, sb, x_go, y_go, oracles, standin, stop=failed.is_set)
+
         # Accuracy on the test split and the golden set.
         if "evaluation" in wanted:
-            add(
-                evaluation.check(
-                    cand,
-                    meta,
-                    (x_te, y_te),
-                    (x_go, y_go),
-                    _params("evaluation", req),
-                )
-            )
+            add(evaluation.check(cand, meta, (x_te, y_te), (x_go, y_go), _params("evaluation", req)))
 
         # Evasion robustness, decided on the Wilson lower bound, and its regression against production.
         if "robustness" in wanted:
@@ -115,36 +135,76 @@ def run(req: dict) -> dict:
             if r.evidence.get("curve"):  # none when the gate refused before attacking (gradient masking)
                 out["plots"]["robustness"] = str(robustness.write_curve(r, work / "robustness-curve.png"))
 
-        # Backdoor: per-class minimal triggers against production's (cached in its signed evidence) or a stand-in
-        # trained by the same trainer on the known-clean golden set when nothing is in production.
-        b = None
-        if "backdoor" in wanted:
-            b = add(_backdoor(req, sb, cand, meta, prod, prod_meta, x_go, y_go, cand_oracle, standin))
-
         # Golden-set regression against production (paired McNemar).
         if "golden_regression" in wanted:
             gp = _params("golden_regression", req)
             add(golden_regression.check(cand, meta, x_go, y_go, gp, reference=prod))
 
         # Advisory: reported and recorded in the bill of materials, never blocking.
-        if "advisory" in wanted and p["advisory"].get("enabled", True):
+        advise = "advisory" in wanted and p["advisory"].get("enabled", True)
+        if advise:
             ap = _params("advisory", req)
             add(advisory.membership_inference(cand, meta, x_tr, y_tr, x_te, y_te, ap))
             add(advisory.extraction_effort(cand, meta, x_tr, x_te, ap))
+
+        # Backdoor: per-class minimal triggers against production's (cached in its signed evidence), production
+        # itself, or the stand-in.
+        b = None
+        if "backdoor" in wanted:
+            b = add(_backdoor(req, cand, meta, prod, prod_meta, x_go, y_go, stand_in))
+
+        # Spectral signatures look first at the class the backdoor gate found most suspicious.
+        if advise and "penultimate" in cand.layers:
             flagged = b.metrics.get("min_trigger_ratio_class") if b is not None else None
-            if "penultimate" in cand.layers:
-                add(
-                    advisory.spectral_signatures(
-                        cand, meta, x_tr, y_tr, ap, classes=None if flagged is None else [int(flagged)]
-                    )
+            add(
+                advisory.spectral_signatures(
+                    cand, meta, x_tr, y_tr, ap, classes=None if flagged is None else [int(flagged)]
                 )
+            )
         out["oracle_calls"] = cand_oracle.calls
+    out["results"].sort(key=lambda r: ORDER.index(r["gate"]) if r["gate"] in ORDER else len(ORDER))
     return out
 
 
-def _backdoor(
-    req, sb: Sandbox, cand: RemoteModel, meta, prod, prod_meta, x_go, y_go, cand_oracle: Oracle, standin: Path
-) -> GateResult:
+def _stand_in(req, sb: Sandbox, x_go, y_go, oracles: queue.SimpleQueue[Oracle], standin: Path, stop) -> dict:
+    """The golden stand-in's reference (:func:`gates.backdoor.stand_in_reference`), in the sandbox throughout."""
+    bp = _params("backdoor", req)
+    print(
+        f"         {'backdoor':18} no production model: training {bp.stand_in_models} stand-in model(s) "
+        "on the golden set (sandboxed, beside the other gates)",
+        flush=True,
+    )
+    src = Path(req["src"])
+    # The stand-in is trained by the verified commit's own trainer, in the sandbox like any training.
+    train = backdoor.sandboxed_trainer(
+        list(req["training_command"]), src, sb, float(req["timeout"]), int(req["threads"])
+    )
+
+    mine = threading.local()
+
+    def load(d: Path) -> tuple[RemoteModel, dict]:
+        # Like the candidate's: a new directory with the trainer's two files alone, judged by the artifact gate.
+        model = modeldir.assemble(d, d.with_name(f"{d.name}.model"))
+        m = _meta(model)
+        if not hasattr(mine, "oracle"):
+            mine.oracle = oracles.get_nowait()  # each worker thread keeps one oracle for all its models
+        oracle: Oracle = mine.oracle
+        return oracle.load(f"stand-in-{d.name}", f"{oracle.job.path('standin')}/{model.name}", m), m
+
+    return backdoor.stand_in_reference(
+        x_go,
+        y_go,
+        standin,
+        bp,
+        config=src / "training" / "config.toml",
+        loader=load,
+        trainer=train,
+        parallel=int(req.get("parallel", 1)),
+        stop=stop,
+    )
+
+
+def _backdoor(req, cand: RemoteModel, meta, prod, prod_meta, x_go, y_go, stand_in: Future | None) -> GateResult:
     bp = _params("backdoor", req)
     cand_norms = backdoor.reverse_engineer(cand, meta, x_go, y_go, bp)
     reference, kind = req.get("prod_backdoor"), "production"
@@ -153,35 +213,9 @@ def _backdoor(
     if reference is None and prod is not None:
         reference = backdoor.reverse_engineer(prod, prod_meta, x_go, y_go, bp)
     if reference is None:
+        assert stand_in is not None, "no production model and no stand-in started"
         kind = "golden-stand-in"
-        print(
-            f"         {'backdoor':18} no production model: training {bp.stand_in_models} stand-in model(s) "
-            "on the golden set (sandboxed)",
-            flush=True,
-        )
-        src = Path(req["src"])
-
-        # The stand-in is trained by the verified commit's own trainer, in the sandbox like any training.
-        train = backdoor.sandboxed_trainer(
-            list(req["training_command"]), src, sb, float(req["timeout"]), int(req["threads"])
-        )
-
-        def load(d: Path) -> tuple[RemoteModel, dict]:
-            # Like the candidate's: a new directory with the trainer's two files alone, judged by the artifact gate.
-            model = modeldir.assemble(d, d.with_name(f"{d.name}.model"))
-            m = _meta(model)
-            return cand_oracle.load(f"stand-in-{d.name}", f"{cand_oracle.job.path('standin')}/{model.name}", m), m
-
-        reference = backdoor.stand_in_reference(
-            x_go,
-            y_go,
-            standin,
-            bp,
-            config=src / "training" / "config.toml",
-            loader=load,
-            trainer=train,
-            parallel=int(req.get("parallel", 1)),
-        )
+        reference = stand_in.result()
     return backdoor.check(cand_norms, reference, bp, reference_kind=kind)
 
 

@@ -1,4 +1,4 @@
-"""``airlock demo``: the whole gated retrain, self-contained, on Prefect's embedded default.
+"""``airlock demo``: the whole gated retrain, self-contained, on a local Prefect server of its own.
 
 Creates in the work directory (layout in the README):
 
@@ -29,10 +29,11 @@ from typing import cast
 
 from airlock import modelsign
 from airlock.datasets import write_digits
-from airlock.errors import DemoError
+from airlock.errors import DemoError, LedgerError
 from airlock.gitutil import isolated_env
 from airlock.ingest import ingest
 from airlock.ledger import Ledger
+from flows import _server
 
 COMMITTER = "dev@airlock.demo"
 APPROVERS = ("alice@airlock.demo", "bob@airlock.demo")
@@ -63,10 +64,16 @@ def signed_commit(repo: Path, key: Path, email: str, message: str) -> None:
     subprocess.run(["git", *cfg, "-C", str(repo), "commit", "-q", "-S", "-m", message], check=True, env=env)
 
 
-def build(workdir: Path) -> dict[str, Path]:
+def _require_empty(workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     if any(workdir.iterdir()):
         raise DemoError(f"{workdir} is not empty", "pass --workdir with a new or empty directory")
+
+
+def build(workdir: Path, *, checked: bool = False) -> dict[str, Path]:
+    """The demo's work directory (``checked``: the caller has made sure it was empty, then started Prefect in it)."""
+    if not checked:
+        _require_empty(workdir)
     keys, trust, repo = workdir / "keys", workdir / "trust", workdir / "repo"
     for d in (keys, trust, repo / "training", repo / "manifests"):
         d.mkdir(parents=True)
@@ -213,7 +220,7 @@ workdir = "runs"
 
 
 def approver_process(paths: dict[str, Path], run_id: str, who: str, log, extra: Sequence[str] = ()) -> int:
-    """An approver in a separate process, through the real CLI path."""
+    """An approver in a separate process, through the real CLI path, on the demo's Prefect server."""
     cmd = [
         sys.executable,
         "-m",
@@ -226,7 +233,7 @@ def approver_process(paths: dict[str, Path], run_id: str, who: str, log, extra: 
         str(paths["policy"]),
         *extra,
     ]
-    env = dict(os.environ, PREFECT_HOME=str(paths["prefect_home"]))
+    env = dict(os.environ, PREFECT_HOME=str(paths["prefect_home"]))  # PREFECT_API_URL: main() set it
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL
     )
@@ -240,36 +247,58 @@ def approver_process(paths: dict[str, Path], run_id: str, who: str, log, extra: 
 def wait_for_request(ledger: Ledger, timeout: float, stop: threading.Event) -> str | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
-        if ledger.path.exists():
+        try:
             for e in ledger.entries():
                 if e["kind"] == "approval.requested":
                     return e["run_id"]
                 if e["kind"] == "run.failed":
                     return None
+        except LedgerError:
+            pass  # read while the flow was appending a line: read again at the next poll
         time.sleep(0.5)
     return None
 
 
 def main(args) -> int:
-    from flows._console import Printer, _prefect_env
-
     log = sys.stderr if args.json else sys.stdout
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="airlock-demo-"))
     print(f"airlock demo in {workdir}", file=log, flush=True)
     t0 = time.monotonic()
-    paths = build(workdir.resolve())
+    workdir = workdir.resolve()
+    _require_empty(workdir)
+    # One Prefect server for the flow and both approvers, starting while the demo builds its keys, repo and data.
+    server = _server.Server(workdir / "prefect").start()
+    try:
+        return _run(args, log, workdir, server, t0)
+    finally:
+        server.stop()
+
+
+def _run(args, log, workdir: Path, server: _server.Server, t0: float) -> int:
+    from flows._console import Printer, _prefect_env
+
+    paths = build(workdir, checked=True)
     print(
         f"  {'READY':8} {'setup':20} signed repo, keys for 1 committer + 2 approvers, digits data, policy "
         f"({time.monotonic() - t0:.1f} s)",
         file=log,
         flush=True,
     )
-
+    # Prefect reads its settings at import: the server's address first, then the flow's imports while it starts.
+    os.environ["PREFECT_API_URL"] = server.url
     _prefect_env(getattr(args, "verbose", False), home=paths["prefect_home"])
     from prefect.states import State
 
     from flows import _report
     from flows.retrain import retrain
+
+    server.wait()
+    print(
+        f"  {'READY':8} {'prefect':20} {server.url} ({time.monotonic() - t0:.1f} s"
+        f"{'' if server.seeded else ', new database migrated'})",
+        file=log,
+        flush=True,
+    )
 
     printer = Printer(log)
     _report.LISTENERS.append(printer)
@@ -277,11 +306,14 @@ def main(args) -> int:
     codes: dict[str, int] = {}
 
     def approvers() -> None:
-        run_id = wait_for_request(Ledger(paths["ledger"]), 1800, stop)
-        if run_id is None:
-            return
-        for who in ("alice", "bob"):
-            codes[who] = approver_process(paths, run_id, who, log)
+        try:
+            run_id = wait_for_request(Ledger(paths["ledger"]), 1800, stop)
+            if run_id is None:
+                return
+            for who in ("alice", "bob"):
+                codes[who] = approver_process(paths, run_id, who, log)
+        except Exception as e:  # noqa: BLE001 - said, not swallowed: the flow then waits out its approval timeout
+            print(f"  {'ERROR':8} {'demo approvers':20} {type(e).__name__}: {e}", file=log, flush=True)
 
     thread = threading.Thread(target=approvers, name="demo-approvers", daemon=True)
     thread.start()

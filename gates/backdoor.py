@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from gates._result import GateResult
-from gates.stats import seeded
+from gates.stats import torch_threads
 
 GATE = "backdoor"
 
@@ -121,7 +121,9 @@ def reverse_engineer(
     xs, ys = _select(np.asarray(x, np.float32), np.asarray(y, np.int64), params.images, params.seed)
     t0 = time.perf_counter()
     model.eval()
-    with seeded(params.seed, params.threads):
+    # Every random draw is from ``gen``: no global seed is set, so the golden stand-in's models can be reverse-
+    # engineered in a thread beside the other gates without changing their random streams (or they its norms).
+    with torch_threads(params.threads):
         X = torch.from_numpy(np.ascontiguousarray(xs))
         Y = torch.from_numpy(np.ascontiguousarray(ys))
         _, c, h, w = X.shape
@@ -340,8 +342,27 @@ def train_reference(
     processes, because the trainer pins threads and deterministic algorithms process-wide, so ``parallel`` of them
     may run at once without changing a weight. Returns the output directories (model.safetensors + training.json).
     """
-    import tomllib
     from concurrent.futures import ThreadPoolExecutor
+
+    run, jobs = _stand_in_jobs(golden_x, golden_y, out_dir, config, models, trainer_module, timeout, trainer)
+    with ThreadPoolExecutor(max_workers=max(1, int(parallel))) as pool:
+        for f in [pool.submit(run, *j) for j in jobs]:
+            f.result()
+    return [out for _, out, _ in jobs]
+
+
+def _stand_in_jobs(
+    golden_x: np.ndarray,
+    golden_y: np.ndarray,
+    out_dir: Path,
+    config: Path | None,
+    models: int,
+    trainer_module: str,
+    timeout: float,
+    trainer: Callable[[Path, Path, Path], None] | None,
+) -> tuple[Callable[[Path, Path, Path], None], list[tuple[Path, Path, Path]]]:
+    """The golden set as a ``train`` split, one config per seed, and the trainer: (run, [(data, out, cfg), ...])."""
+    import tomllib
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -361,10 +382,7 @@ def train_reference(
         cfg = data / f"config-{seed}.toml"
         cfg.write_text("".join(f"{k} = {json.dumps(seed if k == 'seed' else v)}\n" for k, v in hp.items()))
         jobs.append((data, out_dir / f"seed-{seed}", cfg))
-    with ThreadPoolExecutor(max_workers=max(1, int(parallel))) as pool:
-        for f in [pool.submit(run, *j) for j in jobs]:
-            f.result()
-    return [out for _, out, _ in jobs]
+    return run, jobs
 
 
 def sandboxed_trainer(
@@ -424,16 +442,38 @@ def stand_in_reference(
     loader=load_trained,
     trainer: Callable[[Path, Path, Path], None] | None = None,
     parallel: int = 1,
+    stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
-    """All of the no-production path: :func:`train_reference` + ``loader`` + :func:`reverse_engineer` on the golden
-    set + :func:`combine`. Use the result as ``reference`` with ``reference_kind="golden-stand-in"``."""
-    dirs = train_reference(
-        golden_x, golden_y, workdir, config=config, models=params.stand_in_models, trainer=trainer, parallel=parallel
+    """All of the no-production path: train the stand-in models (:func:`train_reference`), ``loader`` +
+    :func:`reverse_engineer` on the golden set, :func:`combine`. Use the result as ``reference`` with
+    ``reference_kind="golden-stand-in"``.
+
+    Each model is trained, loaded and reverse-engineered by one of ``parallel`` workers, so one worker's Neural
+    Cleanse runs while another's trainer works (``loader`` is called from the worker threads). The result is the
+    same as one model after the other: each norm depends on its model alone, combined in seed order. ``stop()``
+    true abandons the work between steps (the caller has failed already)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    run, jobs = _stand_in_jobs(
+        golden_x, golden_y, workdir, config, params.stand_in_models, "training.train", 600.0, trainer
     )
-    results = []
-    for d in dirs:
-        model, meta = loader(d)
-        results.append(reverse_engineer(model, meta, golden_x, golden_y, params))
+
+    def one(job: tuple[Path, Path, Path]) -> dict[str, Any]:
+        if stop():
+            raise RuntimeError("stand-in abandoned")
+        run(*job)
+        if stop():
+            raise RuntimeError("stand-in abandoned")
+        model, meta = loader(job[1])
+        return reverse_engineer(model, meta, golden_x, golden_y, params)
+
+    with ThreadPoolExecutor(max_workers=max(1, int(parallel))) as pool:
+        futures = [pool.submit(one, j) for j in jobs]
+        try:
+            results = [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()
     ref = combine(results)
     ref["kind"] = "golden-stand-in"
     return ref

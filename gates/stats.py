@@ -114,6 +114,20 @@ def mcnemar(reference_correct: np.ndarray, candidate_correct: np.ndarray, method
 
 
 @contextlib.contextmanager
+def torch_threads(threads: int = 1) -> Iterator[None]:
+    """Pin torch to ``threads`` threads and restore the count afterwards, touching no random state: for a
+    computation whose randomness is its own generator, which may run beside another thread's seeded one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def seeded(seed: int, threads: int = 1) -> Iterator[None]:
     """Seed python, numpy and torch and pin torch to ``threads`` threads; restore the thread count afterwards."""
     import torch
