@@ -133,7 +133,7 @@ class ApprovalRefused(AirlockError):
 
 
 class AuditInputError(AirlockError):
-    """Input that `airlock audit` cannot audit: one line saying what and what to do (gates/deploy_audit.py)."""
+    """Input that `airlock audit` cannot audit: one line saying what and what to do (audit/k8s/)."""
 
 
 class DemoError(AirlockError):

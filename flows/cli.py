@@ -314,9 +314,9 @@ def cmd_data_trace(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from gates import deploy_audit
+    from audit import k8s
 
-    return deploy_audit.run_cli(args.paths)
+    return k8s.run_cli(args.paths)
 
 
 def cmd_demo(args) -> int:

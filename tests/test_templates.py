@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gates.deploy_audit import Obj, audit_objects, load_objects
+from audit.k8s import Obj, audit_objects, load_objects
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -260,7 +260,7 @@ def test_audit_runs_weekly():
     wf = _workflow("audit.yml")
     assert wf["on"]["schedule"][0]["cron"].split()[-1] not in ("*", ""), "a weekly cron (fixed day of week)"
     text = (WORKFLOWS / "audit.yml").read_text()
-    assert "gates.deploy_audit templates/k8s" in text and "kubectl get" in text
+    assert "audit.k8s templates/k8s" in text and "kubectl get" in text
 
 
 # =================================================================================================================

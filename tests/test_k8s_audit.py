@@ -1,4 +1,4 @@
-"""`airlock audit` (gates.deploy_audit): the templates audit clean, every seeded misconfiguration is found, and input
+"""`airlock audit` (audit.k8s): the templates audit clean, every seeded misconfiguration is found, and input
 that cannot be audited is an error, never a clean result."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from audit.k8s import audit_paths, run_cli
 from gates._result import Verdict
-from gates.deploy_audit import audit_paths, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "templates" / "k8s"
@@ -133,7 +133,7 @@ def test_every_fixture_is_seeded_in_a_test():
 def test_templates_audit_clean(capsys):
     result = audit_paths([str(K8S)])
     assert result.verdict is Verdict.PASS and result.evidence["findings"] == [], result.evidence["findings"]
-    assert result.gate == "deploy-audit"
+    assert result.gate == "k8s_audit" and result.code == "k8s_audit.pass"
     assert run_cli([str(K8S)]) == 0
     out = capsys.readouterr()
     assert out.out == "" and "no findings" in out.err
@@ -171,7 +171,7 @@ def test_a_fixture_alone_is_also_found_without_the_templates():
 
 def test_console_entry_point_runs_as_a_module():
     proc = subprocess.run(
-        [sys.executable, "-m", "gates.deploy_audit", str(FIXTURES / "root-pod.yaml")],
+        [sys.executable, "-m", "audit.k8s", str(FIXTURES / "root-pod.yaml")],
         cwd=ROOT,
         capture_output=True,
         text=True,
