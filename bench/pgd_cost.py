@@ -23,7 +23,7 @@ import torch.nn.functional as F_
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as python3 bench/<name>.py
 
-from gates.evaluation import art_classifier
+from airlock.classifiers import art_classifier
 from tests import _model_fixtures as F
 
 

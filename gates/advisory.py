@@ -26,9 +26,9 @@ from typing import Any
 import art  # noqa: F401  (first: `import art` runs logging.config.dictConfig, closing handlers configured before it)
 import numpy as np
 
+from airlock.classifiers import art_classifier
+from airlock.stats import seeded
 from gates._result import GateResult, Verdict
-from gates.evaluation import art_classifier
-from gates.stats import seeded
 
 
 @dataclass(frozen=True)

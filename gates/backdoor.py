@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from airlock.stats import torch_threads
 from gates._result import GateResult
-from gates.stats import torch_threads
 
 GATE = "backdoor"
 

@@ -27,23 +27,6 @@ class EvalThresholds:
     seed: int = 0
 
 
-def art_classifier(model, input_shape, nb_classes: int, clip_values=(0.0, 1.0)):
-    """Wrap a torch module for ART. ART's progress bars stay off; import ART before anything configures logging."""
-    import torch
-    from art.estimators.classification import PyTorchClassifier
-
-    model.eval()
-    return PyTorchClassifier(
-        model=model,
-        loss=torch.nn.CrossEntropyLoss(),
-        optimizer=None,
-        input_shape=tuple(input_shape),
-        nb_classes=int(nb_classes),
-        clip_values=tuple(clip_values),
-        device_type="cpu",
-    )
-
-
 def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
     import torch
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from airlock.stats import mcnemar
 from gates._result import GateResult
-from gates.stats import mcnemar
 
 GATE = "golden_regression"
 

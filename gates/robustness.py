@@ -30,9 +30,9 @@ from typing import Any
 import art  # noqa: F401  (first: `import art` runs logging.config.dictConfig, closing handlers configured before it)
 import numpy as np
 
+from airlock.classifiers import art_classifier
+from airlock.stats import McNemarResult, mcnemar, seeded, wilson_interval
 from gates._result import GateResult
-from gates.evaluation import art_classifier
-from gates.stats import McNemarResult, mcnemar, seeded, wilson_interval
 
 GATE = "robustness"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from gates.stats import mcnemar, samples_for_half_width, seeded, wilson_half_width, wilson_interval
+from airlock.stats import mcnemar, samples_for_half_width, seeded, wilson_half_width, wilson_interval
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (81, 263), (300, 360), (612, 1021)])

@@ -1,4 +1,4 @@
-"""Statistics and reproducibility helpers shared by the model gates.
+"""Statistics and reproducibility helpers the model gates share (not gates themselves).
 
 * :func:`wilson_interval` - the Wilson score interval of a binomial proportion (robust accuracy on n samples);
   gates decide on its LOWER bound, so that a small sample cannot pass on luck.
@@ -7,6 +7,7 @@
   "The McNemar test for binary matched-pairs data: mid-p and asymptotic are better than exact conditional").
 * :func:`seeded` - seeds numpy and torch and pins torch's thread count for the duration of a gate, then restores
   the previous thread count: 1 vs 2 threads give different floating-point sums, hence different numbers.
+* :func:`torch_threads` - the thread count alone, for work that draws from its own generator beside a seeded one.
 """
 
 from __future__ import annotations
