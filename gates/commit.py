@@ -69,59 +69,107 @@ class SignerPolicy:
         return {"allowed_signers": self.allowed_signers, "revoked_keys": self.revoked_keys, "gnupg_home": self.gpg_home}
 
 
+class _Refused(Exception):
+    """A step's refusal: the GateResult that check() returns."""
+
+    def __init__(self, reason: str, code: str, evidence: dict | None = None) -> None:
+        super().__init__(reason)
+        self.result = GateResult.fail(GATE, reason, evidence=evidence or {}, code=code)
+
+
 def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = None) -> GateResult:
+    """The signed-commit gate, one step per rule; the first refusal is the verdict."""
     if not isinstance(signers, SignerPolicy):
         signers = SignerPolicy(Path(signers))
-    repo = Path(repo)
+    evidence: dict = {"repo": str(repo), "base": base}
+    try:
+        top = _repository(Path(repo), evidence)
+        _trust_root(signers, evidence)
+        sha = _head(top, evidence)
+        if base:
+            _base_in_history(top, base, sha, evidence)
+        commits = _signed_range(top, base, sha, signers, evidence)
+        for position, c in enumerate(reversed(commits), start=1):  # oldest first: where the attacker's change entered
+            _commit_signed_by_allowed_signer(top, c, position, len(commits), base, signers, evidence)
+        head = commits[0]
+        evidence.update(
+            signer=head["signer"],
+            key_fingerprint=head["fingerprint"],
+            subject=head["subject"],
+            signature_status=head["status"],
+        )
+        _tree_clean(top, evidence)
+    except _Refused as r:
+        return r.result
+    signer = head["signer"] or head["primary"]
+    return GateResult.ok(
+        GATE,
+        f"HEAD {sha[:12]} signed by {signer} ({head['fingerprint']}); "
+        f"{len(commits)} commit(s) since {'base ' + base[:12] if base else 'the root'} all signed; tree clean",
+        metrics={"commits_checked": len(commits)},
+        evidence=evidence,
+    )
+
+
+def _repository(repo: Path, evidence: dict) -> Path:
     try:
         top = toplevel(repo)
     except GitError as e:
-        return GateResult.fail(GATE, e.one_line(), evidence={"repo": str(repo)}, code="commit.no_repository")
+        raise _Refused(e.one_line(), "commit.no_repository", evidence) from None
+    evidence["repo"] = str(top)
+    return top
+
+
+def _trust_root(signers: SignerPolicy, evidence: dict) -> None:
+    """The allowed signers are readable and list a key: an empty trust root would trust nobody, silently."""
     try:
         signers_bytes = signers.allowed_signers.read_bytes()
     except OSError as e:
-        return GateResult.fail(
-            GATE,
+        raise _Refused(
             f"cannot read allowed signers {signers.allowed_signers}: {e.strerror} — "
             "point trust.allowed_signers at the OpenSSH allowed_signers file",
-            code="commit.trust_root_unreadable",
-        )
+            "commit.trust_root_unreadable",
+        ) from None
     if not signers.gpg_fingerprints and not any(
         line.strip() and not line.lstrip().startswith(b"#") for line in signers_bytes.splitlines()
     ):
-        return GateResult.fail(
-            GATE, "the allowed signers list no key — add the trusted committers' keys", code="commit.no_signers"
-        )
+        raise _Refused("the allowed signers list no key — add the trusted committers' keys", "commit.no_signers")
+    evidence["allowed_signers_sha256"] = hashlib.sha256(signers_bytes).hexdigest()
+    evidence["gpg_fingerprints"] = sorted(signers.gpg_fingerprints)
 
-    evidence: dict = {
-        "repo": str(top),
-        "allowed_signers_sha256": hashlib.sha256(signers_bytes).hexdigest(),
-        "gpg_fingerprints": sorted(signers.gpg_fingerprints),
-        "base": base,
-    }
+
+def _head(top: Path, evidence: dict) -> str:
     try:
         sha = git(top, "rev-parse", "--verify", "HEAD^{commit}").stdout.strip()
-        evidence["commit"] = sha
-        if base:
-            # History rewritten under production: the commit production was trained from is gone from HEAD's past.
-            if git(top, "cat-file", "-e", f"{base}^{{commit}}", check=False).returncode != 0:
-                return GateResult.fail(
-                    GATE,
-                    f"base commit {base[:12]} is not in the repository — fetch the full "
-                    "history (no shallow clone) or fix repo.base_commit",
-                    evidence=evidence,
-                    code="commit.base_missing",
-                )
-            if git(top, "merge-base", "--is-ancestor", base, sha, check=False).returncode != 0:
-                return GateResult.fail(
-                    GATE,
-                    f"base commit {base[:12]} is not an ancestor of HEAD {sha[:12]}: history "
-                    "was rewritten — rebuild the branch on top of it",
-                    evidence=evidence,
-                    code="commit.history_rewritten",
-                )
-        # HEAD == base (a scheduled retrain on new data, no new code): HEAD itself is checked again.
-        rng = [f"{base}..{sha}"] if base and base != sha else (["-1", sha] if base else [sha])
+    except GitError as e:
+        raise _Refused(e.one_line(), "commit.git_failed", evidence) from None
+    evidence["commit"] = sha
+    return sha
+
+
+def _base_in_history(top: Path, base: str, sha: str, evidence: dict) -> None:
+    """History rewritten under production: the commit production was trained from is gone from HEAD's past."""
+    if git(top, "cat-file", "-e", f"{base}^{{commit}}", check=False).returncode != 0:
+        raise _Refused(
+            f"base commit {base[:12]} is not in the repository — fetch the full "
+            "history (no shallow clone) or fix repo.base_commit",
+            "commit.base_missing",
+            evidence,
+        )
+    if git(top, "merge-base", "--is-ancestor", base, sha, check=False).returncode != 0:
+        raise _Refused(
+            f"base commit {base[:12]} is not an ancestor of HEAD {sha[:12]}: history "
+            "was rewritten — rebuild the branch on top of it",
+            "commit.history_rewritten",
+            evidence,
+        )
+
+
+def _signed_range(top: Path, base: str | None, sha: str, signers: SignerPolicy, evidence: dict) -> list[dict]:
+    """Every commit since base (since the root without one), newest first, with git's verdict on its signature."""
+    # HEAD == base (a scheduled retrain on new data, no new code): HEAD itself is checked again.
+    rng = [f"{base}..{sha}"] if base and base != sha else (["-1", sha] if base else [sha])
+    try:
         # Pinned config: a repo-local gpg.ssh.program or allowedSignersFile cannot vouch for any commit.
         log = git(
             top,
@@ -132,19 +180,17 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
             "--",
             **signers.git_kwargs(),
         ).stdout
-        status = git(top, "status", "--porcelain=v1", "--untracked-files=all", "--ignore-submodules=all").stdout
     except GitError as e:
-        return GateResult.fail(GATE, e.one_line(), evidence=evidence, code="commit.git_failed")
-
+        raise _Refused(e.one_line(), "commit.git_failed", evidence) from None
     commits = []
     for rec in log.split("\x1e"):
         rec = rec.strip("\n")
         if rec:
-            h, code, signer, fp, primary, subject = (rec.split("\x00") + [""] * 6)[:6]
+            h, status, signer, fp, primary, subject = (rec.split("\x00") + [""] * 6)[:6]
             commits.append(
                 {
                     "commit": h,
-                    "status": code,
+                    "status": status,
                     "signer": signer,
                     "fingerprint": fp,
                     "primary": primary,
@@ -153,71 +199,61 @@ def check(repo: str | Path, signers: SignerPolicy | Path, base: str | None = Non
             )
     evidence["commits_checked"] = len(commits)
     if not commits:
-        return GateResult.fail(
-            GATE,
-            f"no commits between base {str(base)[:12]} and HEAD — nothing to train",
-            evidence=evidence,
-            code="commit.no_commits",
+        raise _Refused(
+            f"no commits between base {str(base)[:12]} and HEAD — nothing to train", "commit.no_commits", evidence
         )
-    # `git log` lists newest first: report the oldest bad commit, where the attacker's change entered.
-    for position, c in enumerate(reversed(commits), start=1):
-        where = (
-            f"commit {c['commit'][:12]} ({position} of {len(commits)} since {'base ' + base[:12] if base else 'the root'}, "
-            f'"{c["subject"][:60]}")'
-        )
-        code = c["status"]
-        if code == "B" and signers.revoked_keys is not None and _good_without_revocation(top, c["commit"], signers):
-            code = "R"  # OpenSSH reports a revoked key as a bad signature: say what it is
-        # Unsigned, foreign-signed, untrusted, expired, revoked or altered commit anywhere in the range.
-        if code != "G":
-            msg = _STATUS.get(code, "has signature status " + code).format(fp=c["fingerprint"] or "?")
-            evidence["refused"] = c
-            return GateResult.fail(
-                GATE,
-                f"{where} {msg} — every commit since {'production' if base else 'the root'} "
-                "must be signed by an allowed signer; remove it or have it re-signed",
-                evidence=evidence,
-                code=_CODES.get(code, "commit.bad_signature"),
-            )
-        # GPG: trusted in the keyring is not enough; the key must be on the policy's allow-list too.
-        if not c["fingerprint"].startswith("SHA256:"):
-            keys = {c["fingerprint"].upper(), c["primary"].upper()}
-            if not keys & signers.gpg_fingerprints:
-                evidence["refused"] = c
-                return GateResult.fail(
-                    GATE,
-                    f"{where} is signed by GPG key {c['primary'] or c['fingerprint']}, which "
-                    "is not on trust.gpg_fingerprints — add it to the allow-list if it is "
-                    "trusted (e.g. a forge's merge key)",
-                    evidence=evidence,
-                    code="commit.gpg_not_allowed",
-                )
-    head = commits[0]
-    evidence.update(
-        signer=head["signer"],
-        key_fingerprint=head["fingerprint"],
-        subject=head["subject"],
-        signature_status=head["status"],
+    return commits
+
+
+def _commit_signed_by_allowed_signer(
+    top: Path, c: dict, position: int, total: int, base: str | None, signers: SignerPolicy, evidence: dict
+) -> None:
+    where = (
+        f"commit {c['commit'][:12]} ({position} of {total} since {'base ' + base[:12] if base else 'the root'}, "
+        f'"{c["subject"][:60]}")'
     )
-    # Uncommitted changes: code or files that no signature covers would ride along with the signed commit.
+    status = c["status"]
+    if status == "B" and signers.revoked_keys is not None and _good_without_revocation(top, c["commit"], signers):
+        status = "R"  # OpenSSH reports a revoked key as a bad signature: say what it is
+    # Unsigned, foreign-signed, untrusted, expired, revoked or altered commit anywhere in the range.
+    if status != "G":
+        msg = _STATUS.get(status, "has signature status " + status).format(fp=c["fingerprint"] or "?")
+        evidence["refused"] = c
+        raise _Refused(
+            f"{where} {msg} — every commit since {'production' if base else 'the root'} "
+            "must be signed by an allowed signer; remove it or have it re-signed",
+            _CODES.get(status, "commit.bad_signature"),
+            evidence,
+        )
+    # GPG: trusted in the keyring is not enough; the key must be on the policy's allow-list too.
+    if not c["fingerprint"].startswith("SHA256:"):
+        keys = {c["fingerprint"].upper(), c["primary"].upper()}
+        if not keys & signers.gpg_fingerprints:
+            evidence["refused"] = c
+            raise _Refused(
+                f"{where} is signed by GPG key {c['primary'] or c['fingerprint']}, which "
+                "is not on trust.gpg_fingerprints — add it to the allow-list if it is "
+                "trusted (e.g. a forge's merge key)",
+                "commit.gpg_not_allowed",
+                evidence,
+            )
+
+
+def _tree_clean(top: Path, evidence: dict) -> None:
+    """Uncommitted changes: code or files that no signature covers would ride along with the signed commit."""
+    try:
+        status = git(top, "status", "--porcelain=v1", "--untracked-files=all", "--ignore-submodules=all").stdout
+    except GitError as e:
+        raise _Refused(e.one_line(), "commit.git_failed", evidence) from None
     if status.strip():
         dirty = [line[3:] for line in status.splitlines() if line.strip()]
         evidence["dirty"] = dirty
         shown = ", ".join(dirty[:5]) + (f" (+{len(dirty) - 5} more)" if len(dirty) > 5 else "")
-        return GateResult.fail(
-            GATE,
+        raise _Refused(
             f"working tree of {top.name} is not clean: {shown} — commit (signed) or remove them",
-            evidence=evidence,
-            code="commit.dirty_tree",
+            "commit.dirty_tree",
+            evidence,
         )
-    signer = head["signer"] or head["primary"]
-    return GateResult.ok(
-        GATE,
-        f"HEAD {sha[:12]} signed by {signer} ({head['fingerprint']}); "
-        f"{len(commits)} commit(s) since {'base ' + base[:12] if base else 'the root'} all signed; tree clean",
-        metrics={"commits_checked": float(len(commits))},
-        evidence=evidence,
-    )
 
 
 def _good_without_revocation(top: Path, sha: str, signers: SignerPolicy) -> bool:
