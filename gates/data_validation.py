@@ -99,61 +99,23 @@ def check(
     problems: list[str] = []
     per_split: dict = {}
     for split in splits:
-        xn, yn = f"{split}_x.npy", f"{split}_y.npy"
         try:
             st = datastats.split_stats(directory, split, bounds=(rules.x_min, rules.x_max))
         except DataError as e:
             problems.append(f"split {split}: {e.what}")
             continue
         per_split[split] = st
-        x, y = st["x"], st["y"]
-        n = x["shape"][0] if x["shape"] else None
-        # Misaligned samples and labels: some samples would be trained on the wrong label.
-        if len(y["shape"]) != 1 or n != y["shape"][0]:
-            problems.append(f"{xn} has shape {_shape(x['shape'])} but {yn} has {_shape(y['shape'])}")
-        if rules.x_shape is not None and x["shape"][1:] != list(rules.x_shape):
-            problems.append(
-                f"{xn}: one sample has shape {_shape(x['shape'][1:])}, the policy says {_shape(rules.x_shape)}"
-            )
-        if rules.x_dtype is not None and x["dtype"] != rules.x_dtype:
-            problems.append(f"{xn}: dtype {x['dtype']}, the policy says {rules.x_dtype}")
-        if (rules.x_min is not None or rules.x_max is not None) and x.get("nonfinite"):
-            problems.append(f"{xn}: {x['nonfinite']} NaN/inf values")
-        out = x.get("below_min", 0) + x.get("above_max", 0)
-        if out:
-            problems.append(
-                f"{xn}: {out} values outside [{_g(rules.x_min, '-inf')}, {_g(rules.x_max, 'inf')}] "
-                f"(min {_g(x['min'])}, max {_g(x['max'])}; {x.get('below_min', 0)} below, "
-                f"{x.get('above_max', 0)} above)"
-            )
-        labels = y.get("labels")
+        problems += _sample_rules(split, st, rules)
+        labels = st["y"].get("labels")
         if (rules.labels is not None or rules.max_label_shift is not None) and labels is None:
-            problems.append(f"{yn}: dtype {y['dtype']} holds no integer labels")
+            problems.append(f"{split}_y.npy: dtype {st['y']['dtype']} holds no integer labels")
             continue
-        if rules.labels is not None:
-            allowed = {str(v) for v in rules.labels}
-            foreign = {k: v for k, v in labels.items() if k not in allowed}
-            if foreign:
-                shown = ", ".join(f"{k} ({v} samples)" for k, v in sorted(foreign.items(), key=lambda kv: -kv[1])[:5])
-                problems.append(f"{yn}: labels outside the allowed set {_labelset(rules.labels)}: {shown}")
+        problems += _label_set_rule(split, labels, rules)
         # Recorded stats that differ from the data would poison the next version's baseline.
         if split in recorded and _plain(recorded[split]) != _plain(_recordable(st)):
             problems.append(f"split {split}: the manifest's recorded stats do not match the data")
         if rules.max_label_shift is not None and parent_manifest is not None:
-            base = (parent_stats.get(split) or {}).get("y", {}).get("labels")
-            pv = parent_manifest.get("version", 1)
-            if base is None:
-                problems.append(f"split {split}: version {pv} (the parent) has no label counts to compare with")
-                continue
-            tv, rows = datastats.label_shift(labels, base)
-            metrics[f"label_shift:{split}"] = round(tv, 6)
-            if tv > rules.max_label_shift:
-                moved = ", ".join(f"label {k} {q:.1%} → {p:.1%}" for k, q, p in rows[:3])
-                problems.append(
-                    f"split {split}: label distribution moved {tv:.3f} (total variation) from version {pv} "
-                    f"({parent_manifest['root_digest'][:19]}…), the policy allows {rules.max_label_shift:g}"
-                    f" — {moved} ({yn})"
-                )
+            problems += _label_shift_rule(split, labels, parent_manifest, parent_stats, rules, metrics)
     evidence["stats"] = {k: _recordable(v) for k, v in per_split.items()}
     evidence["parent_stats"] = {k: parent_stats.get(k) for k in per_split} if parent_manifest is not None else None
     if problems:
@@ -178,6 +140,65 @@ def check(
         metrics=metrics,
         evidence=evidence,
     )
+
+
+def _sample_rules(split: str, st: dict, rules) -> list[str]:
+    """Shape, dtype and value range of the samples, and their alignment with the labels."""
+    xn, yn = f"{split}_x.npy", f"{split}_y.npy"
+    x, y = st["x"], st["y"]
+    problems = []
+    n = x["shape"][0] if x["shape"] else None
+    # Misaligned samples and labels: some samples would be trained on the wrong label.
+    if len(y["shape"]) != 1 or n != y["shape"][0]:
+        problems.append(f"{xn} has shape {_shape(x['shape'])} but {yn} has {_shape(y['shape'])}")
+    # Samples of another shape or dtype: a batch from another pipeline, or crafted to break the model code.
+    if rules.x_shape is not None and x["shape"][1:] != list(rules.x_shape):
+        problems.append(f"{xn}: one sample has shape {_shape(x['shape'][1:])}, the policy says {_shape(rules.x_shape)}")
+    if rules.x_dtype is not None and x["dtype"] != rules.x_dtype:
+        problems.append(f"{xn}: dtype {x['dtype']}, the policy says {rules.x_dtype}")
+    # NaN/inf and out-of-range values: adversarially scaled inputs, or a broken preprocessing step.
+    if (rules.x_min is not None or rules.x_max is not None) and x.get("nonfinite"):
+        problems.append(f"{xn}: {x['nonfinite']} NaN/inf values")
+    out = x.get("below_min", 0) + x.get("above_max", 0)
+    if out:
+        problems.append(
+            f"{xn}: {out} values outside [{_g(rules.x_min, '-inf')}, {_g(rules.x_max, 'inf')}] "
+            f"(min {_g(x['min'])}, max {_g(x['max'])}; {x.get('below_min', 0)} below, "
+            f"{x.get('above_max', 0)} above)"
+        )
+    return problems
+
+
+def _label_set_rule(split: str, labels: dict, rules) -> list[str]:
+    """Label poisoning by injection: labels outside the task's label set."""
+    if rules.labels is None:
+        return []
+    allowed = {str(v) for v in rules.labels}
+    foreign = {k: v for k, v in labels.items() if k not in allowed}
+    if not foreign:
+        return []
+    shown = ", ".join(f"{k} ({v} samples)" for k, v in sorted(foreign.items(), key=lambda kv: -kv[1])[:5])
+    return [f"{split}_y.npy: labels outside the allowed set {_labelset(rules.labels)}: {shown}"]
+
+
+def _label_shift_rule(
+    split: str, labels: dict, parent_manifest: dict, parent_stats: dict, rules, metrics: dict[str, float]
+) -> list[str]:
+    """Label-distribution poisoning: one class flooded or starved since the previous version."""
+    base = (parent_stats.get(split) or {}).get("y", {}).get("labels")
+    pv = parent_manifest.get("version", 1)
+    if base is None:
+        return [f"split {split}: version {pv} (the parent) has no label counts to compare with"]
+    tv, rows = datastats.label_shift(labels, base)
+    metrics[f"label_shift:{split}"] = round(tv, 6)
+    if tv <= rules.max_label_shift:
+        return []
+    moved = ", ".join(f"label {k} {q:.1%} → {p:.1%}" for k, q, p in rows[:3])
+    return [
+        f"split {split}: label distribution moved {tv:.3f} (total variation) from version {pv} "
+        f"({parent_manifest['root_digest'][:19]}…), the policy allows {rules.max_label_shift:g}"
+        f" — {moved} ({split}_y.npy)"
+    ]
 
 
 def _recordable(st: dict) -> dict:
