@@ -61,23 +61,8 @@ def _sha(path: Path) -> str:
 def resolve(pol, dest: Path) -> TrustRoots:
     """Read the policy's trust roots into `dest` and return their paths there."""
     t = pol.trust
-    try:
-        top = toplevel(pol.repo.path)
-    except GitError as e:
-        if t.ref:
-            raise TrustRootError(f"trust.ref needs the training repository: {e.what}", e.hint) from None
-        top = None  # no repository here (e.g. `airlock verify` on a serving host): nothing to be inside of
-    # A policy inside the repository under test could point the gates anywhere: it must live outside.
-    if top is not None and _inside(pol.source, top):
-        raise TrustRootError(
-            f"the policy {pol.source} lies inside the repository under test",
-            "keep airlock.toml outside the training repository (it is a trust root)",
-        )
-    if t.gpg_home is not None and top is not None and _inside(t.gpg_home, top):
-        raise TrustRootError(
-            f"trust.gpg_home {t.gpg_home} lies inside the repository under test",
-            "keep the GnuPG home outside the training repository",
-        )
+    top = _repository(pol)
+    _outside_repository(pol, top)
     dest.mkdir(parents=True, exist_ok=True)
     names = {
         "allowed_signers": t.allowed_signers,
@@ -85,55 +70,12 @@ def resolve(pol, dest: Path) -> TrustRoots:
         "model_signing_public_key": t.model_signing_public_key,
         "revoked_keys": t.revoked_keys,
     }
-    out: dict[str, Path | None] = {}
     if t.ref:
-        assert top is not None  # trust.ref without a repository was refused above
-        try:
-            sha = git(top, "rev-parse", "--verify", "--end-of-options", f"{t.ref}^{{commit}}").stdout.strip()
-        except GitError:
-            raise TrustRootError(
-                f"trust.ref {t.ref!r} does not name a commit in {top}",
-                "fetch the protected branch first (git fetch origin main)",
-            ) from None
-        source = f"ref {t.ref} @ {sha}"
-        for key, rel in names.items():
-            if rel is None:
-                out[key] = None
-                continue
-            res = git(top, "show", f"{sha}:{Path(rel).as_posix()}", binary=True, check=False)
-            if res.returncode != 0:
-                raise TrustRootError(
-                    f"trust.{key} {rel} is not in {t.ref} ({sha[:12]})",
-                    "commit it to the protected branch, or fix the path in airlock.toml",
-                )
-            (dest / key).write_bytes(res.stdout)
-            out[key] = dest / key
+        assert top is not None  # trust.ref without a repository was refused by _repository
+        source, out = _from_protected_ref(t.ref, top, names, dest)
     else:
-        source = "files outside the repository"
-        for key, path in names.items():
-            if path is None:
-                out[key] = None
-                continue
-            # Self-vouching commit: a trust file inside the repository would be judged by itself.
-            if top is not None and _inside(path, top):
-                raise TrustRootError(
-                    f"trust file trust.{key} = {path} lies inside the repository under test",
-                    "keep trust files outside the training repository, or read them from a protected ref (trust.ref)",
-                )
-            if not Path(path).is_file():
-                raise TrustRootError(f"cannot read trust.{key} = {path}", "fix the path in airlock.toml")
-            shutil.copyfile(path, dest / key)
-            out[key] = dest / key
-    gpg_home = None
-    if t.gpg_home is not None:
-        if not t.gpg_home.is_dir():
-            raise TrustRootError(f"trust.gpg_home {t.gpg_home} is not a directory", "point it at a GnuPG home")
-        gpg_home = dest / "gnupg"
-        if gpg_home.exists():
-            shutil.rmtree(gpg_home)
-        # A private copy: gpg writes into its home, and agent sockets must not be copied.
-        shutil.copytree(t.gpg_home, gpg_home, ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*"))
-        gpg_home.chmod(stat.S_IRWXU)
+        source, out = "files outside the repository", _from_files(top, names, dest)
+    gpg_home = _copy_gpg_home(t.gpg_home, dest)
     digests = {k: _sha(v) for k, v in out.items() if v is not None}
     required = {k: out[k] for k in ("allowed_signers", "approvers", "model_signing_public_key")}
     missing = [k for k, v in required.items() if v is None]
@@ -149,6 +91,91 @@ def resolve(pol, dest: Path) -> TrustRoots:
         source=source,
         digests=digests,
     )
+
+
+def _repository(pol) -> Path | None:
+    try:
+        return toplevel(pol.repo.path)
+    except GitError as e:
+        if pol.trust.ref:
+            raise TrustRootError(f"trust.ref needs the training repository: {e.what}", e.hint) from None
+        return None  # no repository here (e.g. `airlock verify` on a serving host): nothing to be inside of
+
+
+def _outside_repository(pol, top: Path | None) -> None:
+    """A policy (or a GnuPG home) inside the repository under test could point the gates anywhere."""
+    if top is None:
+        return
+    if _inside(pol.source, top):
+        raise TrustRootError(
+            f"the policy {pol.source} lies inside the repository under test",
+            "keep airlock.toml outside the training repository (it is a trust root)",
+        )
+    if pol.trust.gpg_home is not None and _inside(pol.trust.gpg_home, top):
+        raise TrustRootError(
+            f"trust.gpg_home {pol.trust.gpg_home} lies inside the repository under test",
+            "keep the GnuPG home outside the training repository",
+        )
+
+
+def _from_protected_ref(
+    ref: str, top: Path, names: dict[str, Path | None], dest: Path
+) -> tuple[str, dict[str, Path | None]]:
+    """The trust files as committed on the protected ref (not as in the commit under test, not the work tree)."""
+    try:
+        sha = git(top, "rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}").stdout.strip()
+    except GitError:
+        raise TrustRootError(
+            f"trust.ref {ref!r} does not name a commit in {top}",
+            "fetch the protected branch first (git fetch origin main)",
+        ) from None
+    out: dict[str, Path | None] = {}
+    for key, rel in names.items():
+        if rel is None:
+            out[key] = None
+            continue
+        res = git(top, "show", f"{sha}:{Path(rel).as_posix()}", binary=True, check=False)
+        if res.returncode != 0:
+            raise TrustRootError(
+                f"trust.{key} {rel} is not in {ref} ({sha[:12]})",
+                "commit it to the protected branch, or fix the path in airlock.toml",
+            )
+        (dest / key).write_bytes(res.stdout)
+        out[key] = dest / key
+    return f"ref {ref} @ {sha}", out
+
+
+def _from_files(top: Path | None, names: dict[str, Path | None], dest: Path) -> dict[str, Path | None]:
+    out: dict[str, Path | None] = {}
+    for key, path in names.items():
+        if path is None:
+            out[key] = None
+            continue
+        # Self-vouching commit: a trust file inside the repository would be judged by itself.
+        if top is not None and _inside(path, top):
+            raise TrustRootError(
+                f"trust file trust.{key} = {path} lies inside the repository under test",
+                "keep trust files outside the training repository, or read them from a protected ref (trust.ref)",
+            )
+        if not Path(path).is_file():
+            raise TrustRootError(f"cannot read trust.{key} = {path}", "fix the path in airlock.toml")
+        shutil.copyfile(path, dest / key)
+        out[key] = dest / key
+    return out
+
+
+def _copy_gpg_home(home: Path | None, dest: Path) -> Path | None:
+    if home is None:
+        return None
+    if not home.is_dir():
+        raise TrustRootError(f"trust.gpg_home {home} is not a directory", "point it at a GnuPG home")
+    gpg_home = dest / "gnupg"
+    if gpg_home.exists():
+        shutil.rmtree(gpg_home)
+    # A private copy: gpg writes into its home, and agent sockets must not be copied.
+    shutil.copytree(home, gpg_home, ignore=shutil.ignore_patterns("S.*", "*.lock", ".#*"))
+    gpg_home.chmod(stat.S_IRWXU)
+    return gpg_home
 
 
 def pin(pol, roots: TrustRoots):
