@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airlock.errors import SandboxError
+from airlock.policy import Policy
 
 MODES = ("bubblewrap", "environment")
 # Variables a child may inherit. Everything else (tokens, keys, agent sockets, API URLs) is dropped.
@@ -65,7 +66,7 @@ class Sandbox:
     output_mb: int = 2048
 
     @classmethod
-    def from_policy(cls, pol) -> Sandbox:
+    def from_policy(cls, pol: Policy) -> Sandbox:
         s = pol.sandbox
         return cls(mode=s.mode, bwrap=s.bubblewrap, memory_mb=s.memory_mb, output_mb=s.output_mb)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from airlock.errors import TrustRootError
 from airlock.gitutil import GitError, git, toplevel
+from airlock.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def resolve(pol, dest: Path) -> TrustRoots:
+def resolve(pol: Policy, dest: Path) -> TrustRoots:
     """Read the policy's trust roots into `dest` and return their paths there."""
     t = pol.trust
     top = _repository(pol)
@@ -93,7 +94,7 @@ def resolve(pol, dest: Path) -> TrustRoots:
     )
 
 
-def _repository(pol) -> Path | None:
+def _repository(pol: Policy) -> Path | None:
     try:
         return toplevel(pol.repo.path)
     except GitError as e:
@@ -102,7 +103,7 @@ def _repository(pol) -> Path | None:
         return None  # no repository here (e.g. `airlock verify` on a serving host): nothing to be inside of
 
 
-def _outside_repository(pol, top: Path | None) -> None:
+def _outside_repository(pol: Policy, top: Path | None) -> None:
     """A policy (or a GnuPG home) inside the repository under test could point the gates anywhere."""
     if top is None:
         return
@@ -178,7 +179,7 @@ def _copy_gpg_home(home: Path | None, dest: Path) -> Path | None:
     return gpg_home
 
 
-def pin(pol, roots: TrustRoots):
+def pin(pol: Policy, roots: TrustRoots):
     """The policy with its trust section pointing at the resolved copies: every later step judges by them."""
     from airlock.policy import TrustPolicy
 
@@ -209,7 +210,7 @@ def recheck(roots: TrustRoots) -> None:
             )
 
 
-def recheck_policy(pol) -> None:
+def recheck_policy(pol: Policy) -> None:
     """The policy in force is the policy the run started with: the local file, and the protected copy at its ref."""
     from airlock.errors import PolicyError
     from airlock.policy import load

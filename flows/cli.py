@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import cast
 
 from airlock.errors import EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, AirlockError
+from airlock.policy import Policy
 from flows._console import Printer, _prefect_env
 
 _TRUST_DIRS: list = []
@@ -189,7 +190,7 @@ def cmd_data_manifest(args) -> int:
     return EXIT_OK
 
 
-def _dataset_policy(pol, name: str):
+def _dataset_policy(pol: Policy, name: str):
     from airlock.errors import PolicyError
 
     names = list(type(pol.data).model_fields)

@@ -49,6 +49,7 @@ from airlock import policy as _policy
 from airlock.errors import AirlockError, GateFailed, RegistryError
 from airlock.ingest import provenance_entry
 from airlock.ledger import Ledger
+from airlock.policy import Policy
 from flows import _report
 from flows._report import RunRecorder, emit
 from gates import approval, artifact, commit, data, data_validation
@@ -155,14 +156,14 @@ def _fresh(path: Path) -> Path:
 
 
 @task(name="trust-roots")
-def trust_roots(pol, run_dir: Path) -> trust.TrustRoots:
+def trust_roots(pol: Policy, run_dir: Path) -> trust.TrustRoots:
     roots = trust.resolve(pol, run_dir / "trust")
     emit("progress", step="trust", message=f"trust roots from {roots.source}")
     return roots
 
 
 @task(name="sandbox")
-def sandbox_ready(pol) -> sandbox.Sandbox:
+def sandbox_ready(pol: Policy) -> sandbox.Sandbox:
     box = sandbox.Sandbox.from_policy(pol)
     box.check()
     if box.isolated:
@@ -182,7 +183,7 @@ def sandbox_ready(pol) -> sandbox.Sandbox:
     return box
 
 
-def protected_paths(pol) -> dict[str, Path | None]:
+def protected_paths(pol: Policy) -> dict[str, Path | None]:
     """What team code must never see, checked against every bind before a sandbox starts."""
     t = pol.trust
     prefect_home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
@@ -202,7 +203,7 @@ def protected_paths(pol) -> dict[str, Path | None]:
     }
 
 
-def history_base(pol, ledger: Ledger) -> str | None:
+def history_base(pol: Policy, ledger: Ledger) -> str | None:
     """Where the signed history must start: production's training commit (from its verified, signed provenance),
     else the policy's base commit, else the root."""
     ptr = _registry(pol, ledger).current_pointer("production")
@@ -213,13 +214,13 @@ def history_base(pol, ledger: Ledger) -> str | None:
 
 
 @task(name="commit-gate")
-def commit_gate(pol, base: str | None, roots: trust.TrustRoots) -> GateResult:
+def commit_gate(pol: Policy, base: str | None, roots: trust.TrustRoots) -> GateResult:
     r = commit.check(pol.repo.path, commit.SignerPolicy.from_policy(pol), base=base)
     return dataclasses.replace(r, evidence={**r.evidence, "trust_roots": roots.evidence()})
 
 
 @task(name="snapshot-code")
-def snapshot_code(pol, sha: str, run_dir: Path) -> Path:
+def snapshot_code(pol: Policy, sha: str, run_dir: Path) -> Path:
     """Export exactly the verified commit, blob by blob (no filter, hook or attribute of the repository runs):
     the working tree may change after the gate, the export cannot."""
     src = _fresh(run_dir / "src")
@@ -228,7 +229,7 @@ def snapshot_code(pol, sha: str, run_dir: Path) -> Path:
 
 
 @task(name="data-gate")
-def data_gate(pol, name: str, src: Path, run_dir: Path) -> GateResult:
+def data_gate(pol: Policy, name: str, src: Path, run_dir: Path) -> GateResult:
     ds = getattr(pol.data, name)
     top = gitutil.toplevel(pol.repo.path)
     try:
@@ -268,7 +269,7 @@ def data_gate(pol, name: str, src: Path, run_dir: Path) -> GateResult:
 
 
 @task(name="train")
-def train(pol, box: sandbox.Sandbox, src: Path, run_dir: Path) -> Path:
+def train(pol: Policy, box: sandbox.Sandbox, src: Path, run_dir: Path) -> Path:
     out = _fresh(run_dir / "out")
     job = box.job(
         "trainer",
@@ -364,7 +365,7 @@ def model_gates(
     return [_trace_suspicious(r, src, pol) for r in results]
 
 
-def production_reference(pol, work: Path, ledger: Ledger) -> dict | None:
+def production_reference(pol: Policy, work: Path, ledger: Ledger) -> dict | None:
     """Production's model (verified, then copied out of the registry: no sandbox sees the registry), the export of
     its training commit, and its cached backdoor norms."""
     registry = _registry(pol, ledger)
@@ -624,7 +625,7 @@ def verdict_key(statement: str) -> str:
     return "approval-" + hashlib.sha256(statement.encode()).hexdigest()[:32]
 
 
-def _registry(pol, ledger: Ledger) -> Registry:
+def _registry(pol: Policy, ledger: Ledger) -> Registry:
     return Registry.from_policy(pol, ledger)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airlock.gitutil import GitError, git, toplevel
+from airlock.policy import Policy
 from gates._result import GateResult
 
 GATE = "commit"
@@ -60,7 +61,7 @@ class SignerPolicy:
     gpg_fingerprints: frozenset[str] = frozenset()
 
     @classmethod
-    def from_policy(cls, pol) -> SignerPolicy:
+    def from_policy(cls, pol: Policy) -> SignerPolicy:
         """From a policy whose trust roots were pinned (airlock.trust.pin): the run's copies, never the repo's."""
         t = pol.trust
         return cls(t.allowed_signers, t.revoked_keys, t.gpg_home, frozenset(t.gpg_fingerprints))

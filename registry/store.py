@@ -34,6 +34,7 @@ from airlock import modeldir, modelsign
 from airlock.errors import AirlockError, RegistryError
 from airlock.hashing import hash_tree
 from airlock.ledger import Anchor, Ledger
+from airlock.policy import Policy
 from gates import approval as _approval
 from gates._result import GateResult
 
@@ -103,7 +104,7 @@ class Registry:
         self.revoked_keys = Path(revoked_keys) if revoked_keys else None
 
     @classmethod
-    def from_policy(cls, pol, ledger: Ledger | None = None, root: str | Path | None = None) -> Registry:
+    def from_policy(cls, pol: Policy, ledger: Ledger | None = None, root: str | Path | None = None) -> Registry:
         """The registry named by a policy whose trust roots were pinned (airlock.trust.pin)."""
         t = pol.trust
         return cls(
