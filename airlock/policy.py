@@ -188,11 +188,25 @@ class AdvisoryPolicy(_Strict):
 
 
 class ApprovalPolicy(_Strict):
-    quorum: int = Field(default=2, ge=1, le=20)
+    # Roles, by different people (airlock/approvals.py): {role = "x", count = n}, {all_of = [...]}, {any_of = [...]}.
+    # Unset: one ml-lead and one security approver.
+    require: dict[str, Any] | None = None
+    quorum: int = Field(default=2, ge=1, le=20)  # distinct approvers in all, whatever their roles
+    ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)  # an approval expires this long after it was issued
+    clock_skew_seconds: int = Field(default=300, ge=0, le=3600)
     timeout_seconds: int = Field(default=7 * 24 * 3600, gt=0)
     poll_seconds: float = Field(default=2.0, gt=0, le=60)
     forbid_self_approval: bool = True
     max_attempts: int = Field(default=20, ge=1)
+
+    @field_validator("require")
+    @classmethod
+    def _requirement(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from airlock.approvals import requirement
+
+            requirement(v)  # ValueError with what is wrong: pydantic names the field
+        return v
 
 
 class RegistryPolicy(_Strict):

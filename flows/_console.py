@@ -48,7 +48,7 @@ class Printer:
             print(f"  {'SIGNED':8} {'staging':20} {data['digest']}", file=out, flush=True)
         elif event == "awaiting":
             print(
-                f"  {'PAUSED':8} {'approval':20} waiting for {data['quorum']} approvals of {data['digest']}\n"
+                f"  {'PAUSED':8} {'approval':20} waiting for {data['needed']} to approve {data['digest']}\n"
                 f"           approve with: {data['command']}",
                 file=out,
                 flush=True,

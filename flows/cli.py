@@ -159,11 +159,34 @@ def cmd_verify(args) -> int:
     pol = _trusted_policy(args.config)
     reg_path = Path(args.registry) if args.registry else pol.registry.path
     reg = Registry.from_policy(pol, root=reg_path)
-    model, verdict = reg.verify_stage(args.stage, pol.approval.quorum, pol.approval.forbid_self_approval)
+    model, verdict = reg.verify_stage(args.stage)
     print(
         f"{args.stage} model {model.digest} verified: signature by the trusted key, digest over every file"
         + (f", {verdict.reason}, ledger anchor present" if verdict else "")
     )
+    return EXIT_OK
+
+
+def cmd_pending(args) -> int:
+    """Runs waiting for approval: who approved, what the policy still needs, age and time left."""
+    import datetime as dt
+
+    from airlock.approvals import Policy as ApprovalPolicy
+    from airlock.ledger import Ledger
+    from flows import _pending
+
+    pol = _trusted_policy(args.config)
+    policy = ApprovalPolicy.from_policy(pol.approval)
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        p.to_dict(policy, now) for p in _pending.pending(Ledger(pol.ledger.path), pol.approval.timeout_seconds, now)
+    ]
+    if args.json:
+        print(json.dumps({"pending": rows, "policy": policy.to_dict()}, indent=2))
+    elif rows:
+        print(_pending.table(rows))
+    else:
+        print("no run is waiting for approval", file=sys.stderr)
     return EXIT_OK
 
 
@@ -277,7 +300,7 @@ def cmd_data_trace(args) -> int:
     pol = _trusted_policy(args.config)
     reg = Registry.from_policy(pol)
     # The provenance is read from the signed model, after the registry verified signature, digest (and approvals).
-    model, _ = reg.verify_stage(args.stage, pol.approval.quorum, pol.approval.forbid_self_approval)
+    model, _ = reg.verify_stage(args.stage)
     prov = model.provenance
     rows = ingest.trace_rows(prov)
     if args.json:
@@ -365,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the flow's verdict")
     a.set_defaults(func=cmd_approve)
+
+    pe = sub.add_parser("pending", help="runs waiting for approval: who approved, what is still needed, time left")
+    pe.add_argument("--config", default="airlock.toml")
+    pe.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    pe.set_defaults(func=cmd_pending)
 
     v = sub.add_parser("verify", help="verify a stage's model, signature and approvals (exit 0 only if all verify)")
     v.add_argument("--stage", choices=["production", "staging"], default="production")

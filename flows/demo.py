@@ -37,6 +37,7 @@ from flows import _server
 
 COMMITTER = "dev@airlock.demo"
 APPROVERS = ("alice@airlock.demo", "bob@airlock.demo")
+ROLES = ("ml-lead", "security")  # the default approval policy: one of each, two different people
 TRAINER_FILES = ("__init__.py", "model.py", "train.py", "config.toml")
 
 
@@ -81,9 +82,9 @@ def build(workdir: Path, *, checked: bool = False) -> dict[str, Path]:
     committer = _ssh_key(keys / "committer", COMMITTER)
     (trust / "allowed_signers").write_text(f'{COMMITTER} namespaces="git" {committer}\n')
     lines = []
-    for name in APPROVERS:
+    for name, role in zip(APPROVERS, ROLES):
         pub = _ssh_key(keys / name.split("@")[0], name)
-        lines.append(f'{name} namespaces="airlock-approval" {pub}\n')
+        lines.append(f'{name} namespaces="airlock-approval" {pub} roles={role}\n')
     (trust / "approvers").write_text("".join(lines))
     modelsign.generate_keypair(keys / "model_signing.key", trust / "model_signing.pub")
 
@@ -202,11 +203,14 @@ alpha = 0.01
 [advisory]               # membership inference, extraction effort, spectral signatures: reported, never blocking
 enabled = true
 
-[approval]
+[approval]              # one ml-lead and one security approver (roles in trust/approvers), two different people
+require = { all_of = [{ role = "ml-lead" }, { role = "security" }] }
 quorum = 2
+ttl_seconds = 86400     # an approval is valid for a day after it was signed
 timeout_seconds = 900
 poll_seconds = 1
 forbid_self_approval = true
+max_attempts = 20       # signed submissions; junk written to the Prefect API does not count
 
 [registry]
 path = "registry"
@@ -332,7 +336,7 @@ def _run(args, log, workdir: Path, server: _server.Server, t0: float) -> int:
         loaded = policy.load(paths["policy"])
         pol = trust.pin(loaded, trust.resolve(loaded, paths["workdir"] / "runs" / "verify-trust"))
         reg = Registry.from_policy(pol)
-        model, verdict = reg.verify_stage("production", pol.approval.quorum)
+        model, verdict = reg.verify_stage("production")
         assert verdict is not None  # production always has an approval verdict
         verified = True
         print(

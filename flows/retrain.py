@@ -46,6 +46,7 @@ from prefect.states import Completed, Failed
 
 from airlock import aibom, gitutil, manifest, modeldir, modelsign, sandbox, trust
 from airlock import policy as _policy
+from airlock.approvals import Policy as ApprovalPolicy
 from airlock.errors import AirlockError, GateFailed, RegistryError
 from airlock.ingest import provenance_entry
 from airlock.ledger import Ledger
@@ -74,9 +75,15 @@ def retrain(config: str):
     ledger = Ledger(pol.ledger.path)
     run_dir = pol.run.workdir / run_id
     rec = RunRecorder(ledger, run_id, run_dir / "evidence")
+    initiator = run_initiator()  # who started the run may not approve it
     ledger.append(
         "run.start",
-        {"config": str(pol.source), "policy_digest": pol.digest, "protected_policy": pol.protected},
+        {
+            "config": str(pol.source),
+            "policy_digest": pol.digest,
+            "protected_policy": pol.protected,
+            "initiator": initiator,
+        },
         run_id=run_id,
     )
     emit("start", run_id=run_id, run_dir=str(run_dir))
@@ -109,13 +116,12 @@ def retrain(config: str):
         rec.record_all(model_gates(pol, box, src, model_dir, run_dir, ledger))
 
         # 5. Signing: provenance + evidence + weights signed together, then staged (the registry verifies).
-        staged = sign_and_stage(pol, box, run_id, run_dir, src, model_dir, c, datasets, rec, ledger)
+        staged = sign_and_stage(pol, box, run_id, run_dir, src, model_dir, c, datasets, rec, ledger, initiator)
         rec.evidence_dir = run_dir / "evidence-after-signing"  # the signed directory is never touched again
 
-        # 6. Dual approval: pause until a quorum of distinct approvers signs for this run and this model digest.
-        approvals = collect_approvals(
-            started, pol, roots, run_dir, run_id, staged.digest, c.evidence.get("signer"), rec, ledger, box
-        )
+        # 6. Approval: pause until people in the required roles - none of whom wrote the range or started the run -
+        #    sign for this run and this model digest; one signed rejection ends the run and marks the model.
+        approvals = collect_approvals(started, pol, roots, run_dir, run_id, staged, rec, ledger, box)
 
         # 7. Promotion: trust roots re-checked; the registry re-verifies everything itself and moves production.
         pointer = promote(started, pol, roots, run_dir, staged.digest, approvals, ledger)
@@ -428,13 +434,18 @@ def sign_and_stage(
     datasets: dict,
     rec: RunRecorder,
     ledger: Ledger,
+    initiator: dict,
 ):
     provenance = {
         "format": "airlock-provenance/v1",
         "run_id": run_id,
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "policy": {"path": str(pol.source), "digest": pol.digest, "protected": pol.protected},
-        "commit": {k: c.evidence.get(k) for k in ("commit", "signer", "key_fingerprint", "author", "subject", "repo")},
+        "commit": {
+            k: c.evidence.get(k)
+            for k in ("commit", "signer", "key_fingerprint", "author", "subject", "repo", "identities")
+        },
+        "initiator": initiator,
         # Which files, from where: each file's sha256 and batch, each batch's source (read by `airlock data trace`).
         "datasets": {
             name: provenance_entry(
@@ -474,27 +485,50 @@ def sign_and_stage(
     return staged
 
 
+def run_initiator() -> dict:
+    """Who started this run: the GitHub actor (and the person who triggered it, when a bot or a schedule did), or
+    the Prefect user where the server knows one, else the local user. Recorded at the start and signed."""
+    import getpass
+
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        return {
+            "kind": "github",
+            "actor": os.environ.get("GITHUB_ACTOR", ""),
+            "triggering_actor": os.environ.get("GITHUB_TRIGGERING_ACTOR", ""),
+            "event": os.environ.get("GITHUB_EVENT_NAME", ""),
+        }
+    created_by = getattr(flow_run, "created_by", None)  # Prefect Cloud records who created the run
+    if isinstance(created_by, dict) and created_by.get("display_value"):
+        return {"kind": "prefect", "actor": str(created_by["display_value"])}
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = ""
+    return {"kind": "local", "actor": user}
+
+
+# Submissions whose signature did not verify (junk written straight to the Prefect API) are refused and logged, but
+# do not use up the run's attempts; this bounds how many of them one run reads at all.
+MAX_PAUSES = 1000
+_UNCOUNTED = ("approval.malformed", "approval.bad_signature", "approval.old_version")
+
+
 def collect_approvals(
     started,
-    pol,
+    pol: Policy,
     roots: trust.TrustRoots,
     run_dir: Path,
     run_id: str,
-    digest: str,
-    commit_signer: str | None,
+    staged,
     rec: RunRecorder,
     ledger: Ledger,
     box: sandbox.Sandbox,
 ) -> list[approval.Approval]:
     """The pause. Runs in the flow body (Prefect cannot pause inside a task)."""
-    ctx = approval.Context(
-        run_id=run_id,
-        model_digest=digest,
-        approvers_file=pol.trust.approvers,
-        revoked_keys=pol.trust.revoked_keys,
-        commit_signer=commit_signer,
-        forbid_self_approval=pol.approval.forbid_self_approval,
-    )
+    registry = _registry(pol, ledger)
+    policy = registry.approval_policy
+    ctx = registry.approval_context(staged)  # bindings from the signed provenance, as the registry will judge them
+    digest = staged.digest
     command = f"airlock approve {run_id} --key ~/.ssh/id_ed25519 --config {pol.source}"
     warning = (
         ""
@@ -510,14 +544,18 @@ def collect_approvals(
         + f"\n\nApprove from a terminal:\n\n    {command}\n\n"
         "Paste-in approvals must be a statement and an SSH signature made by `airlock approve --print-only`."
     )
+    needed = "; ".join(policy.outcome([]).missing)
     ledger.append(
-        "approval.requested", {"digest": digest, "quorum": pol.approval.quorum, "command": command}, run_id=run_id
+        "approval.requested",
+        {"digest": digest, "policy": policy.to_dict(), "needed": needed, "command": command},
+        run_id=run_id,
     )
-    emit("awaiting", run_id=run_id, digest=digest, command=command, quorum=pol.approval.quorum)
+    emit("awaiting", run_id=run_id, digest=digest, command=command, needed=needed)
     accepted: list[approval.Verified] = []
     deadline = time.monotonic() + pol.approval.timeout_seconds
-    for attempt in range(pol.approval.max_attempts):
-        if len(accepted) >= pol.approval.quorum:
+    attempts = 0
+    for pause in range(MAX_PAUSES):
+        if policy.outcome(accepted).satisfied or attempts >= pol.approval.max_attempts:
             break
         remaining = int(deadline - time.monotonic())
         if remaining <= 0:
@@ -527,7 +565,7 @@ def collect_approvals(
                 wait_for_input=ApprovalInput.with_initial_data(description=description),
                 timeout=remaining,
                 poll_interval=int(max(1, pol.approval.poll_seconds)),
-                key=f"approval-{attempt}",
+                key=f"approval-{pause}",
             )
             submitted = approval.Approval(str(raw.statement), str(raw.signature))
             result, verified = approval.verify_one(submitted, ctx, accepted)
@@ -552,6 +590,8 @@ def collect_approvals(
                 ledger.append("approval.received", ended.to_dict(), run_id=run_id)
                 _publish_approval_verdict(submitted, ended)
                 raise
+        if result.code not in _UNCOUNTED:
+            attempts += 1
         ledger.append("approval.received", result.to_dict(), run_id=run_id)
         _publish_approval_verdict(submitted, result)
         emit("approval", result=result)
@@ -559,13 +599,15 @@ def collect_approvals(
             continue  # refused: say why, keep waiting for a valid one
         accepted.append(verified)
         if verified.decision == "reject":
+            # One valid signed rejection ends the run, and the staged model is marked: it is never promoted.
+            registry.reject(digest, verified.approval)
             raise GateFailed(f"{verified.approver} rejected the model: {verified.reason or 'no reason given'}")
-    final = approval.check_quorum([v.approval for v in accepted], ctx, pol.approval.quorum)
+    final = approval.check([v.approval for v in accepted], ctx, policy)
     if not final.passed:
         ledger.append("approval.timeout", {"accepted": [v.approver for v in accepted]}, run_id=run_id)
         raise GateFailed(
             f"approval gate refused: {final.reason} before the approval window closed (or "
-            f"{pol.approval.max_attempts} submissions were used up) — nothing was promoted; start a new run"
+            f"{pol.approval.max_attempts} signed submissions were used up) — nothing was promoted; start a new run"
         )
     rec.record(final)
     return [v.approval for v in accepted]
@@ -589,7 +631,7 @@ def _under_roots_now(started, roots, run_dir: Path, submitted, ctx, accepted, re
 @task(name="promote")
 def promote(
     started,
-    pol,
+    pol: Policy,
     roots: trust.TrustRoots,
     run_dir: Path,
     digest: str,
@@ -598,14 +640,19 @@ def promote(
 ) -> dict:
     now = trust.at_decision(started, roots, run_dir / "trust-now")
     # The approvals were collected under the run's trust roots: they must still meet them ...
-    verdict = _registry(pol, ledger).check_approvals(
-        digest, approvals, pol.approval.quorum, pol.approval.forbid_self_approval
-    )
-    if not verdict.passed:
+    verdict = _registry(pol, ledger).check_approvals(digest, approvals)
+    if not verdict.ok:
         raise RegistryError(f"promotion refused: {verdict.reason}", "collect valid approvals in a new run")
     # ... and the registry re-verifies everything under the roots in force now (revocations since the start).
-    in_force = Registry(pol.registry.path, ledger, now.model_signing_public_key, now.approvers, now.revoked_keys)
-    pointer = in_force.promote(digest, approvals, pol.approval.quorum, pol.approval.forbid_self_approval)
+    in_force = Registry(
+        pol.registry.path,
+        ledger,
+        now.model_signing_public_key,
+        now.approvers,
+        now.revoked_keys,
+        ApprovalPolicy.from_policy(pol.approval),
+    )
+    pointer = in_force.promote(digest, approvals)
     emit("progress", step="promote", message=f"production now {digest}")
     return pointer
 

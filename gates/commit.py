@@ -176,7 +176,7 @@ def _signed_range(top: Path, base: str | None, sha: str, signers: SignerPolicy, 
             top,
             "log",
             f"--max-count={MAX_COMMITS}",
-            "--format=%H%x00%G?%x00%GS%x00%GF%x00%GP%x00%s%x1e",
+            "--format=%H%x00%G?%x00%GS%x00%GF%x00%GP%x00%ae%x00%ce%x00%s%x1e",
             *rng,
             "--",
             **signers.git_kwargs(),
@@ -187,7 +187,7 @@ def _signed_range(top: Path, base: str | None, sha: str, signers: SignerPolicy, 
     for rec in log.split("\x1e"):
         rec = rec.strip("\n")
         if rec:
-            h, status, signer, fp, primary, subject = (rec.split("\x00") + [""] * 6)[:6]
+            h, status, signer, fp, primary, author, committer, subject = (rec.split("\x00") + [""] * 8)[:8]
             commits.append(
                 {
                     "commit": h,
@@ -195,10 +195,19 @@ def _signed_range(top: Path, base: str | None, sha: str, signers: SignerPolicy, 
                     "signer": signer,
                     "fingerprint": fp,
                     "primary": primary,
+                    "author_email": author,
+                    "committer_email": committer,
                     "subject": subject,
                 }
             )
     evidence["commits_checked"] = len(commits)
+    # Everyone who wrote, committed or signed a commit of the range, by address and by key: none of them may approve
+    # the model trained from it (airlock/approvals.py, separation of duties).
+    evidence["identities"] = {
+        "emails": sorted({e.lower() for c in commits for e in (c["author_email"], c["committer_email"]) if e}),
+        "signers": sorted({c["signer"] for c in commits if c["signer"]}),
+        "key_fingerprints": sorted({k for c in commits for k in (c["fingerprint"], c["primary"]) if k}),
+    }
     if not commits:
         raise _Refused(
             f"no commits between base {str(base)[:12]} and HEAD — nothing to train", "commit.no_commits", evidence

@@ -5,14 +5,17 @@ Layout under the registry root::
     staging/<hex>/model/...        the signed model directory (weights, metadata, provenance, gate evidence)
     staging/<hex>/model.sig        its model_signing bundle (kept outside the directory it signs)
     staging/runs/<run_id>.json     which model a run staged
-    production/<hex>/...           the same, plus approvals.json (the signed approvals)
+    staging/rejected/<hex>.json    a signed rejection: this model is never promoted
+    production/<hex>/...           the same, plus approvals.json (the signed approvals and the policy they met)
     production/CURRENT             {"digest", "run_id", "promoted_at", "ledger_anchor"}: the production pointer
 
 Rules:
 * Nothing enters staging unless its signature verifies with the trusted model-signing key and its digest (over
   every file, see :mod:`airlock.hashing`) is recomputed.
-* Promotion re-verifies, from the trust files and never from the model: the signature, the digest, and a quorum of
-  distinct authorised approvals bound to this run and this digest. The registry does not trust its caller.
+* Promotion re-verifies, from the trust files and never from the model: the signature, the digest, and approvals
+  bound to this run and this digest that meet the approval policy (:mod:`airlock.approvals`: roles by different
+  people, separation of duties, expiry). The policy is the registry's own, built from the trust roots: no caller
+  passes a quorum or a flag. A model with a valid signed rejection is marked rejected and can never be promoted.
 * Promotion is crash-safe: the production object is written under a temporary name, verified, renamed into place,
   and only then is CURRENT replaced atomically (``os.replace``). A crash leaves the old or the new production model,
   never a mix.
@@ -29,14 +32,14 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from airlock import approvals as _approvals
 from airlock import modeldir, modelsign
 from airlock.errors import AirlockError, RegistryError
 from airlock.hashing import hash_tree
 from airlock.ledger import Anchor, Ledger
 from airlock.policy import Policy
-from gates import approval as _approval
-from gates._result import GateResult
 
 STAGES = ("staging", "production")
 
@@ -96,7 +99,9 @@ class Registry:
         public_key: str | Path,
         approvers_file: str | Path,
         revoked_keys: str | Path | None = None,
+        approval_policy: _approvals.Policy = _approvals.Policy(),
     ) -> None:
+        self.approval_policy = approval_policy
         self.root = Path(root)
         self.ledger = ledger
         self.public_key = Path(public_key)
@@ -113,6 +118,7 @@ class Registry:
             t.model_signing_public_key,
             t.approvers,
             t.revoked_keys,
+            _approvals.Policy.from_policy(pol.approval),
         )
 
     # -- verification ------------------------------------------------------------------------------------------
@@ -154,15 +160,22 @@ class Registry:
             raise RegistryError(f"provenance.json of the model in {obj} is not a JSON object", "re-run the pipeline")
         return StagedModel(actual, obj, provenance)
 
-    def _approval_context(self, model: StagedModel, forbid_self_approval: bool) -> _approval.Context:
+    def approval_context(
+        self, model: StagedModel, policy: _approvals.Policy | None = None, at: _dt.datetime | None = None
+    ) -> _approvals.Context:
         # Bindings come from the signed provenance, judged against the trusted approvers file.
-        return _approval.Context(
+        commit = model.provenance.get("commit") or {}
+        identities = commit.get("identities") or {}
+        if not identities and commit.get("signer"):
+            identities = {"signers": [commit["signer"]]}  # recorded before the range's identities were
+        return (policy or self.approval_policy).context(
             run_id=model.provenance.get("run_id", ""),
             model_digest=model.digest,
             approvers_file=self.approvers_file,
             revoked_keys=self.revoked_keys,
-            commit_signer=model.provenance.get("commit", {}).get("signer"),
-            forbid_self_approval=forbid_self_approval,
+            range_identities=identities if isinstance(identities, dict) else {},
+            initiator=model.provenance.get("initiator") or {},
+            at=at,
         )
 
     # -- staging -----------------------------------------------------------------------------------------------
@@ -204,30 +217,67 @@ class Registry:
 
     # -- production --------------------------------------------------------------------------------------------
 
-    def check_approvals(
-        self, digest: str, approvals: list[_approval.Approval], quorum: int, forbid_self_approval: bool = True
-    ) -> GateResult:
-        """The staged model verifies and the approvals meet the quorum under this registry's trust roots."""
+    def check_approvals(self, digest: str, approvals: list[_approvals.Approval]) -> _approvals.Decision:
+        """The staged model verifies and the approvals meet this registry's approval policy."""
         staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
-        return _approval.check_quorum(approvals, self._approval_context(staged, forbid_self_approval), quorum)
+        return _approvals.decide(approvals, self.approval_context(staged), self.approval_policy)
 
-    def promote(
-        self, digest: str, approvals: list[_approval.Approval], quorum: int, forbid_self_approval: bool = True
-    ) -> dict:
+    # -- rejection ---------------------------------------------------------------------------------------------
+
+    def reject(self, digest: str, rejection: _approvals.Approval) -> None:
+        """Mark a staged model rejected, keeping the signed rejection; it can never be promoted afterwards."""
         staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
+        v = _approvals.verify(rejection, self.approval_context(staged))  # a forged rejection marks nothing
+        if v.decision != "reject":
+            raise RegistryError("that statement approves the model; it does not reject it", "sign a rejection")
+        d = self.root / "staging" / "rejected"
+        d.mkdir(parents=True, exist_ok=True)
+        record = {"digest": digest, "by": v.approver, "reason": v.reason, "rejection": rejection.to_dict()}
+        _write_atomic(d / f"{_hex(digest)}.json", json.dumps(record, indent=2).encode())
+        self.ledger.append(
+            "registry.reject",
+            {"digest": digest, "by": v.approver, "reason": v.reason},
+            run_id=staged.provenance.get("run_id"),
+        )
+
+    def rejection(self, digest: str) -> dict | None:
+        p = self.root / "staging" / "rejected" / f"{_hex(digest)}.json"
+        if not p.exists():
+            return None
+        record = _read(p, f"the rejection record {p}")
+        return record if isinstance(record, dict) else {"reason": "unreadable rejection record"}
+
+    # -- production --------------------------------------------------------------------------------------------
+
+    def promote(self, digest: str, approvals: list[_approvals.Approval]) -> dict:
+        staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
+        # A rejected model stays rejected: whatever approvals arrive later, it never reaches production.
+        rejected = self.rejection(digest)
+        if rejected is not None:
+            raise RegistryError(
+                f"promotion refused: {digest[:23]}… was rejected by {rejected.get('by', '?')}: "
+                f"{rejected.get('reason') or 'no reason given'}",
+                "train and approve a new model",
+            )
         # Forged or insufficient approvals: the registry re-verifies them itself; it does not trust its caller.
-        verdict = _approval.check_quorum(approvals, self._approval_context(staged, forbid_self_approval), quorum)
-        if not verdict.passed:
+        verdict = _approvals.decide(approvals, self.approval_context(staged), self.approval_policy)
+        if not verdict.ok:
             self.ledger.append(
                 "registry.promote.refused",
-                {"digest": digest, "reason": verdict.reason},
+                {"digest": digest, "reason": verdict.reason, "code": verdict.code},
                 run_id=staged.provenance.get("run_id"),
             )
             raise RegistryError(f"promotion refused: {verdict.reason}", "collect valid approvals and promote again")
+        record = (
+            json.dumps(
+                {"approvals": [a.to_dict() for a in approvals], "policy": self.approval_policy.to_dict()}, indent=2
+            )
+            + "\n"
+        )
 
         run_id = staged.provenance.get("run_id")
         begin = self.ledger.append(
-            "registry.promote.begin", {"digest": digest, "approvers": verdict.evidence["approvers"]}, run_id=run_id
+            "registry.promote.begin", {"digest": digest, "approvers": verdict.approvers}, run_id=run_id
         )
         prod = self.root / "production"
         prod.mkdir(parents=True, exist_ok=True)
@@ -235,20 +285,18 @@ class Registry:
         if not dest.exists():
             tmp = prod / f".{_hex(digest)}.{uuid.uuid4().hex}.tmp"
             shutil.copytree(staged.path, tmp, symlinks=True)
-            (tmp / "approvals.json").write_text(json.dumps([a.to_dict() for a in approvals], indent=2) + "\n")
+            (tmp / "approvals.json").write_text(record)
             _fsync_tree(tmp)
             self.verify_object(tmp, digest)
             os.rename(tmp, dest)  # the object appears whole or not at all
             _fsync_dir(prod)
         else:
-            _write_atomic(
-                dest / "approvals.json", (json.dumps([a.to_dict() for a in approvals], indent=2) + "\n").encode()
-            )
+            _write_atomic(dest / "approvals.json", record.encode())
         pointer = {
             "digest": digest,
             "run_id": run_id,
             "promoted_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "approvers": verdict.evidence["approvers"],
+            "approvers": verdict.approvers,
             "ledger_anchor": {"seq": begin["seq"], "hash": begin["hash"]},
         }
         previous = self.current_pointer("production")
@@ -258,7 +306,7 @@ class Registry:
             {
                 "digest": digest,
                 "previous": previous and previous.get("digest"),
-                "approvers": verdict.evidence["approvers"],
+                "approvers": verdict.approvers,
             },
             run_id=run_id,
         )
@@ -275,9 +323,7 @@ class Registry:
         _hex(ptr["digest"])
         return ptr
 
-    def verify_stage(
-        self, stage: str, quorum: int, forbid_self_approval: bool = True
-    ) -> tuple[StagedModel, GateResult | None]:
+    def verify_stage(self, stage: str) -> tuple[StagedModel, _approvals.Decision | None]:
         """Everything `airlock verify` checks: signature, digest, and (production) the approvals and ledger anchor."""
         if stage not in STAGES:
             raise RegistryError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
@@ -289,7 +335,54 @@ class Registry:
         model = self.verify_object(self.root / stage / _hex(ptr["digest"]), ptr["digest"])
         if stage == "staging":
             return model, None
-        raw = _read(model.path / "approvals.json", f"approvals.json of production model {ptr['digest'][:23]}…")
+        approvals, recorded = self._approvals_of(model, ptr["digest"])
+        try:
+            at = _dt.datetime.fromisoformat(str(ptr.get("promoted_at")))
+        except ValueError:
+            raise RegistryError("the production pointer has no promotion time", "the registry was altered") from None
+        # Judged by the policy and trust roots in force now (a key revoked, an approver removed, a role required
+        # since the promotion) AND by the policy recorded with the model; expiry as at the promotion.
+        verdict = _approvals.decide(approvals, self.approval_context(model, at=at), self.approval_policy)
+        if not verdict.ok:
+            raise RegistryError(
+                f"production approvals do not meet the policy in force: {verdict.reason}",
+                "do not use this model; promote one approved under the current policy",
+            )
+        if recorded is not None:
+            again = _approvals.decide(approvals, self.approval_context(model, recorded, at), recorded)
+            if not again.ok:
+                raise RegistryError(
+                    f"production approvals do not meet the policy recorded with the model: {again.reason}",
+                    "the registry was altered: do not use this model",
+                )
+        anchor = ptr.get("ledger_anchor") or {}
+        try:
+            self.ledger.verify([Anchor(int(anchor["seq"]), str(anchor["hash"]))])
+        except (KeyError, ValueError, TypeError):
+            raise RegistryError("production pointer has no ledger anchor", "the registry was altered") from None
+        return model, verdict
+
+    def _approvals_of(
+        self, model: StagedModel, digest: str
+    ) -> tuple[list[_approvals.Approval], _approvals.Policy | None]:
+        raw = _read(model.path / "approvals.json", f"approvals.json of production model {digest[:23]}…")
+        policy = None
+        if isinstance(raw, dict):  # {"approvals": [...], "policy": {...}}; a bare list before policies were recorded
+            try:
+                p: Any = raw["policy"]
+                policy = _approvals.Policy(
+                    require=_approvals.requirement(p["require"]),
+                    quorum=int(p["quorum"]),
+                    ttl_seconds=int(p["ttl_seconds"]),
+                    clock_skew_seconds=int(p["clock_skew_seconds"]),
+                    separation_of_duties=bool(p["separation_of_duties"]),
+                )
+            except (KeyError, TypeError, ValueError):
+                raise RegistryError(
+                    f"production model {digest[:23]}… records an unreadable approval policy",
+                    "the registry was altered: do not use this model",
+                ) from None
+            raw = raw.get("approvals")
         if not (
             isinstance(raw, list)
             and all(
@@ -298,26 +391,10 @@ class Registry:
             )
         ):
             raise RegistryError(
-                f"production model {ptr['digest'][:23]}… has no readable approvals.json",
+                f"production model {digest[:23]}… has no readable approvals.json",
                 "the registry was altered: do not use this model",
             )
-        approvals = [_approval.Approval(a["statement"], a["signature"]) for a in raw]
-        # Judged by the policy and trust roots in force now (a key revoked, an approver removed or a quorum raised
-        # since the promotion), not only by those the model was approved under.
-        verdict = _approval.check_quorum(approvals, self._approval_context(model, forbid_self_approval), quorum)
-        if not verdict.passed:
-            recorded = (model.provenance.get("policy") or {}).get("digest")
-            raise RegistryError(
-                f"production approvals do not meet the policy in force: {verdict.reason}"
-                + (f" (approved under policy {recorded[:19]}…)" if recorded else ""),
-                "do not use this model; promote one approved under the current policy",
-            )
-        anchor = ptr.get("ledger_anchor") or {}
-        try:
-            self.ledger.verify([Anchor(int(anchor["seq"]), str(anchor["hash"]))])
-        except (KeyError, ValueError, TypeError):
-            raise RegistryError("production pointer has no ledger anchor", "the registry was altered") from None
-        return model, verdict
+        return [_approvals.Approval(a["statement"], a["signature"]) for a in raw], policy
 
 
 def _read(path: Path, what: str):

@@ -47,9 +47,9 @@ def keys(tmp_path_factory) -> Keys:
     allowed.write_text(f'dev@example.com namespaces="git" {pubs["dev"]}\n')
     approvers = d / "approvers"
     approvers.write_text(
-        f'alice@example.com namespaces="airlock-approval" {pubs["alice"]}\n'
-        f'bob@example.com namespaces="airlock-approval" {pubs["bob"]}\n'
-        f'dev@example.com namespaces="airlock-approval" {pubs["dev"]}\n'
+        f'alice@example.com namespaces="airlock-approval" {pubs["alice"]} roles=ml-lead\n'
+        f'bob@example.com namespaces="airlock-approval" {pubs["bob"]} roles=security\n'
+        f'dev@example.com namespaces="airlock-approval" {pubs["dev"]} roles=ml-lead,security\n'
     )
     modelsign.generate_keypair(d / "model.key", d / "model.pub")
     return Keys(d, allowed, approvers, d / "model.key", d / "model.pub")

@@ -20,6 +20,7 @@ import pytest
 from airlock.gitutil import isolated_env
 from airlock.ledger import Ledger
 from flows import demo
+from gates import approval
 from tests.conftest import ROOT, assert_one_line_refusal, commit, run_cli
 
 pytestmark = pytest.mark.slow
@@ -62,7 +63,10 @@ def work(tmp_path):
 def set_policy(paths, section: str, key: str, value) -> None:
     p = paths["policy"]
     text = p.read_text()
-    text, n = re.subn(rf"(\[{re.escape(section)}\][^\[]*?){key} = [^\n]*", rf"\g<1>{key} = {value}", text, flags=re.S)
+    # Within the section: up to the next line that opens a table (a value may hold brackets: require = {...[...]}).
+    text, n = re.subn(
+        rf"(\[{re.escape(section)}\](?:(?!\n\[).)*?\n){key} = [^\n]*", rf"\g<1>{key} = {value}", text, flags=re.S
+    )
     assert n == 1, (section, key)
     p.write_text(text)
 
@@ -111,6 +115,35 @@ def approve(paths, api: str, run_id: str, key: Path, *extra: str) -> subprocess.
         text=True,
         timeout=180,
     )
+
+
+def send_junk(paths, api: str, run_id: str, n: int) -> None:
+    """Write n unsigned, unparseable submissions straight to the Prefect API, each after the run paused again."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    async def go() -> None:
+        ledger = Ledger(paths["ledger"])
+        async with get_client() as client:
+            for i in range(n):
+                deadline = time.monotonic() + 60
+                while True:
+                    done = sum(1 for e in ledger.entries() if e["kind"] == "approval.received")
+                    fr = await client.read_flow_run(run_id)
+                    if done == i and fr.state is not None and fr.state.is_paused():
+                        break
+                    assert time.monotonic() < deadline, "the run did not pause again after junk"
+                    await asyncio.sleep(0.1)
+                if i % 2:  # unparseable
+                    junk = {"statement": f"junk {i} {{", "signature": "not a signature"}
+                else:  # a well-formed statement for this run, unsigned
+                    stmt = approval.make_statement(run_id, "sha256:" + "0" * 64, "alice@airlock.demo", "approve")
+                    junk = {"statement": stmt, "signature": "-----BEGIN SSH SIGNATURE-----\nAAAA\n"}
+                await resume_flow_run(run_id, run_input=junk)
+
+    asyncio.run(go())
 
 
 def wait_for_pause(paths, proc: subprocess.Popen, timeout: float = 240, after: str | None = None) -> str:
@@ -215,7 +248,18 @@ def test_bad_approvals_are_refused_while_the_run_waits_then_it_times_out(work, p
         # A real approver: accepted.
         first = approve(work, prefect_api, run_id, keydir / "alice")
         assert first.returncode == 0, first.stdout + first.stderr
-        assert "accepted: alice@airlock.demo approved" in first.stdout
+        assert "accepted: alice@airlock.demo (ml-lead) approved" in first.stdout
+
+        # `airlock pending`: the run, who approved in which role, and what the policy still needs.
+        listed = run_cli("pending", "--config", str(work["policy"]), "--json")
+        assert listed.returncode == 0, listed.stderr
+        (row,) = json.loads(listed.stdout)["pending"]
+        assert row["run_id"] == run_id and row["refused_submissions"] == 2
+        assert row["approved_by"] == [{"approver": "alice@airlock.demo", "roles": ["ml-lead"]}]
+        assert row["still_needed"] == ["1 more security approver", "1 more distinct approver in all"]
+        assert 0 < row["expires_in_seconds"] <= 45
+        plain = run_cli("pending", "--config", str(work["policy"]))
+        assert "alice@airlock.demo (ml-lead)" in plain.stdout and "1 more security approver" in plain.stdout
 
         # The same approver again does not make a quorum.
         again = approve(work, prefect_api, run_id, keydir / "alice")
@@ -233,7 +277,7 @@ def test_bad_approvals_are_refused_while_the_run_waits_then_it_times_out(work, p
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, out + err
-    assert "1 of 2 required approvals" in out and "nothing was promoted" in out
+    assert "still needed 1 more security approver" in out and "nothing was promoted" in out
     assert not (work["registry"] / "production").exists()
     k = kinds(work)
     assert k.count("approval.received") == 5 and "approval.timeout" in k and k[-1] == "run.failed"
@@ -257,6 +301,10 @@ def test_a_rejection_ends_the_run(work, prefect_api):
     assert proc.returncode == 1
     assert "bob@airlock.demo rejected the model: golden drift" in out
     assert not (work["registry"] / "production").exists()
+    # The staged model is marked rejected in the registry, with the signed rejection: it can never be promoted.
+    (mark,) = (work["registry"] / "staging" / "rejected").glob("*.json")
+    assert json.loads(mark.read_text())["reason"] == "golden drift"
+    assert "registry.reject" in kinds(work)
     assert "WARNING: team code ran without Airlock's sandbox" in res.stdout
     staged = next((work["registry"] / "staging").glob("[0-9a-f]*"))
     prov = json.loads((staged / "model" / "provenance.json").read_text())
@@ -332,10 +380,14 @@ def test_demo_end_to_end_with_approvals_from_separate_processes(tmp_path):
 
 
 def test_after_a_promotion_every_commit_since_production_must_be_signed(work, prefect_api):
-    """Promote once; then an unsigned commit slipped under a trusted signed HEAD is refused, named by the gate."""
+    """Promote once - after 25 junk submissions written straight to the Prefect API, which are refused and logged but
+    do not use up the run's two attempts; then an unsigned commit slipped under a trusted signed HEAD is refused,
+    named by the gate."""
+    set_policy(work, "approval", "max_attempts", "2")
     proc = start_run(work, prefect_api)
     try:
         run_id = wait_for_pause(work, proc)
+        send_junk(work, prefect_api, run_id, 25)
         for who in ("alice", "bob"):
             res = approve(work, prefect_api, run_id, work["keys"] / who)
             assert res.returncode == 0, res.stdout + res.stderr
@@ -351,8 +403,12 @@ def test_after_a_promotion_every_commit_since_production_must_be_signed(work, pr
     assert_one_line_refusal(run_cli(*verify), 1, "do not meet the policy in force", "alice@airlock.demo is revoked")
     (work["trust"] / "revoked_keys").write_text("")
     set_policy(work, "approval", "quorum", "3")
-    assert_one_line_refusal(run_cli(*verify), 1, "do not meet the policy in force", "2 of 3 required approvals")
+    assert_one_line_refusal(run_cli(*verify), 1, "do not meet the policy in force", "1 more distinct approver in all")
     set_policy(work, "approval", "quorum", "2")
+    received = [e["data"] for e in Ledger(work["ledger"]).entries() if e["kind"] == "approval.received"]
+    assert len(received) == 27, [r["code"] for r in received]
+    assert {r["code"] for r in received[:25]} == {"approval.malformed", "approval.bad_signature"}
+    assert [r["verdict"] for r in received[25:]] == ["pass", "pass"]
     assert run_cli(*verify).returncode == 0
 
     production_commit = next(

@@ -157,7 +157,7 @@ def test_registry_pointer_and_records(data, tmp_path, keys):
     reg = Registry(root, Ledger(tmp_path / "l.jsonl"), keys.model_pub, keys.approvers)
     _airlock_or_nothing(lambda: reg.current_pointer("production"))
     _airlock_or_nothing(lambda: reg.staged_for_run("r"))
-    _airlock_or_nothing(lambda: reg.verify_stage("production", 2))
+    _airlock_or_nothing(lambda: reg.verify_stage("production"))
 
 
 @FUZZ

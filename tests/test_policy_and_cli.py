@@ -49,6 +49,8 @@ def test_valid_policy_resolves_paths(tmp_path):
         ("[evaluation]\nepsilon = 'big'\n", "evaluation.epsilon"),
         ("[approval]\nquorum = 0\n", "approval.quorum"),
         ("[approval]\nquorom = 2\n", "approval.quorom: unknown key"),
+        ("[approval]\nrequire = { all_of = [] }\n", "approval.require"),
+        ("[approval]\nrequire = { role = 'security', count = 0 }\n", "approval.require"),
         ("[training]\ntimeout_seconds = -1\n", "training.timeout_seconds"),
     ],
 )

@@ -42,10 +42,10 @@ def approvals_for(keys, digest, who=("alice", "bob")):
 def test_stage_and_promote(reg, signed_model, keys):
     staged = reg.stage(*signed_model, RUN)
     assert reg.staged_for_run(RUN).digest == staged.digest
-    pointer = reg.promote(staged.digest, approvals_for(keys, staged.digest), quorum=2)
+    pointer = reg.promote(staged.digest, approvals_for(keys, staged.digest))
     assert pointer["digest"] == staged.digest
-    model, verdict = reg.verify_stage("production", quorum=2)
-    assert model.digest == staged.digest and verdict.passed
+    model, verdict = reg.verify_stage("production")
+    assert model.digest == staged.digest and verdict.ok
     kinds = [e["kind"] for e in reg.ledger.entries()]
     assert kinds == ["registry.stage", "registry.promote.begin", "registry.promote"]
 
@@ -117,10 +117,11 @@ def test_file_model_signing_ignores_is_still_caught(reg, signed_model, keys):
     assert hash_tree(staged.model_dir).root_digest != staged.digest
 
 
-def test_promotion_without_quorum_is_refused(reg, signed_model, keys):
+def test_promotion_without_the_security_role_is_refused(reg, signed_model, keys):
+    """The registry's own policy (one ml-lead and one security approver): alice alone is the ml-lead only."""
     staged = reg.stage(*signed_model, RUN)
-    with pytest.raises(RegistryError, match="1 of 2 required approvals"):
-        reg.promote(staged.digest, approvals_for(keys, staged.digest, who=("alice",)), quorum=2)
+    with pytest.raises(RegistryError, match="still needed 1 more security approver"):
+        reg.promote(staged.digest, approvals_for(keys, staged.digest, who=("alice",)))
     assert reg.current_pointer("production") is None
 
 
@@ -133,21 +134,21 @@ def test_promotion_refuses_a_key_revoked_after_it_approved(reg, signed_model, ke
     revoked.write_text(open(f"{keys.key('alice')}.pub").read())
     in_force = Registry(reg.root, reg.ledger, keys.model_pub, keys.approvers, revoked)
     with pytest.raises(RegistryError, match="alice@example.com is revoked"):
-        in_force.promote(staged.digest, approvals, quorum=2)
+        in_force.promote(staged.digest, approvals)
     assert in_force.current_pointer("production") is None
-    assert reg.check_approvals(staged.digest, approvals, 2).passed  # under the roots the run started with
+    assert reg.check_approvals(staged.digest, approvals).ok  # under the roots the run started with
 
 
 def test_promotion_with_forged_approval_is_refused(reg, signed_model, keys):
     staged = reg.stage(*signed_model, RUN)
     forged = approval.sign(keys.key("carol"), approval.make_statement(RUN, staged.digest, "bob@example.com", "approve"))
     with pytest.raises(RegistryError, match="signature does not verify for bob"):
-        reg.promote(staged.digest, approvals_for(keys, staged.digest, who=("alice",)) + [forged], quorum=2)
+        reg.promote(staged.digest, approvals_for(keys, staged.digest, who=("alice",)) + [forged])
 
 
 def test_crash_before_pointer_switch_keeps_old_production(reg, signed_model, keys, trained, tmp_path, monkeypatch):
     first = reg.stage(*signed_model, RUN)
-    reg.promote(first.digest, approvals_for(keys, first.digest), quorum=2)
+    reg.promote(first.digest, approvals_for(keys, first.digest))
     # A second model, promotion interrupted right before the atomic pointer switch.
     model2 = tmp_path / "run2" / "model"
     shutil.copytree(signed_model[0], model2)
@@ -164,9 +165,9 @@ def test_crash_before_pointer_switch_keeps_old_production(reg, signed_model, key
 
     monkeypatch.setattr(store, "_write_atomic", crash)
     with pytest.raises(OSError):
-        reg.promote(second.digest, approvals_for(keys, second.digest), quorum=2)
+        reg.promote(second.digest, approvals_for(keys, second.digest))
     monkeypatch.setattr(store, "_write_atomic", real)
-    model, _ = reg.verify_stage("production", quorum=2)
+    model, _ = reg.verify_stage("production")
     assert model.digest == first.digest  # old model, whole and verified
 
 
@@ -178,7 +179,7 @@ def test_crash_while_copying_leaves_no_half_object(reg, signed_model, keys, monk
 
     monkeypatch.setattr(store, "_fsync_tree", crash)
     with pytest.raises(OSError):
-        reg.promote(staged.digest, approvals_for(keys, staged.digest), quorum=2)
+        reg.promote(staged.digest, approvals_for(keys, staged.digest))
     prod = reg.root / "production"
     assert not (prod / staged.digest[7:]).exists()  # only a temporary directory can be left behind
     assert reg.current_pointer("production") is None
@@ -209,11 +210,11 @@ path = "{ledger}"
 
 def test_cli_verify_fails_when_production_model_changes(reg, signed_model, keys, tmp_path):
     staged = reg.stage(*signed_model, RUN)
-    reg.promote(staged.digest, approvals_for(keys, staged.digest), quorum=2)
+    reg.promote(staged.digest, approvals_for(keys, staged.digest))
     cfg = _policy(tmp_path, keys, reg.root, reg.ledger.path)
     ok = run_cli("verify", "--config", str(cfg))
     assert ok.returncode == 0, ok.stderr
-    assert "2 of 2 approvals" in ok.stdout
+    assert "2 approvals meet the policy" in ok.stdout
     weights = reg.root / "production" / staged.digest[7:] / "model" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01
@@ -224,17 +225,18 @@ def test_cli_verify_fails_when_production_model_changes(reg, signed_model, keys,
 
 def test_cli_verify_fails_when_approvals_are_swapped(reg, signed_model, keys, tmp_path):
     staged = reg.stage(*signed_model, RUN)
-    reg.promote(staged.digest, approvals_for(keys, staged.digest), quorum=2)
+    reg.promote(staged.digest, approvals_for(keys, staged.digest))
     path = reg.root / "production" / staged.digest[7:] / "approvals.json"
-    one = json.loads(path.read_text())
-    path.write_text(json.dumps([one[0], one[0]]))
+    record = json.loads(path.read_text())
+    record["approvals"] = [record["approvals"][0]] * 2
+    path.write_text(json.dumps(record))
     bad = run_cli("verify", "--config", str(_policy(tmp_path, keys, reg.root, reg.ledger.path)))
     assert_one_line_refusal(bad, 1, "already approved")
 
 
 def test_cli_verify_fails_when_ledger_is_truncated(reg, signed_model, keys, tmp_path):
     staged = reg.stage(*signed_model, RUN)
-    reg.promote(staged.digest, approvals_for(keys, staged.digest), quorum=2)
+    reg.promote(staged.digest, approvals_for(keys, staged.digest))
     lines = reg.ledger.path.read_text().splitlines(keepends=True)
     reg.ledger.path.write_text("".join(lines[:1]))
     bad = run_cli("verify", "--config", str(_policy(tmp_path, keys, reg.root, reg.ledger.path)))
@@ -244,3 +246,49 @@ def test_cli_verify_fails_when_ledger_is_truncated(reg, signed_model, keys, tmp_
 def test_cli_verify_with_nothing_promoted(tmp_path, keys):
     res = run_cli("verify", "--config", str(_policy(tmp_path, keys, tmp_path / "reg", tmp_path / "l.jsonl")))
     assert_one_line_refusal(res, 1, "no production model")
+
+
+def test_a_signed_rejection_marks_the_model_and_it_is_never_promoted(reg, signed_model, keys):
+    staged = reg.stage(*signed_model, RUN)
+    no = approval.sign(
+        keys.key("bob"), approval.make_statement(RUN, staged.digest, "bob@example.com", "reject", "golden drift")
+    )
+    reg.reject(staged.digest, no)
+    assert reg.rejection(staged.digest)["by"] == "bob@example.com"
+    with pytest.raises(RegistryError, match="was rejected by bob@example.com: golden drift"):
+        reg.promote(staged.digest, approvals_for(keys, staged.digest))
+    assert reg.current_pointer("production") is None
+    assert [e["kind"] for e in reg.ledger.entries()][-1] == "registry.reject"
+
+
+def test_a_forged_rejection_marks_nothing(reg, signed_model, keys):
+    staged = reg.stage(*signed_model, RUN)
+    forged = approval.sign(
+        keys.key("carol"), approval.make_statement(RUN, staged.digest, "bob@example.com", "reject", "spite")
+    )
+    with pytest.raises(approval.Refused, match="does not verify for bob@example.com"):
+        reg.reject(staged.digest, forged)
+    assert reg.rejection(staged.digest) is None
+
+
+def test_production_is_rechecked_against_the_policy_recorded_with_it(reg, signed_model, keys, tmp_path):
+    """The policy in force and the one the model was approved under must both hold: a recorded policy edited to
+    need a role nobody approved in is caught (the registry was altered), and so is a policy in force that now needs
+    more than was given."""
+    staged = reg.stage(*signed_model, RUN)
+    reg.promote(staged.digest, approvals_for(keys, staged.digest))
+    path = reg.root / "production" / staged.digest[7:] / "approvals.json"
+    record = json.loads(path.read_text())
+    assert record["policy"]["require"] == {
+        "all_of": [{"role": "ml-lead", "count": 1}, {"role": "security", "count": 1}]
+    }
+    stricter = approval.Policy(
+        require=approval.AllOf((approval.Threshold(1, "ml-lead"), approval.Threshold(2, "security")))
+    )
+    in_force = Registry(reg.root, reg.ledger, keys.model_pub, keys.approvers, approval_policy=stricter)
+    with pytest.raises(RegistryError, match="do not meet the policy in force: .*1 more security approver"):
+        in_force.verify_stage("production")
+    record["policy"]["require"] = {"role": "auditor"}
+    path.write_text(json.dumps(record))
+    with pytest.raises(RegistryError, match="policy recorded with the model: .*1 more auditor approver"):
+        reg.verify_stage("production")
