@@ -106,11 +106,33 @@ def cmd_approve(args) -> int:
         ) from None
 
 
+# Another submission is being judged (the run is RUNNING between two pauses): wait this long for the next pause.
+BUSY_WAIT_SECONDS = 60.0
+MAX_RESUBMITS = 20
+
+
+def _wait_until_paused(client, run_id: str, deadline: float):
+    """The run's state once it is paused again, or None once it has ended (or the deadline passed)."""
+    while time.monotonic() < deadline:
+        fr = client.read_flow_run(run_id)
+        if fr.state is not None and fr.state.is_paused():
+            return fr.state
+        if fr.state is not None and fr.state.is_final():
+            return None
+        time.sleep(0.2)
+    return None
+
+
 def _submit_approval(args, signed, statement: str, principal: str, decision: str) -> int:
+    """Submit, and end in exactly one of: counted, refused with the reason, or busy - resubmitted at the next pause.
+
+    Prefect answers a resume that lost a race (two approvers within milliseconds: the run is no longer paused) with
+    ABORT and stores nothing; ``resume_flow_run`` raises nothing then. The orchestration result is checked here, and
+    the approval is resubmitted when the run pauses again for the next approval."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.responses import SetStateStatus
     from prefect.exceptions import ObjectNotFound
-    from prefect.flow_runs import resume_flow_run
 
     from flows.retrain import verdict_key
     from gates import approval
@@ -122,19 +144,37 @@ def _submit_approval(args, signed, statement: str, principal: str, decision: str
             raise approval.Refused(
                 f"no flow run {args.run_id} on this Prefect API", "check the run id and PREFECT_API_URL / PREFECT_HOME"
             ) from None
+        if fr.state is not None and fr.state.is_running():  # judging someone else's approval right now
+            _wait_until_paused(client, args.run_id, time.monotonic() + BUSY_WAIT_SECONDS)
+            fr = client.read_flow_run(args.run_id)
         if not (fr.state and fr.state.is_paused()):
             raise approval.Refused(
                 f"run {args.run_id} is not waiting for approval (state {fr.state and fr.state.name})",
                 "approve only runs that 'airlock run' left paused",
             )
         print(f"submitting {decision} as {principal} ...", flush=True)
-        try:
-            resume_flow_run(args.run_id, run_input=signed.to_dict())
-        except Exception as e:  # noqa: BLE001 - NotPausedError, schema rejection, API errors
+        for _ in range(MAX_RESUBMITS):
+            response = client.resume_flow_run(args.run_id, run_input=signed.to_dict())
+            if response.status == SetStateStatus.ACCEPT:
+                break
+            reason = " ".join(str(getattr(response.details, "reason", "") or "").split())[:200]
+            now = client.read_flow_run(args.run_id)
+            if now.state is not None and now.state.is_final():
+                raise approval.Refused(
+                    f"the run ended before it took the approval (state {now.state.name})", "check the run in Prefect"
+                )
+            if now.state is not None and now.state.is_paused() and response.status == SetStateStatus.REJECT:
+                # Still paused and refused: the input itself (schema), not a race.
+                raise approval.Refused(f"the run did not accept the input: {reason}", "check the approval's fields")
+            print("busy: another approval is being judged; resubmitting at the next pause ...", flush=True)
+            if _wait_until_paused(client, args.run_id, time.monotonic() + BUSY_WAIT_SECONDS) is None:
+                raise approval.Refused(
+                    "the run did not pause again for approval after another submission", "check the run in Prefect"
+                )
+        else:
             raise approval.Refused(
-                f"the run did not accept the input: {type(e).__name__}: {' '.join(str(e).split())[:200]}",
-                "check that the run is still paused",
-            ) from None
+                f"the run stayed busy through {MAX_RESUBMITS} submissions", "submit again in a moment"
+            )
         key = verdict_key(statement)
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline:
@@ -146,7 +186,7 @@ def _submit_approval(args, signed, statement: str, principal: str, decision: str
                     return EXIT_OK
                 _err(f"approval refused by the flow: {verdict.get('reason')}")
                 return EXIT_REFUSED
-            time.sleep(0.5)
+            time.sleep(0.2)
     _err(
         f"no verdict from run {args.run_id} within {args.wait} s — check the run in Prefect; the flow may not be running"
     )

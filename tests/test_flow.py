@@ -117,6 +117,18 @@ def approve(paths, api: str, run_id: str, key: Path, *extra: str) -> subprocess.
     )
 
 
+def approve_async(paths, api: str, run_id: str, key: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "flows.cli", "approve", run_id, "--key", str(key), "--config", str(paths["policy"])]
+    return subprocess.Popen(
+        [*cmd, "--wait", "120"],
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": api},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def send_junk(paths, api: str, run_id: str, n: int) -> None:
     """Write n unsigned, unparseable submissions straight to the Prefect API, each after the run paused again."""
     import asyncio
@@ -388,9 +400,13 @@ def test_after_a_promotion_every_commit_since_production_must_be_signed(work, pr
     try:
         run_id = wait_for_pause(work, proc)
         send_junk(work, prefect_api, run_id, 25)
-        for who in ("alice", "bob"):
-            res = approve(work, prefect_api, run_id, work["keys"] / who)
-            assert res.returncode == 0, res.stdout + res.stderr
+        # Two approvers at the same instant: each counted exactly once (the loser of the race resubmits at the
+        # next pause instead of being dropped by Prefect's ABORT).
+        both = [approve_async(work, prefect_api, run_id, work["keys"] / who) for who in ("alice", "bob")]
+        for a in both:
+            a_out, a_err = a.communicate(timeout=180)
+            assert a.returncode == 0, a_out + a_err
+            assert "accepted:" in a_out
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -409,6 +425,8 @@ def test_after_a_promotion_every_commit_since_production_must_be_signed(work, pr
     assert len(received) == 27, [r["code"] for r in received]
     assert {r["code"] for r in received[:25]} == {"approval.malformed", "approval.bad_signature"}
     assert [r["verdict"] for r in received[25:]] == ["pass", "pass"]
+    assert sorted(r["evidence"]["approver"] for r in received[25:]) == ["alice@airlock.demo", "bob@airlock.demo"]
+    assert kinds(work).count("registry.promote") == 1
     assert run_cli(*verify).returncode == 0
 
     production_commit = next(
