@@ -27,6 +27,10 @@ class AirlockError(Exception):
         return f"{self.what} — {self.hint}" if self.hint else self.what
 
 
+class UsageError(AirlockError):
+    """The command cannot go on as given (e.g. a confirmation that cannot be asked, or was not given)."""
+
+
 class PolicyError(AirlockError):
     """airlock.toml is missing, unparseable, or a value is out of range."""
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import cast
 
-from airlock.errors import EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, AirlockError
+from airlock.errors import EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, AirlockError, UsageError
 from airlock.policy import Policy
 from flows._console import Printer, _prefect_env
 
@@ -56,6 +56,52 @@ def cmd_run(args) -> int:
     return EXIT_OK if state.is_completed() else EXIT_REFUSED
 
 
+def _show_what_is_approved(reg, prov: dict) -> None:
+    """From the signed provenance (and production's, verified): each gate beside production's, the commits in the
+    range, the data batches new since production."""
+    from airlock.errors import RegistryError
+
+    try:
+        prod, _ = reg.verify_stage("production")
+        prod_prov: dict = prod.provenance
+    except RegistryError:
+        prod_prov = {}
+    prod_gates = {g.get("gate"): g for g in prod_prov.get("gates", [])}
+    print(f"  {'':8} {'gate':20} {'this model':40} {'production' if prod_prov else '(nothing in production)'}")
+    for g in prov.get("gates", []):
+        mine = _metrics(g)
+        theirs = _metrics(prod_gates.get(g["gate"]) or {}) if prod_prov else ""
+        print(f"  {g['verdict'].upper():8} {g['gate']:20} {mine:40} {theirs}")
+        print(f"  {'':8} {'':20} {g['reason']}")
+    commits = (prov.get("commit") or {}).get("range") or []
+    if commits:
+        print(f"commits in the range ({len(commits)} shown, newest first):")
+        for c in commits:
+            print(f"  {c.get('commit', '?')[:12]} {c.get('author_email', '?'):28} {c.get('subject', '')[:60]}")
+    for name, ds in sorted((prov.get("datasets") or {}).items()):
+        before = set(((prod_prov.get("datasets") or {}).get(name) or {}).get("batches") or {})
+        new = {b: v for b, v in (ds.get("batches") or {}).items() if b not in before}
+        if new:
+            print(f"data batches of {name} new since production:")
+            for bid, b in new.items():
+                print(f"  {bid[:12]} v{b.get('version')} from {b.get('source')} ({b.get('who')}, {b.get('time')})")
+
+
+def _metrics(g: dict) -> str:
+    m = g.get("metrics") or {}
+    shown = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(m.items())[:3]]
+    return ", ".join(shown)[:40]
+
+
+def _confirm(question: str) -> None:
+    """Ask on the terminal; without one, --yes is required (an approval is never given by accident)."""
+    if not sys.stdin.isatty():
+        raise UsageError("no terminal to confirm on", "pass --yes to sign without a confirmation prompt")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise UsageError("not confirmed: nothing was signed", "run the command again and answer y")
+
+
 def cmd_approve(args) -> int:
     from airlock import sshsig
     from gates import approval
@@ -72,8 +118,7 @@ def cmd_approve(args) -> int:
     box = prov.get("sandbox") or {}
     if not box.get("isolated"):
         print(f"WARNING: {box.get('warning') or 'the provenance does not say that team code ran sandboxed'}")
-    for g in prov.get("gates", []):
-        print(f"  {g['verdict'].upper():8} {g['gate']:20} {g['reason']}")
+    _show_what_is_approved(reg, prov)
     principal = args.as_
     if not principal:
         keytype, blob = sshsig.public_key_of(args.key)
@@ -85,6 +130,8 @@ def cmd_approve(args) -> int:
             )
         principal = names[0]
     decision = "reject" if args.reject else "approve"
+    if not args.yes and not args.print_only:
+        _confirm(f"{decision} {staged.digest} as {principal}?")
     statement = approval.make_statement(args.run_id, staged.digest, principal, decision, args.reason or "")
     signed = approval.sign(args.key, statement)
     if args.print_only:
@@ -427,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-only", action="store_true", help="print the signed approval as JSON (to paste into the Prefect UI)"
     )
     a.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the flow's verdict")
+    a.add_argument("-y", "--yes", action="store_true", help="sign without asking for confirmation")
     a.set_defaults(func=cmd_approve)
 
     pe = sub.add_parser("pending", help="runs waiting for approval: who approved, what is still needed, time left")

@@ -235,6 +235,7 @@ def approver_process(paths: dict[str, Path], run_id: str, who: str, log, extra: 
         str(paths["keys"] / who),
         "--config",
         str(paths["policy"]),
+        "--yes",  # the demo's approvers have seen the verdicts printed above
         *extra,
     ]
     env = dict(os.environ, PREFECT_HOME=str(paths["prefect_home"]))  # PREFECT_API_URL: main() set it

@@ -443,7 +443,7 @@ def sign_and_stage(
         "policy": {"path": str(pol.source), "digest": pol.digest, "protected": pol.protected},
         "commit": {
             k: c.evidence.get(k)
-            for k in ("commit", "signer", "key_fingerprint", "author", "subject", "repo", "identities")
+            for k in ("commit", "signer", "key_fingerprint", "author", "subject", "repo", "identities", "range")
         },
         "initiator": initiator,
         # Which files, from where: each file's sha256 and batch, each batch's source (read by `airlock data trace`).

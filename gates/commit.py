@@ -27,6 +27,7 @@ from gates._result import GateResult
 GATE = "commit"
 # Commits checked in one go; a longer range is reported as one refusal per first bad commit anyway.
 MAX_COMMITS = 100_000
+RANGE_SHOWN = 50
 
 _STATUS = {
     "N": "is not signed",
@@ -203,6 +204,10 @@ def _signed_range(top: Path, base: str | None, sha: str, signers: SignerPolicy, 
     evidence["commits_checked"] = len(commits)
     # Everyone who wrote, committed or signed a commit of the range, by address and by key: none of them may approve
     # the model trained from it (airlock/approvals.py, separation of duties).
+    # What approvers see of the range (newest first; the first 50).
+    evidence["range"] = [
+        {k: c[k] for k in ("commit", "subject", "author_email", "signer")} for c in commits[:RANGE_SHOWN]
+    ]
     evidence["identities"] = {
         "emails": sorted({e.lower() for c in commits for e in (c["author_email"], c["committer_email"]) if e}),
         "signers": sorted({c["signer"] for c in commits if c["signer"]}),

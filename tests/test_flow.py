@@ -93,7 +93,7 @@ def run_to_end(paths, api: str, timeout: float = 300) -> subprocess.CompletedPro
     )
 
 
-def approve(paths, api: str, run_id: str, key: Path, *extra: str) -> subprocess.CompletedProcess:
+def approve(paths, api: str, run_id: str, key: Path, *extra: str, yes: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             sys.executable,
@@ -107,6 +107,7 @@ def approve(paths, api: str, run_id: str, key: Path, *extra: str) -> subprocess.
             str(paths["policy"]),
             "--wait",
             "60",
+            *(["--yes"] if yes else []),
             *extra,
         ],
         cwd=ROOT,
@@ -120,7 +121,7 @@ def approve(paths, api: str, run_id: str, key: Path, *extra: str) -> subprocess.
 def approve_async(paths, api: str, run_id: str, key: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "flows.cli", "approve", run_id, "--key", str(key), "--config", str(paths["policy"])]
     return subprocess.Popen(
-        [*cmd, "--wait", "120"],
+        [*cmd, "--wait", "120", "--yes"],
         cwd=ROOT,
         env={**os.environ, "PREFECT_API_URL": api},
         stdout=subprocess.PIPE,
@@ -257,8 +258,13 @@ def test_bad_approvals_are_refused_while_the_run_waits_then_it_times_out(work, p
         forged = approve(work, prefect_api, run_id, keys.key("carol"), "--as", "bob@airlock.demo")
         assert forged.returncode == 1 and "does not verify for bob@airlock.demo" in forged.stderr
 
+        # Without a terminal to confirm on, nothing is signed unless --yes says so.
+        unconfirmed = approve(work, prefect_api, run_id, keydir / "alice", yes=False)
+        assert_one_line_refusal(unconfirmed, 2, "no terminal to confirm on", "pass --yes")
+
         # A real approver: accepted.
         first = approve(work, prefect_api, run_id, keydir / "alice")
+        assert "(nothing in production)" in first.stdout and "commits in the range" in first.stdout
         assert first.returncode == 0, first.stdout + first.stderr
         assert "accepted: alice@airlock.demo (ml-lead) approved" in first.stdout
 
@@ -462,6 +468,11 @@ def test_after_a_promotion_every_commit_since_production_must_be_signed(work, pr
             "test over",
         )
         assert res.returncode == 0, res.stdout + res.stderr
+        # What the approver saw, from the signed provenance: each gate beside production's, the range's commit.
+        header = [line for line in res.stdout.splitlines() if "this model" in line]
+        assert header and header[0].rstrip().endswith("production"), res.stdout
+        assert "retrain with another seed" in res.stdout
+        assert "commits in the range (1 shown, newest first)" in res.stdout
         proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

@@ -711,3 +711,18 @@ def test_readme_has_a_section_per_template():
         assert any(needed.lower() in h.lower() for h in headings), f"no README section for {needed}: {headings}"
     assert "What a forking team changes" in text or "what a forking team changes" in text.lower()
     assert "prefect deployment run" in text and "airlock approve" in text
+
+
+def test_the_approval_notification_automation_is_one_prefect_accepts():
+    """templates/prefect/automation-approval-waiting.yaml: Prefect's own model validates it (what `prefect automation
+    create --from-file` does), and it fires on the paused state of Airlock's flow, by its real name."""
+    from prefect.events.schemas.automations import AutomationCore
+
+    from flows.retrain import retrain
+
+    data = yaml.safe_load((ROOT / "templates" / "prefect" / "automation-approval-waiting.yaml").read_text())
+    (auto,) = [AutomationCore.model_validate(a) for a in data["automations"]]
+    assert auto.trigger.expect == {"prefect.flow-run.Paused"}
+    assert auto.trigger.match_related["prefect.resource.name"] == [retrain.name]
+    (action,) = auto.actions
+    assert action.type == "send-notification" and "airlock approve {{ flow_run.id }}" in action.body
