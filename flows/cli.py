@@ -8,6 +8,7 @@ configuration error. Every failure is one line on stderr saying what is wrong an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -107,18 +108,24 @@ def cmd_approve(args) -> int:
     from gates import approval
     from registry import Registry
 
+    if args.statement_only and not args.as_:
+        raise UsageError("--statement-only needs --as NAME", "pass the principal listed for you in the approvers file")
+    if not args.statement_only and not args.key:
+        raise UsageError("--key is required", "pass --key PATH to your SSH private key (or use --statement-only)")
     pol = _trusted_policy(args.config)
     reg = Registry.from_policy(pol)
     # Show what is being approved from the registry, verified with the trusted key: not from the unauthenticated API.
     staged = reg.staged_for_run(args.run_id)
     prov = staged.provenance
-    print(f"run {args.run_id}\nmodel {staged.digest} (signature verified)")
-    c = prov.get("commit", {})
-    print(f"commit {c.get('commit', '?')[:12]} signed by {c.get('signer')} — {c.get('subject', '')}")
-    box = prov.get("sandbox") or {}
-    if not box.get("isolated"):
-        print(f"WARNING: {box.get('warning') or 'the provenance does not say that team code ran sandboxed'}")
-    _show_what_is_approved(reg, prov)
+    # What is approved goes to the terminal; with --statement-only / --print-only stdout is the statement alone.
+    with contextlib.redirect_stdout(sys.stderr if args.statement_only or args.print_only else sys.stdout):
+        print(f"run {args.run_id}\nmodel {staged.digest} (signature verified)")
+        c = prov.get("commit", {})
+        print(f"commit {c.get('commit', '?')[:12]} signed by {c.get('signer')} — {c.get('subject', '')}")
+        box = prov.get("sandbox") or {}
+        if not box.get("isolated"):
+            print(f"WARNING: {box.get('warning') or 'the provenance does not say that team code ran sandboxed'}")
+        _show_what_is_approved(reg, prov)
     principal = args.as_
     if not principal:
         keytype, blob = sshsig.public_key_of(args.key)
@@ -130,9 +137,13 @@ def cmd_approve(args) -> int:
             )
         principal = names[0]
     decision = "reject" if args.reject else "approve"
+    statement = approval.make_statement(args.run_id, staged.digest, principal, decision, args.reason or "")
+    if args.statement_only:  # signed elsewhere: ssh-keygen -Y sign -n airlock-approval, then pasted in the UI
+        sys.stdout.write(statement)
+        sys.stdout.flush()
+        return EXIT_OK
     if not args.yes and not args.print_only:
         _confirm(f"{decision} {staged.digest} as {principal}?")
-    statement = approval.make_statement(args.run_id, staged.digest, principal, decision, args.reason or "")
     signed = approval.sign(args.key, statement)
     if args.print_only:
         print(json.dumps(signed.to_dict()))
@@ -465,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("approve", help="sign and submit an approval (or rejection) for a paused run")
     a.add_argument("run_id")
-    a.add_argument("--key", required=True, help="your SSH private key (as for ssh-keygen -Y sign)")
+    a.add_argument("--key", help="your SSH private key (as for ssh-keygen -Y sign); not needed with --statement-only")
     a.add_argument("--reject", action="store_true", help="reject instead of approve (ends the run)")
     a.add_argument("--reason", default="", help="free text recorded with the decision")
     a.add_argument("--config", default="airlock.toml")
@@ -475,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the flow's verdict")
     a.add_argument("-y", "--yes", action="store_true", help="sign without asking for confirmation")
+    a.add_argument(
+        "--statement-only",
+        action="store_true",
+        help="print the statement to sign (no newline) for ssh-keygen -Y sign -n airlock-approval; needs --as",
+    )
     a.set_defaults(func=cmd_approve)
 
     pe = sub.add_parser("pending", help="runs waiting for approval: who approved, what is still needed, time left")

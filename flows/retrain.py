@@ -542,7 +542,10 @@ def collect_approvals(
         warning
         + _report.summary_markdown(rec.results, f"Approve model {digest}?")
         + f"\n\nApprove from a terminal:\n\n    {command}\n\n"
-        "Paste-in approvals must be a statement and an SSH signature made by `airlock approve --print-only`."
+        "Or paste here the two fields printed by\n\n"
+        f"    {command} --print-only --yes\n\n"
+        "or a statement from `airlock approve ... --as NAME --statement-only` signed with "
+        "`ssh-keygen -Y sign -n airlock-approval` (statement: the file's content; signature: the .sig file's)."
     )
     needed = "; ".join(policy.outcome([]).missing)
     ledger.append(

@@ -64,6 +64,7 @@ __all__ = [
     "requirement",
     "result",
     "sign",
+    "verify",
     "verify_one",
 ]
 

@@ -292,3 +292,27 @@ def test_production_is_rechecked_against_the_policy_recorded_with_it(reg, signed
     path.write_text(json.dumps(record))
     with pytest.raises(RegistryError, match="policy recorded with the model: .*1 more auditor approver"):
         reg.verify_stage("production")
+
+
+def test_a_statement_from_the_cli_signed_with_ssh_keygen_is_a_valid_approval(reg, signed_model, keys, tmp_path):
+    """The Prefect UI path: `airlock approve RUN --as NAME --statement-only` prints the statement alone (no newline),
+    `ssh-keygen -Y sign -n airlock-approval` signs the file, and the pair verifies as that approver's approval."""
+    import subprocess
+
+    staged = reg.stage(*signed_model, RUN)
+    cfg = _policy(tmp_path, keys, reg.root, reg.ledger.path)
+    res = run_cli("approve", RUN, "--as", "alice@example.com", "--statement-only", "--config", str(cfg))
+    assert res.returncode == 0, res.stderr
+    assert "signature verified" in res.stderr  # what is approved went to the terminal, not into the statement
+    stmt = tmp_path / "statement.json"
+    stmt.write_text(res.stdout)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-Y", "sign", "-f", str(keys.key("alice")), "-n", "airlock-approval", str(stmt)],
+        check=True,
+    )
+    pasted = approval.Approval(stmt.read_text(), (tmp_path / "statement.json.sig").read_text())
+    v = approval.verify(pasted, reg.approval_context(staged))
+    assert v.approver == "alice@example.com" and v.roles == {"ml-lead"} and v.decision == "approve"
+    # Without --as there is no name to put in the statement; without --key nothing can sign.
+    assert_one_line_refusal(run_cli("approve", RUN, "--statement-only", "--config", str(cfg)), 2, "needs --as")
+    assert_one_line_refusal(run_cli("approve", RUN, "--config", str(cfg)), 2, "--key is required")
