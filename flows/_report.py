@@ -45,6 +45,39 @@ def emit(event: str, **data: Any) -> None:
         listener(event, data)
 
 
+class PrefectLog:
+    """Every progress line and verdict also goes to the run's log in Prefect (its Logs tab), whatever the console's
+    level: the lines the terminal shows, through Prefect's API handler, on a logger of Airlock's own."""
+
+    def __init__(self) -> None:
+        import io
+
+        from prefect.logging.handlers import APILogHandler
+
+        from flows._console import Printer
+
+        self.buffer = io.StringIO()
+        self.printer = Printer(self.buffer)
+        self.logger = logging.getLogger("airlock.run")
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False  # the console already has these lines, from the CLI's own Printer
+        if not any(isinstance(h, APILogHandler) for h in self.logger.handlers):
+            self.logger.addHandler(APILogHandler())
+
+    def __call__(self, event: str, data: dict) -> None:
+        from prefect.context import FlowRunContext
+
+        if FlowRunContext.get() is None:
+            return  # outside a run (tests calling flow steps directly): nothing to attach the record to
+        self.printer(event, data)
+        text, self.buffer = self.buffer.getvalue(), type(self.buffer)()
+        self.printer.stream = self.buffer
+        level = logging.ERROR if event == "failed" else logging.INFO
+        for line in text.splitlines():
+            if line.strip():
+                self.logger.log(level, line.rstrip())
+
+
 def artifact_key(name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:60] or "report"
 

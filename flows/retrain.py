@@ -59,6 +59,7 @@ from gates.model_gates import BLOCKING_RESULTS, SECTIONS
 from registry import Registry
 
 _report.install_log_filter()  # a refusal raised in a task: one line in the logs, not a traceback
+_report.LISTENERS.append(_report.PrefectLog())  # the run's progress and verdicts in its Prefect log too
 
 
 class ApprovalInput(RunInput):

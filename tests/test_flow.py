@@ -118,6 +118,23 @@ def approve(paths, api: str, run_id: str, key: Path, *extra: str, yes: bool = Tr
     )
 
 
+def run_logs(run_id: str) -> list[str]:
+    import asyncio
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def go() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(run_id)])), limit=200
+            )
+            return [log.message for log in logs]
+
+    return asyncio.run(go())
+
+
 def approve_async(paths, api: str, run_id: str, key: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "flows.cli", "approve", run_id, "--key", str(key), "--config", str(paths["policy"])]
     return subprocess.Popen(
@@ -433,6 +450,10 @@ def test_after_a_promotion_every_commit_since_production_must_be_signed(work, pr
     assert [r["verdict"] for r in received[25:]] == ["pass", "pass"]
     assert sorted(r["evidence"]["approver"] for r in received[25:]) == ["alice@airlock.demo", "bob@airlock.demo"]
     assert kinds(work).count("registry.promote") == 1
+    # The run's progress and verdicts reached its log in Prefect (the UI's Logs tab), not only the terminal.
+    logged = run_logs(run_id)
+    assert any("PASS" in m and "commit" in m for m in logged), logged[:20]
+    assert any("PROMOTED" in m for m in logged) and any("ACCEPTED" in m and "bob@airlock.demo" in m for m in logged)
     assert run_cli(*verify).returncode == 0
 
     production_commit = next(
