@@ -244,7 +244,7 @@ def _submit_approval(args, signed, statement: str, principal: str, decision: str
                     return EXIT_OK
                 _err(f"approval refused by the flow: {verdict.get('reason')}")
                 return EXIT_REFUSED
-            time.sleep(0.2)
+            time.sleep(0.1)
     _err(
         f"no verdict from run {args.run_id} within {args.wait} s — check the run in Prefect; the flow may not be running"
     )

@@ -208,7 +208,7 @@ require = { all_of = [{ role = "ml-lead" }, { role = "security" }] }
 quorum = 2
 ttl_seconds = 86400     # an approval is valid for a day after it was signed
 timeout_seconds = 900
-poll_seconds = 1
+poll_seconds = 0.25     # how often the paused run looks for a submission (an API read each time)
 forbid_self_approval = true
 max_attempts = 20       # signed submissions; junk written to the Prefect API does not count
 

@@ -565,10 +565,11 @@ def collect_approvals(
         if remaining <= 0:
             break
         try:
-            raw = pause_flow_run(
+            raw = pause_flow_run(  # type: ignore[call-overload]  # a float poll_interval: see below
                 wait_for_input=ApprovalInput.with_initial_data(description=description),
                 timeout=remaining,
-                poll_interval=int(max(1, pol.approval.poll_seconds)),
+                # Prefect sleeps this with time.sleep: a fraction of a second works (its annotation says int).
+                poll_interval=max(0.1, float(pol.approval.poll_seconds)),
                 key=f"approval-{pause}",
             )
             submitted = approval.Approval(str(raw.statement), str(raw.signature))
