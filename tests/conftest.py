@@ -140,3 +140,42 @@ def assert_one_line_refusal(res: subprocess.CompletedProcess, expect_code: int, 
     assert len(err.splitlines()) == 1, err
     for n in needles:
         assert n in err, (n, err)
+
+
+# -- the end-to-end flow tests (tests/test_flow*.py, tests/_flow.py) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def work(tmp_path):
+    """The demo's work directory, with cheaper model-gate settings (the gates' own tests use calibrated ones)."""
+    from flows import demo
+
+    paths = demo.build(tmp_path / "demo")
+    text = paths["policy"].read_text()
+    for old, new in (
+        ("stand_in_models = 5", "stand_in_models = 1\nimages = 100\nsteps = 60"),
+        ("ratio_no_production = 0.71", "ratio_no_production = 0.5"),
+        (
+            "[advisory]               # membership inference, extraction effort, spectral signatures: "
+            "reported, never blocking\nenabled = true",
+            "[advisory]\nenabled = false",
+        ),
+        (
+            'model_signing_public_key = "trust/model_signing.pub"',
+            'model_signing_public_key = "trust/model_signing.pub"\nrevoked_keys = "trust/revoked_keys"',
+        ),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    paths["policy"].write_text(text)
+    (paths["trust"] / "revoked_keys").write_text("")  # revocations take effect at decision time
+    return paths
