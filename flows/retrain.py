@@ -15,11 +15,13 @@
                      sandbox) for answers and never imports its code; advisory privacy/extraction metrics recorded.
 5. Signing         - the model directory (weights, metadata, provenance, AIBOM, evidence) is checked against its
                      layout and signed; staged (the registry verifies).
-6. Dual approval   - the run pauses until a quorum of distinct approvers sign statements bound to this run
-                     and this model digest; every input is verified here (Prefect's API has no auth), after the
-                     trust roots and the policy are re-hashed and revocations since the start are read.
-7. Promotion       - the same re-check; the registry re-verifies signature and approvals under the trust roots in
-                     force now, then moves production atomically.
+6. Approval        - the run pauses until signed statements, bound to this run and this model digest and not
+                     expired, meet the approval policy (roles by different people: airlock/approvals.py), none
+                     from an author, committer or signer of the range or whoever started the run; every input is
+                     verified here (Prefect's API has no auth), after the trust roots and the policy are re-hashed
+                     and revocations since the start are read. One signed rejection ends the run for good.
+7. Promotion       - the same re-check; the registry re-verifies signature and approvals against its own policy
+                     under the trust roots in force now, then moves production atomically.
 
 Every verdict, registry write, approval and promotion is appended to the hash-chained ledger, and every gate's
 report is a Prefect artifact. A refusal at any step fails the run and nothing is promoted.
