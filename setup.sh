@@ -12,6 +12,7 @@ command -v git >/dev/null || missing+=(git)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v gpg >/dev/null || missing+=(gnupg)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v prlimit >/dev/null || missing+=(util-linux)  # sets the sandbox's memory and output caps
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} with apt-get"

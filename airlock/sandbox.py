@@ -32,7 +32,6 @@ refuses (fail closed).
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -58,6 +57,16 @@ _ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime")
 _AIRLOCK_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _prlimit() -> str:
+    exe = shutil.which("prlimit")
+    if exe is None:
+        raise SandboxError(
+            "prlimit (util-linux) is not installed, so team code cannot be run with its memory and output caps",
+            "install util-linux (apt-get install util-linux)",
+        )
+    return exe
+
+
 @dataclass(frozen=True)
 class Sandbox:
     mode: str = "bubblewrap"
@@ -78,6 +87,7 @@ class Sandbox:
         """Fail closed: refuse in one line when bubblewrap cannot start a sandbox here."""
         if self.mode not in MODES:
             raise SandboxError(f"unknown sandbox.mode {self.mode!r}", f"use one of {', '.join(MODES)}")
+        _prlimit()  # the caps apply in both modes
         if not self.isolated:
             return
         exe = shutil.which(self.bwrap)
@@ -203,6 +213,14 @@ class Job:
         return env
 
     def argv(self, cmd: list[str]) -> list[str]:
+        """The command line: ``prlimit`` sets the caps (memory per process, output, no core dumps) and executes
+        bubblewrap (or, in environment mode, the command itself), which everything started inherits. Not a
+        ``preexec_fn``: that runs Python in the forked child, which can deadlock when other threads spawn too."""
+        mem, out = self.sandbox.memory_mb << 20, self.sandbox.output_mb << 20
+        caps = [_prlimit(), f"--data={mem}", f"--fsize={out}", "--core=0", "--"]
+        return [*caps, *self._inner(cmd)]
+
+    def _inner(self, cmd: list[str]) -> list[str]:
         cmd = [sys.executable if c == "{python}" else c for c in cmd]
         if not self.sandbox.isolated:
             return cmd
@@ -252,17 +270,6 @@ class Job:
         args += ["--remount-ro", "/", "--chdir", self.path(self.cwd) if self.cwd else "/tmp"]
         return [*args, "--", *cmd]
 
-    def _limits(self) -> Callable[[], None]:
-        mem = self.sandbox.memory_mb << 20
-        out = self.sandbox.output_mb << 20
-
-        def apply() -> None:  # in the child, before exec: bwrap and everything it starts inherit these
-            resource.setrlimit(resource.RLIMIT_DATA, (mem, mem))
-            resource.setrlimit(resource.RLIMIT_FSIZE, (out, out))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-        return apply
-
     def _cwd(self) -> str:
         if self.sandbox.isolated:
             return "/"  # bwrap's --chdir sets the directory inside
@@ -293,7 +300,6 @@ class Job:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=self._limits(),
             )
         except OSError as e:
             raise SandboxError(f"cannot start the {self.what}: {e.strerror}", "check sandbox.bubblewrap") from None
@@ -326,7 +332,6 @@ class Job:
                 text=True,
                 errors="replace",
                 start_new_session=True,
-                preexec_fn=self._limits(),
             )
         except OSError as e:
             raise SandboxError(

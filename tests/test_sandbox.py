@@ -350,3 +350,12 @@ def test_python_environment_is_bound_but_not_airlocks_checkout():
     assert all(Path(d) != root and root not in Path(d).parents for d in dirs)
     prefix = Path(sys.base_prefix).resolve()
     assert prefix.is_relative_to("/usr") or any(prefix.is_relative_to(d) for d in dirs), (prefix, dirs)
+
+
+def test_without_prlimit_the_sandbox_refuses_to_start(monkeypatch, tmp_path):
+    """The caps (memory per process, output, no core) are applied by util-linux's prlimit before bubblewrap runs:
+    without it nothing starts uncapped, in either mode."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither prlimit nor bwrap here
+    for mode in ("bubblewrap", "environment"):
+        with pytest.raises(SandboxError, match=r"prlimit \(util-linux\) is not installed"):
+            Sandbox(mode=mode).check()
