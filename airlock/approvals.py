@@ -534,6 +534,20 @@ class Policy:
             separation_of_duties=bool(ap.forbid_self_approval),
         )
 
+    @classmethod
+    def from_dict(cls, d: Any) -> Policy:
+        """The inverse of :meth:`to_dict` (a policy recorded with a production model). Raises ValueError."""
+        try:
+            return cls(
+                require=requirement(d["require"]),
+                quorum=int(d["quorum"]),
+                ttl_seconds=int(d["ttl_seconds"]),
+                clock_skew_seconds=int(d["clock_skew_seconds"]),
+                separation_of_duties=bool(d["separation_of_duties"]),
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a recorded approval policy: {e}") from None
+
     def to_dict(self) -> dict:
         return {
             "require": self.require.to_dict(),

@@ -32,7 +32,6 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from airlock import approvals as _approvals
 from airlock import modeldir, modelsign
@@ -369,15 +368,8 @@ class Registry:
         policy = None
         if isinstance(raw, dict):  # {"approvals": [...], "policy": {...}}; a bare list before policies were recorded
             try:
-                p: Any = raw["policy"]
-                policy = _approvals.Policy(
-                    require=_approvals.requirement(p["require"]),
-                    quorum=int(p["quorum"]),
-                    ttl_seconds=int(p["ttl_seconds"]),
-                    clock_skew_seconds=int(p["clock_skew_seconds"]),
-                    separation_of_duties=bool(p["separation_of_duties"]),
-                )
-            except (KeyError, TypeError, ValueError):
+                policy = _approvals.Policy.from_dict(raw.get("policy"))
+            except ValueError:
                 raise RegistryError(
                     f"production model {digest[:23]}… records an unreadable approval policy",
                     "the registry was altered: do not use this model",

@@ -292,3 +292,11 @@ def test_gpg_committer_cannot_approve_under_the_same_address(keys):
     assert v is None
     assert "authored, committed or signed a commit of the training range" in r.reason
     assert r.code == "approval.self_approval", r.code
+
+
+def test_a_recorded_policy_reads_back_as_itself_and_a_broken_one_is_refused():
+    p = approval.Policy(require=approval.requirement({"any_of": [{"role": "security", "count": 2}]}), quorum=3)
+    assert approval.Policy.from_dict(p.to_dict()) == p
+    for broken in ({}, None, {**p.to_dict(), "require": {"all_of": []}}):
+        with pytest.raises(ValueError):
+            approval.Policy.from_dict(broken)
