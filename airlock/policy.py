@@ -14,7 +14,7 @@ import hashlib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, overload
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -198,6 +198,10 @@ class ApprovalPolicy(_Strict):
     poll_seconds: float = Field(default=2.0, gt=0, le=60)
     forbid_self_approval: bool = True
     max_attempts: int = Field(default=20, ge=1)
+    # "pause": the run's process waits for the approvals (any `airlock run`, the embedded server).
+    # "suspend": the process exits at each approval pause and a worker starts the run again when an approval arrives
+    # (a deployment on a work pool: nothing idles for days); what was built is taken from the registry, verified.
+    mode: Literal["pause", "suspend"] = "pause"
 
     @field_validator("require")
     @classmethod

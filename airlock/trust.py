@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from airlock.errors import TrustRootError
@@ -230,6 +230,52 @@ def recheck_policy(pol: Policy) -> None:
             f"{which} changed during the run ({pol.digest[:19]}… → {digest[:19]}…)",
             "nothing was approved or promoted; start a new run under the new policy",
         )
+
+
+def reopen(pol: Policy, dest: Path) -> TrustRoots:
+    """A resumed run's trust roots (suspend mode: the flow starts again in a new process at each approval): the copies
+    the run made at its start in ``dest``, or, where they are gone (a new pod without the run's directory), read
+    afresh from the source. Either way the caller must hold them against the digests recorded, signed, with the run's
+    model (:func:`require_recorded`): a run never resumes under roots it did not start with."""
+    if not (dest / "approvers").is_file():
+        return resolve(pol, dest)
+    paths = {k: dest / k for k in ("allowed_signers", "approvers", "model_signing_public_key", "revoked_keys")}
+    missing = [k for k in ("allowed_signers", "model_signing_public_key") if not paths[k].is_file()]
+    if missing:
+        raise TrustRootError(
+            f"the run's copy of trust.{missing[0]} ({paths[missing[0]]}) is gone",
+            "nothing was approved or promoted; find who removed it, then start a new run",
+        )
+    revoked = paths["revoked_keys"] if paths["revoked_keys"].is_file() else None
+    return TrustRoots(
+        allowed_signers=paths["allowed_signers"],
+        approvers=paths["approvers"],
+        model_signing_public_key=paths["model_signing_public_key"],
+        revoked_keys=revoked,
+        gpg_home=dest / "gnupg" if (dest / "gnupg").is_dir() else None,
+        gpg_fingerprints=frozenset(pol.trust.gpg_fingerprints),
+        source="the run's copies",
+        digests={k: _sha(p) for k, p in paths.items() if p.is_file()},
+    )
+
+
+def require_recorded(roots: TrustRoots, recorded: object) -> TrustRoots:
+    """The roots match, file for file, the digests recorded at the run's start (from its signed provenance)."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), dict):
+        raise TrustRootError(
+            "the run's signed provenance records no trust-root digests",
+            "start a new run (it was made before they were)",
+        )
+    want: dict = recorded["sha256"]
+    for key in sorted(set(want) | set(roots.digests)):
+        if want.get(key) != roots.digests.get(key):
+            raise TrustRootError(
+                f"trust.{key} is not what the run started with (sha256 {str(want.get(key))[:12]}… → "
+                f"{str(roots.digests.get(key))[:12]}…)",
+                "nothing was approved or promoted; find who changed it, then start a new run",
+            )
+    source = recorded.get("source")
+    return replace(roots, source=str(source)) if isinstance(source, str) else roots
 
 
 def at_decision(original_pol, roots: TrustRoots, dest: Path) -> TrustRoots:

@@ -164,8 +164,9 @@ def cmd_approve(args) -> int:
         ) from None
 
 
-# Another submission is being judged (the run is RUNNING between two pauses): wait this long for the next pause.
-BUSY_WAIT_SECONDS = 60.0
+# Another submission is being judged (the run is RUNNING between two pauses; in suspend mode, SCHEDULED until a
+# worker starts it again): wait this long for the next pause.
+BUSY_WAIT_SECONDS = 180.0
 MAX_RESUBMITS = 20
 
 
@@ -202,7 +203,8 @@ def _submit_approval(args, signed, statement: str, principal: str, decision: str
             raise approval.Refused(
                 f"no flow run {args.run_id} on this Prefect API", "check the run id and PREFECT_API_URL / PREFECT_HOME"
             ) from None
-        if fr.state is not None and fr.state.is_running():  # judging someone else's approval right now
+        if fr.state is not None and not fr.state.is_paused() and not fr.state.is_final():
+            # Judging someone else's approval right now (or, in suspend mode, waiting for a worker to start it again)
             _wait_until_paused(client, args.run_id, time.monotonic() + BUSY_WAIT_SECONDS)
             fr = client.read_flow_run(args.run_id)
         if not (fr.state and fr.state.is_paused()):

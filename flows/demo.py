@@ -211,6 +211,7 @@ timeout_seconds = 900
 poll_seconds = 0.25     # how often the paused run looks for a submission (an API read each time)
 forbid_self_approval = true
 max_attempts = 20       # signed submissions; junk written to the Prefect API does not count
+mode = "pause"          # "suspend" on a deployment: the process exits at each pause, an approval restarts it
 
 [registry]
 path = "registry"

@@ -38,10 +38,10 @@ import shutil
 import time
 from pathlib import Path
 
-from prefect import flow, pause_flow_run
+from prefect import flow, pause_flow_run, suspend_flow_run
 from prefect import task as _task
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import FlowPauseTimeout
+from prefect.exceptions import FlowPauseTimeout, Pause
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
@@ -49,7 +49,7 @@ from prefect.states import Completed, Failed
 from airlock import aibom, gitutil, manifest, modeldir, modelsign, sandbox, trust
 from airlock import policy as _policy
 from airlock.approvals import Policy as ApprovalPolicy
-from airlock.errors import AirlockError, GateFailed, RegistryError
+from airlock.errors import AirlockError, GateFailed, RegistryError, TrustRootError
 from airlock.ingest import provenance_entry
 from airlock.ledger import Ledger
 from airlock.policy import Policy
@@ -79,52 +79,62 @@ def retrain(config: str):
     run_dir = pol.run.workdir / run_id
     rec = RunRecorder(ledger, run_id, run_dir / "evidence")
     initiator = run_initiator()  # who started the run may not approve it
-    ledger.append(
-        "run.start",
-        {
-            "config": str(pol.source),
-            "policy_digest": pol.digest,
-            "protected_policy": pol.protected,
-            "initiator": initiator,
-        },
-        run_id=run_id,
-    )
-    emit("start", run_id=run_id, run_dir=str(run_dir))
+    # Suspend mode: each approval starts this flow again in a new process; the model this run already staged is
+    # taken from the registry and verified again, and nothing before the approval step runs twice (see there).
+    resuming = pol.approval.mode == "suspend" and _registry(pol, ledger).has_staged(run_id)
+    if not resuming:
+        ledger.append(
+            "run.start",
+            {
+                "config": str(pol.source),
+                "policy_digest": pol.digest,
+                "protected_policy": pol.protected,
+                "initiator": initiator,
+            },
+            run_id=run_id,
+        )
+        emit("start", run_id=run_id, run_dir=str(run_dir))
     try:
-        # 0. Trust roots: from a protected ref or from outside the repository, never from the commit under test.
-        started = pol  # as loaded: re-hashed, and its roots re-read, at every decision
-        roots = trust_roots(pol, run_dir)
-        pol = trust.pin(pol, roots)
-        #    The sandbox every piece of team code runs in: where it cannot start, refuse now (fail closed).
-        box = sandbox_ready(pol)
+        if resuming:
+            # Suspend mode, started again by an approval: the model this run staged, verified again from the registry
+            # under the policy and trust roots the run started with (their digests are signed with the model).
+            started, roots, pol, staged, isolated = resume_staged(pol, run_id, run_dir, rec, ledger)
+        else:
+            # 0. Trust roots: from a protected ref or from outside the repository, never from the commit under test.
+            started = pol  # as loaded: re-hashed, and its roots re-read, at every decision
+            roots = trust_roots(pol, run_dir)
+            pol = trust.pin(pol, roots)
+            #    The sandbox every piece of team code runs in: where it cannot start, refuse now (fail closed).
+            box = sandbox_ready(pol)
+            isolated = box.isolated
 
-        # 1. Commit gate: every commit since production's signed by a trusted person, with git config nobody
-        #    under test can change; the verified commit exported without running anything it configures.
-        c = rec.record(commit_gate(pol, history_base(pol, ledger), roots))
-        src = snapshot_code(pol, c.evidence["commit"], run_dir)
+            # 1. Commit gate: every commit since production's signed by a trusted person, with git config nobody
+            #    under test can change; the verified commit exported without running anything it configures.
+            c = rec.record(commit_gate(pol, history_base(pol, ledger), roots))
+            src = snapshot_code(pol, c.evidence["commit"], run_dir)
 
-        # 2. Data gate: each dataset matches the manifest committed in the verified commit, then is snapshotted.
-        datasets = {name: rec.record(data_gate(pol, name, src, run_dir)) for name in ("train", "golden")}
+            # 2. Data gate: each dataset matches the manifest committed in the verified commit, then is snapshotted.
+            datasets = {name: rec.record(data_gate(pol, name, src, run_dir)) for name in ("train", "golden")}
 
-        # 3. Training: the team's code, from the verified snapshot, in the sandbox. Airlock then builds a new model
-        #    directory from its weights and metadata alone, and the artifact gate judges that directory.
-        model_dir = collect_model(train(pol, box, src, run_dir), run_dir)
-        rec.record(artifact.check(model_dir))
+            # 3. Training: the team's code, from the verified snapshot, in the sandbox. Airlock then builds a new
+            #    model directory from its weights and metadata alone, and the artifact gate judges that directory.
+            model_dir = collect_model(train(pol, box, src, run_dir), run_dir)
+            rec.record(artifact.check(model_dir))
 
-        # 4. Model gates on data verified again: accuracy (test + golden), robustness (ART PGD sweep + APGD, Wilson
-        #    lower bound, regression vs production), backdoor (Neural Cleanse vs production or a golden-set
-        #    stand-in), golden-set regression (McNemar); advisories recorded, never blocking. The team's model
-        #    answers from its sandbox; every verdict is computed outside it.
-        recheck_data(datasets, src, run_dir)
-        rec.record_all(model_gates(pol, box, src, model_dir, run_dir, ledger))
+            # 4. Model gates on data verified again: accuracy (test + golden), robustness (ART PGD sweep + APGD,
+            #    Wilson lower bound, regression vs production), backdoor (Neural Cleanse vs production or a
+            #    golden-set stand-in), golden-set regression (McNemar); advisories recorded, never blocking. The
+            #    team's model answers from its sandbox; every verdict is computed outside it.
+            recheck_data(datasets, src, run_dir)
+            rec.record_all(model_gates(pol, box, src, model_dir, run_dir, ledger))
 
-        # 5. Signing: provenance + evidence + weights signed together, then staged (the registry verifies).
-        staged = sign_and_stage(pol, box, run_id, run_dir, src, model_dir, c, datasets, rec, ledger, initiator)
+            # 5. Signing: provenance + evidence + weights signed together, then staged (the registry verifies).
+            staged = sign_and_stage(pol, box, run_id, run_dir, src, model_dir, c, datasets, rec, ledger, initiator)
         rec.evidence_dir = run_dir / "evidence-after-signing"  # the signed directory is never touched again
 
         # 6. Approval: pause until people in the required roles - none of whom wrote the range or started the run -
         #    sign for this run and this model digest; one signed rejection ends the run and marks the model.
-        approvals = collect_approvals(started, pol, roots, run_dir, run_id, staged, rec, ledger, box)
+        approvals = collect_approvals(started, pol, roots, run_dir, run_id, staged, rec, ledger, isolated, resuming)
 
         # 7. Promotion: trust roots re-checked; the registry re-verifies everything itself and moves production.
         pointer = promote(started, pol, roots, run_dir, staged.digest, approvals, ledger)
@@ -132,6 +142,10 @@ def retrain(config: str):
         ledger.append("run.failed", {"reason": e.one_line()}, run_id=run_id)
         emit("failed", reason=e.one_line())
         return Failed(message=e.one_line())
+    except Pause:  # suspend mode: this process ends here, and the next approval starts the run again
+        ledger.append("run.suspended", {"digest": staged.digest}, run_id=run_id)
+        emit("progress", step="approval", message="suspended: no process waits; an approval starts the run again")
+        raise
     ledger.append("run.promoted", {"digest": staged.digest}, run_id=run_id)
     summary = {
         "run_id": run_id,
@@ -449,6 +463,8 @@ def sign_and_stage(
             for k in ("commit", "signer", "key_fingerprint", "author", "subject", "repo", "identities", "range")
         },
         "initiator": initiator,
+        # The trust roots the run started with (source, sha256 of each): a resumed run must find exactly these.
+        "trust_roots": c.evidence.get("trust_roots"),
         # Which files, from where: each file's sha256 and batch, each batch's source (read by `airlock data trace`).
         "datasets": {
             name: provenance_entry(
@@ -488,6 +504,52 @@ def sign_and_stage(
     return staged
 
 
+@task(name="resume")
+def resume_staged(pol: Policy, run_id: str, run_dir: Path, rec: RunRecorder, ledger: Ledger):
+    """Suspend mode: at each approval the flow runs again from the top, in a new process (maybe in another pod).
+    Training, model gates and signing are not run again, and nothing is taken from a cache either: the model this run
+    staged is read from the registry and verified again - signature by the trusted key, digest over every file, this
+    run's id in its signed provenance - under the policy and the trust roots the run started with."""
+    prior = trust.reopen(pol, run_dir / "trust")
+    # A model-signing key swapped in the run's copies would vouch for a swapped model: it must be the source's too.
+    now = trust.resolve(pol, run_dir / "trust-now")
+    if prior.digests.get("model_signing_public_key") != now.digests.get("model_signing_public_key"):
+        raise TrustRootError(
+            "the model-signing public key is not the one this run started with",
+            "nothing was approved or promoted; find who changed it, then start a new run",
+        )
+    pinned = trust.pin(pol, prior)
+    registry = _registry(pinned, ledger)
+    staged = registry.staged_for_run(run_id)  # raises: swapped, altered or another run's model
+    prov = staged.provenance
+    # A policy edited while the run was suspended: its digest at the start is signed with the model.
+    recorded = prov.get("policy")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if recorded.get("digest") != pol.digest or recorded.get("protected") != pol.protected:
+        raise TrustRootError(
+            f"the policy {pol.source} changed while the run was suspended "
+            f"({str(recorded.get('digest'))[:19]}… → {pol.digest[:19]}…)",
+            "nothing was approved or promoted; start a new run under the new policy",
+        )
+    # Trust files swapped in the run's copies (or, where they were gone, changed at the source) since the start.
+    roots = trust.require_recorded(prior, prov.get("trust_roots"))
+    # A rejected model stays rejected, whatever runs it again.
+    if registry.rejection(staged.digest) is not None:
+        raise GateFailed(f"model {staged.digest} was rejected: it is never promoted")
+    gates = prov.get("gates")
+    gates = gates if isinstance(gates, list) else []
+    rec.results = [GateResult.from_dict({**g, "evidence": {}}) for g in gates]  # as signed: for the form and summary
+    isolated = bool((prov.get("sandbox") or {}).get("isolated"))
+    ledger.append("run.resumed", {"digest": staged.digest, "policy_digest": pol.digest}, run_id=run_id)
+    emit(
+        "progress",
+        step="resume",
+        message=f"resumed: the model {staged.digest[:19]}… this run staged verifies; training, model gates and "
+        "signing are not run again",
+    )
+    return pol, roots, pinned, staged, isolated
+
+
 def run_initiator() -> dict:
     """Who started this run: the GitHub actor (and the person who triggered it, when a bot or a schedule did), or
     the Prefect user where the server knows one, else the local user. Recorded at the start and signed."""
@@ -525,17 +587,23 @@ def collect_approvals(
     staged,
     rec: RunRecorder,
     ledger: Ledger,
-    box: sandbox.Sandbox,
+    isolated: bool,
+    resuming: bool = False,
 ) -> list[approval.Approval]:
-    """The pause. Runs in the flow body (Prefect cannot pause inside a task)."""
+    """The pause. Runs in the flow body (Prefect cannot pause inside a task).
+
+    In suspend mode the process exits at each pause, and each approval starts the flow again: the pauses that already
+    fired hand back their stored inputs in order, and each is verified again (an approval that expired, or whose
+    key was revoked, while the run was suspended no longer counts); only a verdict that changed is logged again."""
     registry = _registry(pol, ledger)
     policy = registry.approval_policy
     ctx = registry.approval_context(staged)  # bindings from the signed provenance, as the registry will judge them
     digest = staged.digest
+    suspend = pol.approval.mode == "suspend"
     command = f"airlock approve {run_id} --key ~/.ssh/id_ed25519 --config {pol.source}"
     warning = (
         ""
-        if box.isolated
+        if isolated
         else (
             "**WARNING: team code ran without Airlock's sandbox** (sandbox.mode = "
             "environment): approve only if the pod it ran in held no secret.\n\n"
@@ -551,29 +619,38 @@ def collect_approvals(
         "`ssh-keygen -Y sign -n airlock-approval` (statement: the file's content; signature: the .sig file's)."
     )
     needed = "; ".join(policy.outcome([]).missing)
-    ledger.append(
-        "approval.requested",
-        {"digest": digest, "policy": policy.to_dict(), "needed": needed, "command": command},
-        run_id=run_id,
-    )
+    if not resuming:
+        ledger.append(
+            "approval.requested",
+            {"digest": digest, "policy": policy.to_dict(), "needed": needed, "command": command},
+            run_id=run_id,
+        )
     emit("awaiting", run_id=run_id, digest=digest, command=command, needed=needed)
+    logged = _logged_verdicts(ledger, run_id) if resuming else {}
     accepted: list[approval.Verified] = []
-    deadline = time.monotonic() + pol.approval.timeout_seconds
+    # The approval window: from the signed model's creation in suspend mode (the same in every process), else from now.
+    deadline = (
+        _created_at(staged) + pol.approval.timeout_seconds if suspend else time.time() + pol.approval.timeout_seconds
+    )
     attempts = 0
     for pause in range(MAX_PAUSES):
         if policy.outcome(accepted).satisfied or attempts >= pol.approval.max_attempts:
             break
-        remaining = int(deadline - time.monotonic())
+        remaining = int(deadline - time.time())
         if remaining <= 0:
             break
         try:
-            raw = pause_flow_run(  # type: ignore[call-overload]  # a float poll_interval: see below
-                wait_for_input=ApprovalInput.with_initial_data(description=description),
-                timeout=remaining,
-                # Prefect sleeps this with time.sleep: a fraction of a second works (its annotation says int).
-                poll_interval=max(0.1, float(pol.approval.poll_seconds)),
-                key=f"approval-{pause}",
-            )
+            form = ApprovalInput.with_initial_data(description=description)
+            if suspend:
+                raw = suspend_flow_run(wait_for_input=form, timeout=remaining, key=f"approval-{pause}")
+            else:
+                raw = pause_flow_run(  # type: ignore[call-overload]  # a float poll_interval: see below
+                    wait_for_input=form,
+                    timeout=remaining,
+                    # Prefect sleeps this with time.sleep: a fraction of a second works (its annotation says int).
+                    poll_interval=max(0.1, float(pol.approval.poll_seconds)),
+                    key=f"approval-{pause}",
+                )
             submitted = approval.Approval(str(raw.statement), str(raw.signature))
             result, verified = approval.verify_one(submitted, ctx, accepted)
         except FlowPauseTimeout:
@@ -594,14 +671,15 @@ def collect_approvals(
                 result, verified = _under_roots_now(started, roots, run_dir, submitted, ctx, accepted, result, verified)
             except AirlockError as e:  # the run ends here: the approver hears why, not a timeout
                 ended = GateResult.fail(approval.GATE, e.one_line(), code="approval.trust_changed")
-                ledger.append("approval.received", ended.to_dict(), run_id=run_id)
+                ledger.append("approval.received", {**ended.to_dict(), "pause": pause}, run_id=run_id)
                 _publish_approval_verdict(submitted, ended)
                 raise
         if result.code not in _UNCOUNTED:
             attempts += 1
-        ledger.append("approval.received", result.to_dict(), run_id=run_id)
-        _publish_approval_verdict(submitted, result)
-        emit("approval", result=result)
+        if logged.get(pause) != result.code:  # a replayed input (suspend mode) is logged only if its verdict changed
+            ledger.append("approval.received", {**result.to_dict(), "pause": pause}, run_id=run_id)
+            _publish_approval_verdict(submitted, result)
+            emit("approval", result=result)
         if verified is None:
             continue  # refused: say why, keep waiting for a valid one
         accepted.append(verified)
@@ -618,6 +696,24 @@ def collect_approvals(
         )
     rec.record(final)
     return [v.approval for v in accepted]
+
+
+def _logged_verdicts(ledger: Ledger, run_id: str) -> dict[int, str]:
+    """The verdict code logged for each pause of this run so far (suspend mode replays them)."""
+    out: dict[int, str] = {}
+    for e in ledger.entries():
+        data = e.get("data") or {}
+        if e.get("run_id") == run_id and e.get("kind") == "approval.received" and isinstance(data.get("pause"), int):
+            out[data["pause"]] = str(data.get("code") or "")
+    return out
+
+
+def _created_at(staged) -> float:
+    """When the run signed its model (its signed provenance): where suspend mode's approval window starts."""
+    try:
+        return _dt.datetime.fromisoformat(str(staged.provenance["created_at"])).timestamp()
+    except (KeyError, ValueError) as e:
+        raise GateFailed(f"the staged model's provenance has no valid created_at ({type(e).__name__})") from None
 
 
 def _under_roots_now(started, roots, run_dir: Path, submitted, ctx, accepted, result, verified):

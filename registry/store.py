@@ -212,7 +212,18 @@ class Registry:
             raise RegistryError(
                 f"the staging record {p} names no model digest", "the registry was altered: re-run the pipeline"
             )
-        return self.verify_object(self.root / "staging" / _hex(digest), digest)
+        model = self.verify_object(self.root / "staging" / _hex(digest), digest)
+        # A staging record pointed at another run's model: the signed provenance names the run that built it.
+        if model.provenance.get("run_id") != run_id:
+            raise RegistryError(
+                f"the model staged for run {run_id} was built by run {model.provenance.get('run_id')!r}",
+                "the registry was altered: re-run the pipeline",
+            )
+        return model
+
+    def has_staged(self, run_id: str) -> bool:
+        """Whether a staging record exists for the run (not whether it verifies: staged_for_run says that)."""
+        return (self.root / "staging" / "runs" / f"{_safe_run(run_id)}.json").exists()
 
     # -- production --------------------------------------------------------------------------------------------
 

@@ -50,6 +50,17 @@ def test_stage_and_promote(reg, signed_model, keys):
     assert kinds == ["registry.stage", "registry.promote.begin", "registry.promote"]
 
 
+def test_staging_record_pointed_at_another_runs_model_is_refused(reg, signed_model):
+    """A resumed run (suspend mode) takes its model by its run id: a record naming another run's model is refused."""
+    reg.stage(*signed_model, RUN)
+    record = reg.root / "staging" / "runs" / f"{RUN}.json"
+    other = "0b7e9a52-0000-4000-8000-00000000ffff"
+    (record.parent / f"{other}.json").write_text(record.read_text())
+    assert reg.has_staged(other) and not reg.has_staged("0b7e9a52-0000-4000-8000-000000000009")
+    with pytest.raises(RegistryError, match=f"built by run '{RUN}'"):
+        reg.staged_for_run(other)
+
+
 def test_model_changed_after_signing_is_not_staged(reg, signed_model):
     model, sig = signed_model
     (model / "training.json").write_text(json.dumps({"nb_classes": 10, "tampered": True}))
