@@ -106,6 +106,41 @@ def summary_markdown(results: list[GateResult], title: str) -> str:
     return f"# {title}\n\n" + "\n".join(rows)
 
 
+def form_markdown(results: list[GateResult], digest: str, command: str, warning: str = "") -> str:
+    """What the pause's form says (the Prefect UI's Resume dialog is ~450 px wide): nothing there can scroll out of
+    sight - a list instead of a table, the digest and the commands broken into lines that fit."""
+    algo, _, hexdigest = digest.partition(":")
+    digest_lines = [f"{algo}:"] + [hexdigest[i : i + 32] for i in range(0, len(hexdigest), 32)]
+    gates = [f"- **{r.gate}** {r.verdict.value.upper()} `{r.code}`: {_wrappable(r.reason)}" for r in results]
+
+    def block(cmd: str) -> str:
+        first, *opts = cmd.split(" --")
+        return "\n".join("    " + line for line in [first + " \\", *(f"  --{o} \\" for o in opts)])[:-2]
+
+    return "\n\n".join(
+        [
+            "### Approve this model?",
+            *([warning.strip()] if warning else []),
+            "Model digest (check it against what `airlock approve` shows):",
+            "\n".join("    " + line for line in digest_lines),
+            "Gate verdicts, signed with the model:",
+            "\n".join(gates),
+            "Approve from a terminal:",
+            block(command),
+            "Or paste below the two fields printed by:",
+            block(command + " --print-only --yes"),
+            "or a statement from `airlock approve RUN --as NAME --statement-only`, signed with "
+            "`ssh-keygen -Y sign -n airlock-approval` (statement: the file's content; signature: the .sig file's).",
+        ]
+    )
+
+
+def _wrappable(text: str, longest: int = 32) -> str:
+    """A browser cannot wrap a word: a key fingerprint or a path longer than ``longest`` is shortened (in full in
+    the signed evidence and in what ``airlock approve`` shows)."""
+    return " ".join(w if len(w) <= longest else w[: longest - 8] + "…" + w[-4:] for w in text.split(" "))
+
+
 class RunRecorder:
     """Records each gate result: ledger entry, evidence file, Prefect artifact, listeners; raises GateFailed on FAIL."""
 

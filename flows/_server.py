@@ -62,8 +62,9 @@ class Server:
     ``start()`` returns at once; ``wait()`` blocks until ``/api/health`` answers and returns the API URL.
     """
 
-    def __init__(self, home: Path, log: Path | None = None) -> None:
+    def __init__(self, home: Path, log: Path | None = None, ui: bool = False) -> None:
         self.home = home
+        self.ui = ui  # the Prefect UI too (at the server's root), e.g. to resume a paused run from a browser
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.log = log or home / "server.log"
@@ -82,8 +83,10 @@ class Server:
         env = {
             **os.environ,
             "PREFECT_HOME": str(self.home),
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT_UI_ENABLED": "1" if self.ui else "0",
+            "PREFECT_UI_API_URL": self.url,
+            # Ephemeral services (fewer background loops, faster start): Prefect then serves no UI.
+            **({} if self.ui else {"PREFECT__SERVER_EPHEMERAL": "1"}),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_LOGGING_LEVEL": "ERROR",
         }

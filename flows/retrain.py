@@ -20,6 +20,8 @@
                      from an author, committer or signer of the range or whoever started the run; every input is
                      verified here (Prefect's API has no auth), after the trust roots and the policy are re-hashed
                      and revocations since the start are read. One signed rejection ends the run for good.
+                     Suspend mode (a deployment): the process exits at each pause, and each approval starts the run
+                     again, which verifies its staged model from the registry and goes on here (resume_staged).
 7. Promotion       - the same re-check; the registry re-verifies signature and approvals against its own policy
                      under the trust roots in force now, then moves production atomically.
 
@@ -609,15 +611,7 @@ def collect_approvals(
             "environment): approve only if the pod it ran in held no secret.\n\n"
         )
     )
-    description = (
-        warning
-        + _report.summary_markdown(rec.results, f"Approve model {digest}?")
-        + f"\n\nApprove from a terminal:\n\n    {command}\n\n"
-        "Or paste here the two fields printed by\n\n"
-        f"    {command} --print-only --yes\n\n"
-        "or a statement from `airlock approve ... --as NAME --statement-only` signed with "
-        "`ssh-keygen -Y sign -n airlock-approval` (statement: the file's content; signature: the .sig file's)."
-    )
+    description = _report.form_markdown(rec.results, digest, command, warning)
     needed = "; ".join(policy.outcome([]).missing)
     if not resuming:
         ledger.append(
