@@ -62,9 +62,11 @@ class Server:
     ``start()`` returns at once; ``wait()`` blocks until ``/api/health`` answers and returns the API URL.
     """
 
-    def __init__(self, home: Path, log: Path | None = None, ui: bool = False) -> None:
+    def __init__(self, home: Path, log: Path | None = None, full: bool = False) -> None:
         self.home = home
-        self.ui = ui  # the Prefect UI too (at the server's root), e.g. to resume a paused run from a browser
+        # full: as `prefect server start` serves it - the UI at the server's root and every background service
+        # (e.g. the one that fails runs whose pause timed out); else the API with ephemeral services, faster to start.
+        self.full = full
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.log = log or home / "server.log"
@@ -83,10 +85,9 @@ class Server:
         env = {
             **os.environ,
             "PREFECT_HOME": str(self.home),
-            "PREFECT_UI_ENABLED": "1" if self.ui else "0",
+            "PREFECT_UI_ENABLED": "1" if self.full else "0",
             "PREFECT_UI_API_URL": self.url,
-            # Ephemeral services (fewer background loops, faster start): Prefect then serves no UI.
-            **({} if self.ui else {"PREFECT__SERVER_EPHEMERAL": "1"}),
+            **({} if self.full else {"PREFECT__SERVER_EPHEMERAL": "1"}),  # (Prefect then serves no UI)
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_LOGGING_LEVEL": "ERROR",
         }

@@ -1,8 +1,8 @@
-"""Suspend mode, for real: a Prefect server on 127.0.0.1 (flows/_server.py, as `prefect server start` serves the API),
-a process work pool, a deployment of the retrain flow and a real `prefect worker`. The run's process exits at each
-approval pause; approvals from other processes start it again on the worker; training, the model gates and signing
-run once; the staged model is verified again from the registry at every start, and a model swapped while the run
-was suspended ends it."""
+"""Suspend mode, for real: a Prefect server on 127.0.0.1 (flows/_server.py with full=True: the UI and every background
+service, as `prefect server start` serves it), a process work pool, a deployment of the retrain flow and a real
+`prefect worker`. The run's process exits at each approval pause; approvals from other processes start it again on
+the worker; training, the model gates and signing run once; the staged model is verified again from the registry at
+every start, and a model swapped while the run was suspended ends it."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ POOL = "airlock-test-pool"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("prefect-server")).start()
+    srv = Server(tmp_path_factory.mktemp("prefect-server"), full=True).start()
     try:
         yield srv.wait()
     finally:

@@ -1,5 +1,5 @@
 """The Prefect UI path, in a real browser: Debian's headless chromium, driven through chromedriver by selenium, against
-a real Prefect server serving its UI on 127.0.0.1 (flows/_server.py with ui=True). Open the paused run, read its logs
+a real Prefect server serving its UI on 127.0.0.1 (flows/_server.py with full=True). Open the paused run, read its logs
 and the Resume form (the gate verdicts and the commands, nothing cut off at the dialog's width), paste an approval
 made with `airlock approve --print-only`, submit, and see the flow count it."""
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("prefect-ui"), ui=True).start()
+    srv = Server(tmp_path_factory.mktemp("prefect-ui"), full=True).start()
     try:
         yield srv.wait()
     finally:
