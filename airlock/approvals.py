@@ -255,6 +255,8 @@ class SeparationOfDuties:
     def verify(self, stmt, approval, ctx, accepted, fp):
         if not ctx.separation_of_duties:
             return
+        if stmt.get("decision") == "reject":
+            return  # stopping a model is never a conflict of interest: an author may reject their own change
         who = _identity(stmt["approver"])
         ids = ctx.range_identities or {}
         people = {_identity(x) for x in [*ids.get("emails", []), *ids.get("signers", [])] if x}

@@ -79,18 +79,25 @@ def main() -> int:
         _prefect_env(False, home=paths["prefect_home"])
         a = SimpleNamespace(run_id=run_id, wait=60.0)
 
-        def submit(who: str, digest: str) -> tuple[float, int]:
+        def submit(who: str, digest: str) -> tuple[float, int, float | None]:
+            """Round trip, exit code, and the part until the flow logged its verdict (the ledger's clock)."""
             stmt = make_statement(run_id, digest, f"{who}@airlock.demo", "approve")
             signed = sign(paths["keys"] / who, stmt)
-            t0 = time.perf_counter()
+            seen = sum(1 for e in ledger.entries() if e["kind"] == "approval.received")
+            wall, t0 = time.time(), time.perf_counter()
             try:
                 code = cli._submit_approval(a, signed, stmt, f"{who}@airlock.demo", "approve")
             except Exception:  # noqa: BLE001 - a refusal raised by the CLI path still ends the round trip
                 code = 1
-            return time.perf_counter() - t0, code
+            total = time.perf_counter() - t0
+            received = [e for e in ledger.entries() if e["kind"] == "approval.received"][seen:]
+            flow = dt.datetime.fromisoformat(received[0]["time"]).timestamp() - wall if received else None
+            return total, code, flow
 
         submit("alice", "sha256:" + "f" * 64)  # warm-up, not counted: this process's first use of the client
-        samples = [submit("alice", "sha256:" + f"{i:064x}")[0] for i in range(args.samples)]
+        runs = [submit("alice", "sha256:" + f"{i:064x}") for i in range(args.samples)]
+        samples = [r[0] for r in runs]
+        to_flow = [r[2] for r in runs]
         staged = next(e["data"]["digest"] for e in ledger.entries() if e["kind"] == "approval.requested")
         submit("alice", staged)
         t_last = time.time()
@@ -112,6 +119,9 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "samples": [round(s, 3) for s in samples],
+        # submit -> the flow's ledger entry for it (resume, the flow's poll, verification); the rest is the verdict
+        # artifact and the approver's poll for it
+        "submit_to_flow_verdict": [None if s is None else round(s, 3) for s in to_flow],
         "p50_seconds": round(statistics.median(samples), 3),
         "p95_seconds": round(q[18], 3),
         "approval_to_promotion_seconds": None if promoted is None else round(promoted - t_last, 3),

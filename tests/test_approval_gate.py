@@ -272,6 +272,13 @@ def test_a_valid_rejection_blocks_the_policy(keys, ctx):
     assert r.code == "approval.rejected", r.code
 
 
+def test_an_author_may_reject_their_own_change(keys, ctx):
+    """Separation of duties keeps authors from pushing a model through, not from stopping it."""
+    r, v = approval.verify_one(signed(keys, "dev", decision="reject"), ctx, [])
+    assert v is not None and v.decision == "reject", r.reason
+    assert approval.verify_one(signed(keys, "dev"), ctx, [])[1] is None  # ... and still may not approve it
+
+
 def test_revoked_approver_key_is_refused(keys, tmp_path):
     revoked = tmp_path / "revoked_keys"
     revoked.write_text(open(f"{keys.key('bob')}.pub").read())
