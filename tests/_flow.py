@@ -131,6 +131,34 @@ def send_junk(paths, api: str, run_id: str, n: int) -> None:
     asyncio.run(go())
 
 
+def submit_twice_at_once(paths, api: str, run_id: str, fields: dict, timeout: float = 60) -> None:
+    """The same signed approval written to the Prefect API twice at the same instant (two threads), again at each
+    pause, until the flow has judged it: Prefect may ABORT one (the run was no longer paused), never both counted."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import aresume_flow_run
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    ledger = Ledger(paths["ledger"])
+    before = sum(1 for e in ledger.entries() if e["kind"] == "approval.received")
+
+    async def go() -> None:
+        async with get_client() as client:
+            deadline = time.monotonic() + timeout
+            while sum(1 for e in ledger.entries() if e["kind"] == "approval.received") == before:
+                assert time.monotonic() < deadline, "the flow never judged the approval sent twice"
+                fr = await client.read_flow_run(run_id)
+                if fr.state is not None and fr.state.is_paused():
+                    await asyncio.gather(
+                        *(aresume_flow_run(run_id, run_input=fields) for _ in range(2)), return_exceptions=True
+                    )
+                await asyncio.sleep(0.3)
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        asyncio.run(go())
+
+
 def wait_for_pause(paths, proc: subprocess.Popen, timeout: float = 240, after: str | None = None) -> str:
     """The run id of the first approval request (of a run other than `after`)."""
     ledger = Ledger(paths["ledger"])
