@@ -554,7 +554,11 @@ def resume_staged(pol: Policy, run_id: str, run_dir: Path, rec: RunRecorder, led
 
 def run_initiator() -> dict:
     """Who started this run: the GitHub actor (and the person who triggered it, when a bot or a schedule did), or
-    the Prefect user where the server knows one, else the local user. Recorded at the start and signed."""
+    the Prefect user where the server knows one, else the local user. Recorded at the start and signed.
+
+    A deployment run started by .github/workflows/retrain.yml runs on a worker, without GitHub's environment: the
+    workflow names the actors in the run's tags. Whoever can create runs can write tags, but the initiator only ever
+    keeps people *out* of approving, so a forged tag can block an approver, never let one in."""
     import getpass
 
     if os.environ.get("GITHUB_ACTIONS") == "true":
@@ -563,6 +567,15 @@ def run_initiator() -> dict:
             "actor": os.environ.get("GITHUB_ACTOR", ""),
             "triggering_actor": os.environ.get("GITHUB_TRIGGERING_ACTOR", ""),
             "event": os.environ.get("GITHUB_EVENT_NAME", ""),
+        }
+    tags = {k: v for k, _, v in (str(t).partition(":") for t in (getattr(flow_run, "tags", None) or []))}
+    if tags.get("github-actor") or tags.get("github-triggering-actor"):
+        return {
+            "kind": "github",
+            "actor": tags.get("github-actor", ""),
+            "triggering_actor": tags.get("github-triggering-actor", ""),
+            "event": tags.get("github-event", ""),
+            "via": "run tags",
         }
     created_by = getattr(flow_run, "created_by", None)  # Prefect Cloud records who created the run
     if isinstance(created_by, dict) and created_by.get("display_value"):

@@ -101,10 +101,10 @@ def _client_call(api: str, fn):
     return _with_api(api, go)
 
 
-def start_deployment_run(w, config: Path) -> str:
+def start_deployment_run(w, config: Path, tags: tuple[str, ...] = ()) -> str:
     async def go(client):
         fr = await client.create_flow_run_from_deployment(
-            uuid.UUID(w["deployment"]), parameters={"config": str(config)}
+            uuid.UUID(w["deployment"]), parameters={"config": str(config)}, tags=list(tags)
         )
         return str(fr.id)
 
@@ -222,7 +222,8 @@ def test_resume_refuses_a_changed_policy_trust_copy_or_staging_record(work, work
     from flows.retrain import resume_staged
 
     set_policy(work, "approval", "mode", '"suspend"')
-    run_id = start_deployment_run(worker, work["policy"])
+    # As .github/workflows/retrain.yml starts it: the actors in the run's tags (the worker has no GitHub environment).
+    run_id = start_deployment_run(worker, work["policy"], ("github-actor:octo-bot", "github-triggering-actor:octocat"))
     wait_for_state(worker, run_id, suspended)
     pol = _policy.load(work["policy"])
     run_dir = pol.run.workdir / run_id
@@ -235,6 +236,9 @@ def test_resume_refuses_a_changed_policy_trust_copy_or_staging_record(work, work
 
     _, _, _, staged, isolated = resume()  # as the worker would: verifies
     assert isolated and staged.provenance["run_id"] == run_id
+    initiator = staged.provenance["initiator"]  # signed: who may not approve
+    assert initiator["kind"] == "github" and initiator["actor"] == "octo-bot", initiator
+    assert initiator["triggering_actor"] == "octocat", initiator
 
     text = work["policy"].read_text()
     set_policy(work, "approval", "ttl_seconds", "3600")
