@@ -27,6 +27,12 @@ _EVIDENCE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\.(json|png)$")
 OBJECT = {"model": "dir", "model.sig": "file", "approvals.json": "file"}
 
 
+def evidence_name(gate: str) -> str:
+    """The name a gate's report has (``evidence/<name>.json``, and its Prefect artifact key): ``data:train`` ->
+    ``data-train``."""
+    return re.sub(r"[^a-z0-9-]+", "-", gate.lower()).strip("-")[:60] or "report"
+
+
 def unexpected(model_dir: Path) -> list[str]:
     """Every entry of ``model_dir`` the layout does not allow (by relative path), links and special files included."""
     bad: list[str] = []

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from airlock import modeldir
 from airlock.errors import AirlockError, GateFailed
 from airlock.ledger import Ledger
 from gates._result import GateResult, Verdict
@@ -79,7 +79,7 @@ class PrefectLog:
 
 
 def artifact_key(name: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:60] or "report"
+    return modeldir.evidence_name(name)  # a gate's artifact and its evidence file share the name
 
 
 def gate_markdown(r: GateResult) -> str:

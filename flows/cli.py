@@ -254,16 +254,18 @@ def _submit_approval(args, signed, statement: str, principal: str, decision: str
 
 
 def cmd_verify(args) -> int:
-    from registry import Registry
+    """Everything verified loading checks (registry/loading.py); with --export, the verified bytes written out."""
+    from registry.loading import load
 
-    pol = _trusted_policy(args.config)
-    reg_path = Path(args.registry) if args.registry else pol.registry.path
-    reg = Registry.from_policy(pol, root=reg_path)
-    model, verdict = reg.verify_stage(args.stage)
+    model = load(args.stage, config=args.config, registry=args.registry)
+    approved = f", approved by {', '.join(model.approvers)}, ledger anchor present" if model.approvers else ""
     print(
         f"{args.stage} model {model.digest} verified: signature by the trusted key, digest over every file"
-        + (f", {verdict.reason}, ledger anchor present" if verdict else "")
+        f"{approved}, gate evidence and AIBOM consistent"
     )
+    if args.export:
+        dest = model.export(args.export)
+        print(f"exported the verified files to {dest} (read-only)")
     return EXIT_OK
 
 
@@ -504,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--stage", choices=["production", "staging"], default="production")
     v.add_argument("--registry", help="registry directory (default: registry.path from the policy)")
     v.add_argument("--config", default="airlock.toml")
+    v.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="then write the verified files to DIR, a new directory (an init container's volume for the server)",
+    )
     v.set_defaults(func=cmd_verify)
 
     lg = sub.add_parser("ledger", help="the tamper-evident log")

@@ -332,17 +332,15 @@ def _run(args, log, workdir: Path, server: _server.Server, t0: float) -> int:
 
     verified = False
     if ok:
-        from airlock import policy, trust
-        from registry import Registry
+        import airlock
 
-        loaded = policy.load(paths["policy"])
-        pol = trust.pin(loaded, trust.resolve(loaded, paths["workdir"] / "runs" / "verify-trust"))
-        reg = Registry.from_policy(pol)
-        model, verdict = reg.verify_stage("production")
-        assert verdict is not None  # production always has an approval verdict
-        verified = True
+        # As a model server would obtain it: verified loading (registry/loading.py), weights parsed from the bytes
+        # that verified.
+        model = airlock.load("production", config=paths["policy"])
+        verified = bool(model.tensors())
         print(
-            f"  {'VERIFIED':8} {'production':20} {model.digest}: signature, digest, {verdict.reason}",
+            f"  {'VERIFIED':8} {'production':20} {model.digest}: signature, digest, approvals by "
+            f"{', '.join(model.approvers)}, gate evidence, AIBOM; {len(model.tensors())} tensors loaded",
             file=log,
             flush=True,
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airlock import modelsign
+from airlock import aibom, modelsign
 from airlock.errors import RegistryError
 from airlock.ledger import Ledger
 from gates import approval
@@ -22,7 +22,14 @@ RUN = "0b7e9a52-0000-4000-8000-000000000002"
 def signed_model(tmp_path, trained, keys):
     model = tmp_path / "run" / "model"
     shutil.copytree(trained, model)
-    (model / "provenance.json").write_text(json.dumps({"run_id": RUN, "commit": {"signer": "dev@example.com"}}))
+    provenance = {
+        "run_id": RUN,
+        "commit": {"signer": "dev@example.com"},
+        "gates": [{"gate": "artifact", "verdict": "pass", "code": "artifact.pass", "reason": "ok", "metrics": {}}],
+        "datasets": {},
+    }
+    (model / "provenance.json").write_text(json.dumps(provenance))
+    aibom.write(model, provenance, {}, {})
     sig = tmp_path / "run" / "model.sig"
     modelsign.sign(model, sig, keys.model_key)
     return model, sig
@@ -225,7 +232,7 @@ def test_cli_verify_fails_when_production_model_changes(reg, signed_model, keys,
     cfg = _policy(tmp_path, keys, reg.root, reg.ledger.path)
     ok = run_cli("verify", "--config", str(cfg))
     assert ok.returncode == 0, ok.stderr
-    assert "2 approvals meet the policy" in ok.stdout
+    assert "approved by alice@example.com, bob@example.com" in ok.stdout and "AIBOM consistent" in ok.stdout
     weights = reg.root / "production" / staged.digest[7:] / "model" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01
