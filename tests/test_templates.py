@@ -293,6 +293,25 @@ def test_manifest_validates_against_kubernetes_schema(label, doc):
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
+def test_the_inference_server_reads_only_what_its_init_container_verified():
+    """Verified loading on the Kubernetes path: `airlock verify --export` in an init container writes the verified
+    bytes to an emptyDir; the server mounts that read-only and never sees the registry."""
+    [dep] = [d for d in yaml.safe_load_all((K8S / "inference.yaml").read_text()) if d and d["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    [init] = pod["initContainers"]
+    assert init["command"] == ["airlock"] and init["args"][:1] == ["verify"]
+    export = init["args"][init["args"].index("--export") + 1]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in init["volumeMounts"]}
+    assert export.startswith(mounts["models"]["mountPath"] + "/") and "emptyDir" in volumes["models"]
+    assert mounts["registry"]["readOnly"] is True and volumes["registry"]["persistentVolumeClaim"]["readOnly"]
+    [server] = pod["containers"]
+    served = {m["name"]: m for m in server["volumeMounts"]}
+    assert served["models"]["readOnly"] is True and "registry" not in served and "policy" not in served
+    assert export in server["args"]
+
+
 def test_schema_validation_catches_a_misspelled_field():
     doc = {
         "apiVersion": "v1",
