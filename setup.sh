@@ -16,6 +16,9 @@ command -v prlimit >/dev/null || missing+=(util-linux)  # sets the sandbox's mem
 # The tests drive the Prefect UI's Resume form in a real headless browser (tests/test_prefect_ui.py).
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# A PKCS#11 token for the signing-mode tests (SoftHSM2), and OpenSC's pkcs11-tool to make keys inside it.
+[ -f /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
+command -v pkcs11-tool >/dev/null || missing+=(opensc)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} with apt-get"

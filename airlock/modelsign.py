@@ -8,26 +8,55 @@ directories, so the registry also checks Airlock's own digest over every file (s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 from airlock.errors import RegistryError, SigningError
 
 
-def sign(model_dir: str | Path, signature: str | Path, private_key: str | Path) -> None:
+class Signer(Protocol):
+    """A signing mode (airlock/_signers/): builds model_signing's signing configuration, and says what it is."""
+
+    def configure(self, config): ...
+
+    def describe(self) -> dict: ...
+
+
+def signer(pol) -> Signer:
+    """The signer ``signing.mode`` chooses: ``key`` (a PEM file: ``signing.private_key`` or $AIRLOCK_SIGNING_KEY) or
+    ``pkcs11`` (a key inside a token: ``signing.pkcs11_uri``, the PIN from the environment)."""
+    import os
+
+    from airlock._signers.key import KeyFileSigner
+    from airlock._signers.pkcs11 import Pkcs11Signer
+
+    s = pol.signing
+    if s.mode == "pkcs11":
+        assert s.pkcs11_uri is not None  # the policy refuses pkcs11 mode without a URI
+        return Pkcs11Signer(s.pkcs11_uri, s.pin_env)
+    key = s.private_key or (Path(os.environ["AIRLOCK_SIGNING_KEY"]) if os.environ.get("AIRLOCK_SIGNING_KEY") else None)
+    if key is None:
+        raise SigningError(
+            "no model-signing key configured", "set signing.private_key in airlock.toml or $AIRLOCK_SIGNING_KEY"
+        )
+    return KeyFileSigner(Path(key))
+
+
+def sign(model_dir: str | Path, signature: str | Path, key: Signer | str | Path) -> None:
+    """Sign exactly ``model_dir`` into ``signature`` (outside it) with a signer, or with an EC key file's path."""
     import model_signing
 
-    if not Path(private_key).is_file():
-        raise SigningError(
-            f"no model-signing key at {private_key}",
-            "set signing.private_key in airlock.toml or $AIRLOCK_SIGNING_KEY to a PEM EC private key",
-        )
+    from airlock._signers.key import KeyFileSigner
+
+    chosen = key if hasattr(key, "configure") else KeyFileSigner(Path(key))  # type: ignore[arg-type]
     try:
-        model_signing.signing.Config().use_elliptic_key_signer(private_key=Path(private_key)).sign(
-            Path(model_dir), Path(signature)
-        )
-    except Exception as e:  # noqa: BLE001 - model_signing raises many types
+        chosen.configure(model_signing.signing.Config()).sign(Path(model_dir), Path(signature))  # type: ignore[union-attr]
+    except SigningError:
+        raise
+    except Exception as e:  # noqa: BLE001 - model_signing and PyKCS11 raise many types
+        detail = " ".join(str(e).split())[:160]
         raise SigningError(
-            f"model_signing could not sign {model_dir}: {type(e).__name__}: {e}",
-            "check that the key is a PEM EC (P-256/384/521) private key without passphrase",
+            f"model_signing could not sign {model_dir} ({chosen.describe()['mode']} mode): {type(e).__name__}: {detail}",  # type: ignore[union-attr]
+            "check the key (a PEM EC P-256/384/521 key without passphrase) or the token, its PIN and the URI",
         ) from None
 
 

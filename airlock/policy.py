@@ -59,9 +59,26 @@ class TrustPolicy(_Strict):
 
 
 class SigningPolicy(_Strict):
+    # "key": an EC private key file; "pkcs11": a key inside an HSM / KMS token that no process can read out.
+    mode: Literal["key", "pkcs11"] = "key"
     private_key: Path | None = Field(
         default=None, description="PEM EC private key for model signing; else $AIRLOCK_SIGNING_KEY"
     )
+    pkcs11_uri: str | None = Field(
+        default=None,
+        pattern=r"^pkcs11:[^\s]*$",
+        description="RFC 7512 URI of the token's key, e.g. pkcs11:token=airlock;object=model?module-path=/usr/lib/...",
+    )
+    pin_env: str = Field(default="AIRLOCK_PKCS11_PIN", pattern=r"^[A-Z_][A-Z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _mode(self) -> SigningPolicy:
+        if self.mode == "pkcs11":
+            if not self.pkcs11_uri:
+                raise ValueError("signing.mode = pkcs11 needs signing.pkcs11_uri")
+            if "pin-value" in self.pkcs11_uri or "pin-source" in self.pkcs11_uri:
+                raise ValueError("signing.pkcs11_uri must not hold the PIN: set it in the environment (pin_env)")
+        return self
 
 
 class ValidationPolicy(_Strict):
@@ -376,7 +393,7 @@ def load(path: str | Path) -> Policy:
     updates = {
         "repo": RepoPolicy(path=repo),
         "trust": _resolve_trust(pol.trust, base),
-        "signing": SigningPolicy(private_key=_resolve(pol.signing.private_key, base)),
+        "signing": pol.signing.model_copy(update={"private_key": _resolve(pol.signing.private_key, base)}),
         "data": DataPolicy(
             **{
                 name: ds.model_copy(update={"dir": _resolve(ds.dir, base), "manifest": _resolve(ds.manifest, repo)})

@@ -475,6 +475,7 @@ def sign_and_stage(
             for name, r in datasets.items()
         },
         "trainer": {"command": pol.training.command, "metadata": "training.json"},
+        "signer": modelsign.signer(pol).describe(),
         # Where team code ran: an unsandboxed run (sandbox.mode = environment) says so in what approvers see.
         "sandbox": box.describe(),
         "gates": [r.to_dict() | {"evidence": None} for r in rec.results],
@@ -494,11 +495,17 @@ def sign_and_stage(
     odd = modeldir.unexpected(model_dir)
     if odd:
         raise GateFailed(f"the model directory holds unexpected entries: {', '.join(odd[:5])} — nothing was signed")
-    key = pol.signing.private_key or _env_key()
+    signer = modelsign.signer(pol)  # signing.mode: a key file, or a key inside a PKCS#11 token
     sig = run_dir / "model.sig"
-    modelsign.sign(model_dir, sig, key)
+    modelsign.sign(model_dir, sig, signer)
     ledger.append(
-        "model.signed", {"signature": str(sig), "public_key": str(pol.trust.model_signing_public_key)}, run_id=run_id
+        "model.signed",
+        {
+            "signature": str(sig),
+            "public_key": str(pol.trust.model_signing_public_key),
+            "signer": signer.describe(),
+        },
+        run_id=run_id,
     )
     registry = _registry(pol, ledger)
     staged = registry.stage(model_dir, sig, run_id)
@@ -784,14 +791,3 @@ def verdict_key(statement: str) -> str:
 
 def _registry(pol: Policy, ledger: Ledger) -> Registry:
     return Registry.from_policy(pol, ledger)
-
-
-def _env_key() -> Path:
-    from airlock.modelsign import SigningError
-
-    k = os.environ.get("AIRLOCK_SIGNING_KEY")
-    if not k:
-        raise SigningError(
-            "no model-signing key configured", "set signing.private_key in airlock.toml or $AIRLOCK_SIGNING_KEY"
-        )
-    return Path(k)

@@ -169,4 +169,6 @@ def test_airlock_core_imports_nothing_from_gates():
                 else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             )
             crossing += [f"{f.name}: {n}" for n in names if n.split(".")[0] in ("gates", "flows", "registry")]
-    assert crossing == []
+    # The one exception: the package's public façade airlock.load (serving code's entry point) imports verified
+    # loading lazily, inside the function; no core module imports it.
+    assert crossing == ["__init__.py: registry.loading"]
