@@ -30,6 +30,11 @@ def signer(pol) -> Signer:
     from airlock._signers.pkcs11 import Pkcs11Signer
 
     s = pol.signing
+    if s.mode == "certificate":
+        from airlock._signers.certificate import CertificateSigner
+
+        assert s.private_key and s.certificate  # the policy refuses certificate mode without them
+        return CertificateSigner(Path(s.private_key), Path(s.certificate), tuple(Path(c) for c in s.certificate_chain))
     if s.mode == "pkcs11":
         assert s.pkcs11_uri is not None  # the policy refuses pkcs11 mode without a URI
         return Pkcs11Signer(s.pkcs11_uri, s.pin_env)
@@ -60,9 +65,12 @@ def sign(model_dir: str | Path, signature: str | Path, key: Signer | str | Path)
         ) from None
 
 
-def verify(model_dir: str | Path, signature: str | Path, public_key: str | Path) -> None:
-    """Raise RegistryError unless `signature` is a valid signature of exactly `model_dir` by `public_key`."""
-    import model_signing
+def verify(model_dir: str | Path, signature: str | Path, public_key: str | Path) -> str:
+    """Raise RegistryError unless ``signature`` is a valid signature of exactly ``model_dir`` by a signer the trust
+    root ``public_key`` allows (a PEM key, or a signer policy: airlock/verification.py). Returns who signed."""
+    import datetime as dt
+
+    from airlock import verification
 
     if not Path(public_key).is_file():
         raise RegistryError(
@@ -70,15 +78,13 @@ def verify(model_dir: str | Path, signature: str | Path, public_key: str | Path)
         )
     if not Path(signature).is_file():
         raise RegistryError(f"no signature at {signature}", "the model was never signed: re-run the pipeline")
+    policy = verification.load(public_key)
     try:
-        model_signing.verifying.Config().use_elliptic_key_verifier(public_key=Path(public_key)).verify(
-            Path(model_dir), Path(signature)
-        )
-    except Exception as e:  # noqa: BLE001 - tamper shows up as many exception types
-        detail = " ".join(str(e).split())[:160]
+        return policy.verify(Path(model_dir), Path(signature), dt.datetime.now(dt.UTC).date())
+    except verification.Mismatch as e:
         raise RegistryError(
-            f"model signature of {model_dir} does not verify: {detail}",
-            "the model or its signature changed after signing: do not use it",
+            f"model signature of {model_dir} does not verify: {e}",
+            "the model or its signature changed after signing, or its signer is not allowed: do not use it",
         ) from None
 
 

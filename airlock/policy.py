@@ -60,7 +60,8 @@ class TrustPolicy(_Strict):
 
 class SigningPolicy(_Strict):
     # "key": an EC private key file; "pkcs11": a key inside an HSM / KMS token that no process can read out.
-    mode: Literal["key", "pkcs11"] = "key"
+    # "certificate": an EC key file with a certificate from the company CA (verifiers trust the CA and a subject).
+    mode: Literal["key", "pkcs11", "certificate"] = "key"
     private_key: Path | None = Field(
         default=None, description="PEM EC private key for model signing; else $AIRLOCK_SIGNING_KEY"
     )
@@ -70,6 +71,8 @@ class SigningPolicy(_Strict):
         description="RFC 7512 URI of the token's key, e.g. pkcs11:token=airlock;object=model?module-path=/usr/lib/...",
     )
     pin_env: str = Field(default="AIRLOCK_PKCS11_PIN", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    certificate: Path | None = Field(default=None, description="certificate mode: the signing certificate (PEM)")
+    certificate_chain: list[Path] = Field(default_factory=list, description="certificate mode: the issuing CA's certificates (PEM)")
 
     @model_validator(mode="after")
     def _mode(self) -> SigningPolicy:
@@ -78,6 +81,11 @@ class SigningPolicy(_Strict):
                 raise ValueError("signing.mode = pkcs11 needs signing.pkcs11_uri")
             if "pin-value" in self.pkcs11_uri or "pin-source" in self.pkcs11_uri:
                 raise ValueError("signing.pkcs11_uri must not hold the PIN: set it in the environment (pin_env)")
+        if self.mode == "certificate" and not (self.private_key and self.certificate and self.certificate_chain):
+            raise ValueError(
+                "signing.mode = certificate needs signing.private_key, signing.certificate and "
+                "signing.certificate_chain (the issuing CA's certificates, PEM)"
+            )
         return self
 
 
@@ -393,7 +401,13 @@ def load(path: str | Path) -> Policy:
     updates = {
         "repo": RepoPolicy(path=repo),
         "trust": _resolve_trust(pol.trust, base),
-        "signing": pol.signing.model_copy(update={"private_key": _resolve(pol.signing.private_key, base)}),
+        "signing": pol.signing.model_copy(
+            update={
+                "private_key": _resolve(pol.signing.private_key, base),
+                "certificate": _resolve(pol.signing.certificate, base),
+                "certificate_chain": [_resolve(c, base) for c in pol.signing.certificate_chain],
+            }
+        ),
         "data": DataPolicy(
             **{
                 name: ds.model_copy(update={"dir": _resolve(ds.dir, base), "manifest": _resolve(ds.manifest, repo)})

@@ -117,3 +117,150 @@ def test_the_pin_is_refused_in_the_policy_and_pkcs11_mode_needs_a_uri(tmp_path):
         policy.load(_policy(tmp_path, '[signing]\nmode = "pkcs11"'))
     with pytest.raises(PolicyError, match="mode"):
         policy.load(_policy(tmp_path, '[signing]\nmode = "vault"'))
+
+
+# -- certificate chains of a company CA, and key rotation: the signer policy (airlock/verification.py) -------------
+
+
+def _ca(name: str):
+    """A company root CA (made here with cryptography): its key and self-signed certificate."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )  # keyCertSign, cRLSign
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _leaf(ca, email: str, tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """An EC signing key and its certificate for ``email`` from ``ca``; written as PEM files."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "model signer")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+        )  # digitalSignature
+        .sign(ca_key, hashes.SHA256())
+    )
+    k, c = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+    k.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return k, c
+
+
+def _pem(cert) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _signed_by_certificate(trained, tmp_path: Path, ca, email: str) -> tuple[Path, Path]:
+    model, sig = tmp_path / "model", tmp_path / "model.sig"
+    shutil.copytree(trained, model)
+    key, cert = _leaf(ca, email, tmp_path, "signer")
+    (tmp_path / "ca.pem").write_text(_pem(ca[1]))  # carried in the bundle; verifiers trust their own copy
+    chain = f'certificate_chain = ["{tmp_path / "ca.pem"}"]'
+    signing = f'mode = "certificate"\nprivate_key = "{key}"\ncertificate = "{cert}"\n{chain}'
+    pol = policy.load(_policy(tmp_path, f"[signing]\n{signing}"))
+    signer = modelsign.signer(pol)
+    assert signer.describe()["mode"] == "certificate"
+    modelsign.sign(model, sig, signer)
+    return model, sig
+
+
+def _signers_file(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "model_signers.toml"
+    p.write_text(body)
+    return p
+
+
+def test_a_certificate_of_the_company_ca_for_the_named_subject_verifies(trained, tmp_path):
+    ca = _ca("Corp Model Signing CA")
+    model, sig = _signed_by_certificate(trained, tmp_path, ca, "model-signer@corp.example")
+    ok = _signers_file(
+        tmp_path, f"[[signer]]\ncertificate_chain = '''{_pem(ca[1])}'''\nsubject = \"model-signer@corp.example\"\n"
+    )
+    who = modelsign.verify(model, sig, ok)
+    assert who.startswith("certificate model-signer@corp.example (issuer CN=Corp Model Signing CA")
+
+
+def test_a_certificate_from_another_ca_or_for_another_subject_is_refused(trained, tmp_path):
+    ca, other = _ca("Corp Model Signing CA"), _ca("Somebody Else's CA")
+    model, sig = _signed_by_certificate(trained, tmp_path, other, "model-signer@corp.example")
+    wrong_ca = _signers_file(
+        tmp_path, f"[[signer]]\ncertificate_chain = '''{_pem(ca[1])}'''\nsubject = \"model-signer@corp.example\"\n"
+    )
+    with pytest.raises(RegistryError, match="no certificate chain to the policy's CA"):
+        modelsign.verify(model, sig, wrong_ca)
+    (tmp_path / "b").mkdir()
+    model2, sig2 = _signed_by_certificate(trained, tmp_path / "b", ca, "intern@corp.example")
+    with pytest.raises(RegistryError, match="certificate subject intern@corp.example is not model-signer@corp.example"):
+        modelsign.verify(model2, sig2, _signers_file(tmp_path, _certificate_signer(ca)))
+    with pytest.raises(RegistryError, match="lists no"):
+        modelsign.verify(model2, sig2, _signers_file(tmp_path, "x = 1\n"))
+    # No CA in the policy: refused, never verified against the web's roots (model_signing's fallback).
+    no_ca = '[[signer]]\ncertificate_chain = "none"\nsubject = "intern@corp.example"\n'
+    with pytest.raises(RegistryError, match="no CA chain \\(web roots are never used\\)"):
+        modelsign.verify(model2, sig2, _signers_file(tmp_path, no_ca))
+
+
+def _certificate_signer(ca, subject: str = "model-signer@corp.example") -> str:
+    q = "'" * 3
+    return f'[[signer]]\ncertificate_chain = {q}{_pem(ca[1])}{q}\nsubject = "{subject}"\n'
+
+
+def test_key_rotation_accepts_the_old_key_until_its_date_then_refuses_it(trained, tmp_path, keys):
+    """AnyOf(new key, old key until a date): a model signed by the old key verifies before the date, not after."""
+    import datetime as dt
+
+    model, sig = tmp_path / "model", tmp_path / "model.sig"
+    shutil.copytree(trained, model)
+    modelsign.sign(model, sig, keys.model_key)  # the old key
+    modelsign.generate_keypair(tmp_path / "new.key", tmp_path / "new.pub")
+    old_pem, new_pem = keys.model_pub.read_text(), (tmp_path / "new.pub").read_text()
+    tomorrow = dt.date.today() + dt.timedelta(days=1)
+    yesterday = dt.date.today() - dt.timedelta(days=1)
+    rotating = (
+        f"[[signer]]\nkey = '''{new_pem}'''\n\n[[signer]]\nkey = '''{old_pem}'''\nuntil = {tomorrow.isoformat()}\n"
+    )
+    assert modelsign.verify(model, sig, _signers_file(tmp_path, rotating)).startswith("key SHA256:")
+    retired = rotating.replace(tomorrow.isoformat(), yesterday.isoformat())
+    with pytest.raises(RegistryError, match=rf"not signed by key SHA256:.*; key SHA256:\S+ was retired on {yesterday}"):
+        modelsign.verify(model, sig, _signers_file(tmp_path, retired))

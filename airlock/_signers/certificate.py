@@ -1,0 +1,43 @@
+"""An EC key with a certificate from the company CA: verifiers trust the CA (and a subject), not each key.
+
+The bundle carries the signing certificate and the chain given here; verification checks the chain against the CA
+in the signer policy only (airlock/verification.py), never the web's roots, and the certificate's subject.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from airlock.errors import SigningError
+
+
+@dataclass(frozen=True)
+class CertificateSigner:
+    private_key: Path
+    certificate: Path
+    chain: tuple[Path, ...] = ()  # the issuing CA's certificates, carried in the bundle
+
+    def configure(self, config):
+        for what, p in (
+            ("key", self.private_key),
+            ("certificate", self.certificate),
+            *(("chain", c) for c in self.chain),
+        ):
+            if not p.is_file():
+                raise SigningError(
+                    f"no signing {what} at {p}", "fix signing.private_key / certificate / certificate_chain"
+                )
+        return config.use_certificate_signer(
+            private_key=self.private_key, signing_certificate=self.certificate, certificate_chain=list(self.chain)
+        )
+
+    def describe(self) -> dict:
+        from cryptography import x509
+
+        try:
+            cert = x509.load_pem_x509_certificate(self.certificate.read_bytes())
+            subject = cert.subject.rfc4514_string()
+        except (OSError, ValueError):
+            subject = "?"
+        return {"mode": "certificate", "key": f"certificate {subject}"}

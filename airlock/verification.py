@@ -1,0 +1,192 @@
+"""Who may sign models: small composable verification policies, in the style of sigstore-python's ``verify.policy``.
+
+The trust root ``trust.model_signing_public_key`` is either a PEM public key (one key: the demo) or a *signer
+policy* file (TOML) listing who may sign, any one of whom suffices::
+
+    [[signer]]                       # the current key (a key file, or the public key a PKCS#11 token exported)
+    key = '''-----BEGIN PUBLIC KEY----- ... -----END PUBLIC KEY-----'''
+
+    [[signer]]                       # the previous key, during a rotation: refused after this date
+    key = '''-----BEGIN PUBLIC KEY----- ... '''
+    until = 2027-01-31
+
+    [[signer]]                       # a certificate from the company CA, for this subject only
+    certificate_chain = '''-----BEGIN CERTIFICATE----- ... (the CA, never web roots)'''
+    subject = "model-signer@corp.example"
+
+Security rules:
+* Every failure says why, per policy (``AnyOf`` lists each signer's reason).
+* A certificate is checked against the chain in the policy only: an empty chain is refused (model_signing would
+  otherwise fall back to the web's roots, and any public CA could then vouch for a model). Its subject (an e-mail
+  or URI SAN, else the CN) must be the policy's: a chain vouches for many certificates, the subject names one.
+* A retired key (``until`` passed) is refused whatever the model's date: rotate by re-signing before the date.
+* The policy file is a trust root like the approvers file: outside the repository or on the protected ref, copied
+  into the run and re-hashed at every decision.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from airlock.errors import RegistryError
+
+
+class Mismatch(Exception):
+    """This signer policy does not accept the signature; the message says why."""
+
+
+class SignerPolicy(Protocol):
+    def verify(self, model_dir: Path, signature: Path, now: _dt.date) -> str:
+        """Who signed (for the record), or raise :class:`Mismatch` with the reason."""
+        ...
+
+
+def _pem_file(pem: str, d: Path, name: str) -> Path:
+    p = d / name
+    p.write_text(pem)
+    return p
+
+
+@dataclass(frozen=True)
+class Key:
+    pem: str
+    until: _dt.date | None = None
+
+    def verify(self, model_dir: Path, signature: Path, now: _dt.date) -> str:
+        import model_signing
+
+        fp = _fingerprint(self.pem)
+        if self.until is not None and now > self.until:
+            raise Mismatch(f"key {fp} was retired on {self.until.isoformat()}")
+        with tempfile.TemporaryDirectory(prefix="airlock-key-") as d:
+            try:
+                model_signing.verifying.Config().use_elliptic_key_verifier(
+                    public_key=_pem_file(self.pem, Path(d), "key.pem")
+                ).verify(model_dir, signature)
+            except Exception as e:  # noqa: BLE001 - tamper and wrong keys show up as many exception types
+                raise Mismatch(f"not signed by key {fp}: {' '.join(str(e).split())[:120]}") from None
+        return f"key {fp}"
+
+
+@dataclass(frozen=True)
+class Certificate:
+    chain: str  # PEM: the company CA (and intermediates)
+    subject: str
+
+    def verify(self, model_dir: Path, signature: Path, now: _dt.date) -> str:
+        import model_signing
+
+        if "BEGIN CERTIFICATE" not in self.chain:
+            raise Mismatch("the certificate policy has no CA chain (web roots are never used)")
+        with tempfile.TemporaryDirectory(prefix="airlock-ca-") as d:
+            try:
+                model_signing.verifying.Config().use_certificate_verifier(
+                    certificate_chain=[_pem_file(self.chain, Path(d), "ca.pem")]
+                ).verify(model_dir, signature)
+            except Exception as e:  # noqa: BLE001
+                raise Mismatch(f"no certificate chain to the policy's CA: {' '.join(str(e).split())[:120]}") from None
+        leaf = _leaf_certificate(signature)
+        names = _subjects(leaf)
+        if self.subject not in names:
+            raise Mismatch(f"certificate subject {', '.join(sorted(names)) or '(none)'} is not {self.subject}")
+        return f"certificate {self.subject} (issuer {leaf.issuer.rfc4514_string()})"
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    policies: tuple[SignerPolicy, ...]
+
+    def verify(self, model_dir: Path, signature: Path, now: _dt.date) -> str:
+        reasons = []
+        for p in self.policies:
+            try:
+                return p.verify(model_dir, signature, now)
+            except Mismatch as e:
+                reasons.append(str(e))
+        raise Mismatch("; ".join(reasons) or "no signer is allowed")
+
+
+def load(path: str | Path) -> SignerPolicy:
+    """A PEM public key file (one :class:`Key`), or a signer policy file (``AnyOf`` its ``[[signer]]`` entries)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RegistryError(
+            f"cannot read the model-signing trust root {path}: {type(e).__name__}",
+            "check trust.model_signing_public_key in airlock.toml",
+        ) from None
+    if text.lstrip().startswith("-----BEGIN PUBLIC KEY-----"):
+        return Key(text)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RegistryError(f"the signer policy {path} is not a PEM key or valid TOML: {e}", "fix the file") from None
+    signers = doc.get("signer")
+    if not isinstance(signers, list) or not signers or set(doc) != {"signer"}:
+        raise RegistryError(
+            f"the signer policy {path} lists no [[signer]] (or holds other keys)", "see airlock/verification.py"
+        )
+    return AnyOf(tuple(_one(s, path, i) for i, s in enumerate(signers)))
+
+
+def _one(s: object, path: Path, i: int) -> SignerPolicy:
+    where = f"signer {i + 1} of {path}"
+    if not isinstance(s, dict):
+        raise RegistryError(f"{where} is not a table", "see airlock/verification.py")
+    if set(s) <= {"key", "until"} and isinstance(s.get("key"), str):
+        until = s.get("until")
+        if until is not None and not isinstance(until, _dt.date):
+            raise RegistryError(f"{where}: until must be a date (2027-01-31)", "fix the file")
+        if "BEGIN PUBLIC KEY" not in s["key"]:
+            raise RegistryError(f"{where}: key is not a PEM public key", "paste the public key's PEM")
+        return Key(s["key"], until)
+    if set(s) == {"certificate_chain", "subject"} and all(isinstance(v, str) and v for v in s.values()):
+        return Certificate(s["certificate_chain"], s["subject"])
+    raise RegistryError(
+        f"{where} must be {{key[, until]}} or {{certificate_chain, subject}} (got {sorted(s)})",
+        "see airlock/verification.py",
+    )
+
+
+def _fingerprint(pem: str) -> str:
+    import hashlib
+
+    body = "".join(line for line in pem.strip().splitlines() if not line.startswith("-----"))
+    try:
+        der = base64.b64decode(body)
+    except ValueError:
+        der = body.encode()
+    return "SHA256:" + base64.b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
+
+
+def _leaf_certificate(signature: Path):
+    from cryptography import x509
+
+    bundle = json.loads(signature.read_text())
+    chain = bundle["verificationMaterial"]["x509CertificateChain"]["certificates"]
+    return x509.load_der_x509_certificate(base64.b64decode(chain[0]["rawBytes"]))
+
+
+def _subjects(cert) -> set[str]:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    names: set[str] = set()
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names |= set(san.get_values_for_type(x509.RFC822Name)) | set(
+            san.get_values_for_type(x509.UniformResourceIdentifier)
+        )
+    except x509.ExtensionNotFound:
+        pass
+    if not names:
+        names |= {str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    return names
