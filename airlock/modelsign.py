@@ -80,7 +80,9 @@ def verify(model_dir: str | Path, signature: str | Path, public_key: str | Path)
         raise RegistryError(f"no signature at {signature}", "the model was never signed: re-run the pipeline")
     policy = verification.load(public_key)
     try:
-        return policy.verify(Path(model_dir), Path(signature), dt.datetime.now(dt.UTC).date())
+        who = policy.verify(Path(model_dir), Path(signature), dt.datetime.now(dt.UTC).date())
+        verification.check_ignore_paths(Path(signature), verification.allowed_ignore_paths(policy))
+        return who
     except verification.Mismatch as e:
         raise RegistryError(
             f"model signature of {model_dir} does not verify: {e}",

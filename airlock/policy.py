@@ -72,7 +72,9 @@ class SigningPolicy(_Strict):
     )
     pin_env: str = Field(default="AIRLOCK_PKCS11_PIN", pattern=r"^[A-Z_][A-Z0-9_]*$")
     certificate: Path | None = Field(default=None, description="certificate mode: the signing certificate (PEM)")
-    certificate_chain: list[Path] = Field(default_factory=list, description="certificate mode: the issuing CA's certificates (PEM)")
+    certificate_chain: list[Path] = Field(
+        default_factory=list, description="certificate mode: the issuing CA's certificates (PEM)"
+    )
 
     @model_validator(mode="after")
     def _mode(self) -> SigningPolicy:

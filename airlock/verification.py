@@ -14,12 +14,22 @@ policy* file (TOML) listing who may sign, any one of whom suffices::
     certificate_chain = '''-----BEGIN CERTIFICATE----- ... (the CA, never web roots)'''
     subject = "model-signer@corp.example"
 
+    [[signer]]                       # Sigstore keyless: the workflow identity GitHub's OIDC token carries
+    identity = "https://github.com/ORG/REPO/.github/workflows/retrain.yml@refs/heads/main"
+    issuer = "https://token.actions.githubusercontent.com"
+    trust_config = '''{ ... sigstore's pinned trust configuration (tests/fixtures/sigstore/README.md) ... }'''
+
+    ignore_paths = ["notes.txt"]     # optional: what a signature may leave unsigned beyond git metadata
+
 Security rules:
 * Every failure says why, per policy (``AnyOf`` lists each signer's reason).
 * A certificate is checked against the chain in the policy only: an empty chain is refused (model_signing would
   otherwise fall back to the web's roots, and any public CA could then vouch for a model). Its subject (an e-mail
   or URI SAN, else the CN) must be the policy's: a chain vouches for many certificates, the subject names one.
 * A retired key (``until`` passed) is refused whatever the model's date: rotate by re-signing before the date.
+* A signature's ``ignore_paths`` come from its signed payload, and model_signing honours them: a signer could
+  leave the weights out. Anything beyond git metadata and the policy's ``ignore_paths`` is refused.
+* Keyless signatures are verified offline, against the trust configuration pinned in the policy.
 * The policy file is a trust root like the approvers file: outside the repository or on the protected ref, copied
   into the run and re-hashed at every decision.
 """
@@ -100,8 +110,35 @@ class Certificate:
 
 
 @dataclass(frozen=True)
+class Keyless:
+    """Sigstore keyless: a short-lived Fulcio certificate for an OIDC identity, logged in Rekor. Verified offline
+    against the pinned trust configuration (Fulcio CAs, Rekor and CT keys) kept in the policy, never fetched."""
+
+    identity: str  # e.g. https://github.com/ORG/REPO/.github/workflows/retrain.yml@refs/heads/main
+    issuer: str  # e.g. https://token.actions.githubusercontent.com
+    trust_config: str  # JSON: sigstore's ClientTrustConfig
+
+    def verify(self, model_dir: Path, signature: Path, now: _dt.date) -> str:
+        import model_signing
+
+        with tempfile.TemporaryDirectory(prefix="airlock-sigstore-") as d:
+            try:
+                model_signing.verifying.Config().use_sigstore_verifier(
+                    identity=self.identity,
+                    oidc_issuer=self.issuer,
+                    trust_config=_pem_file(self.trust_config, Path(d), "trust_config.json"),
+                ).verify(model_dir, signature)
+            except Exception as e:  # noqa: BLE001 - sigstore's VerificationError and model_signing's many types
+                raise Mismatch(
+                    f"not signed keylessly by {self.identity} ({self.issuer}): {' '.join(str(e).split())[:120]}"
+                ) from None
+        return f"keyless {self.identity} ({self.issuer})"
+
+
+@dataclass(frozen=True)
 class AnyOf:
     policies: tuple[SignerPolicy, ...]
+    ignore_paths: frozenset[str] = frozenset()  # paths a signature may leave unsigned beyond model_signing's defaults
 
     def verify(self, model_dir: Path, signature: Path, now: _dt.date) -> str:
         reasons = []
@@ -130,11 +167,14 @@ def load(path: str | Path) -> SignerPolicy:
     except tomllib.TOMLDecodeError as e:
         raise RegistryError(f"the signer policy {path} is not a PEM key or valid TOML: {e}", "fix the file") from None
     signers = doc.get("signer")
-    if not isinstance(signers, list) or not signers or set(doc) != {"signer"}:
+    if not isinstance(signers, list) or not signers or not set(doc) <= {"signer", "ignore_paths"}:
         raise RegistryError(
             f"the signer policy {path} lists no [[signer]] (or holds other keys)", "see airlock/verification.py"
         )
-    return AnyOf(tuple(_one(s, path, i) for i, s in enumerate(signers)))
+    extra = doc.get("ignore_paths", [])
+    if not isinstance(extra, list) or not all(isinstance(x, str) and x for x in extra):
+        raise RegistryError(f"ignore_paths in {path} must be a list of paths", "fix the file")
+    return AnyOf(tuple(_one(s, path, i) for i, s in enumerate(signers)), frozenset(extra))
 
 
 def _one(s: object, path: Path, i: int) -> SignerPolicy:
@@ -150,10 +190,37 @@ def _one(s: object, path: Path, i: int) -> SignerPolicy:
         return Key(s["key"], until)
     if set(s) == {"certificate_chain", "subject"} and all(isinstance(v, str) and v for v in s.values()):
         return Certificate(s["certificate_chain"], s["subject"])
+    if set(s) == {"identity", "issuer", "trust_config"} and all(isinstance(v, str) and v for v in s.values()):
+        return Keyless(s["identity"], s["issuer"], s["trust_config"])
     raise RegistryError(
-        f"{where} must be {{key[, until]}} or {{certificate_chain, subject}} (got {sorted(s)})",
+        f"{where} must be {{key[, until]}}, {{certificate_chain, subject}} or {{identity, issuer, trust_config}} "
+        f"(got {sorted(s)})",
         "see airlock/verification.py",
     )
+
+
+# What model_signing leaves out of every signature by default (git metadata). A signature whose signed payload lists
+# more - the weights, say - would verify while covering less than the model: refused unless the policy allows it.
+DEFAULT_IGNORED = frozenset({".git", ".gitattributes", ".github", ".gitignore"})
+
+
+def check_ignore_paths(signature: Path, allowed: frozenset[str] = frozenset()) -> None:
+    """The verified signature's ``ignore_paths`` are model_signing's defaults plus what the policy allows."""
+    try:
+        bundle = json.loads(signature.read_text())
+        payload = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        ignored = payload["predicate"]["serialization"].get("ignore_paths", [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise Mismatch("the signature's payload names no serialization settings") from None
+    if not isinstance(ignored, list):
+        raise Mismatch("the signature's ignore_paths is not a list")
+    beyond = sorted(set(map(str, ignored)) - DEFAULT_IGNORED - allowed)
+    if beyond:
+        raise Mismatch(f"the signature leaves out paths the policy does not allow: {', '.join(beyond[:5])}")
+
+
+def allowed_ignore_paths(policy: SignerPolicy) -> frozenset[str]:
+    return policy.ignore_paths if isinstance(policy, AnyOf) else frozenset()
 
 
 def _fingerprint(pem: str) -> str:

@@ -264,3 +264,69 @@ def test_key_rotation_accepts_the_old_key_until_its_date_then_refuses_it(trained
     retired = rotating.replace(tomorrow.isoformat(), yesterday.isoformat())
     with pytest.raises(RegistryError, match=rf"not signed by key SHA256:.*; key SHA256:\S+ was retired on {yesterday}"):
         modelsign.verify(model, sig, _signers_file(tmp_path, retired))
+
+
+# -- Sigstore keyless, verified offline against real public bundles (tests/fixtures/sigstore/README.md) -----------
+
+SIGSTORE = Path(__file__).parent / "fixtures" / "sigstore"
+IDENTITY, ISSUER = "stefanb@us.ibm.com", "https://sigstore.verify.ibm.com/oauth2"
+
+
+def _keyless(tmp_path: Path, identity: str = IDENTITY, issuer: str = ISSUER, ignore: str = "") -> Path:
+    q = "'" * 3
+    trust = (SIGSTORE / "trust_config.json").read_text()
+    body = f'{ignore}[[signer]]\nidentity = "{identity}"\nissuer = "{issuer}"\ntrust_config = {q}{trust}{q}\n'
+    return _signers_file(tmp_path, body)
+
+
+@pytest.fixture
+def keyless_model(tmp_path) -> tuple[Path, Path]:
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in ("signme-1", "signme-2", "ignore-me"):
+        shutil.copy2(SIGSTORE / "v1.1.0-sigstore" / f, model / f)
+    return model, SIGSTORE / "v1.1.0-sigstore" / "model.sig"
+
+
+def test_a_real_keyless_bundle_verifies_offline_for_its_identity_and_issuer(keyless_model, tmp_path):
+    model, sig = keyless_model
+    policy_file = _keyless(tmp_path, ignore='ignore_paths = ["ignore-me", "model.sig"]\n')
+    assert modelsign.verify(model, sig, policy_file) == f"keyless {IDENTITY} ({ISSUER})"
+
+
+def test_a_keyless_bundle_for_another_identity_or_issuer_is_refused(keyless_model, tmp_path):
+    """The wrong workflow identity and the wrong issuer: Fulcio certifies anyone, the policy names whom."""
+    model, sig = keyless_model
+    allow = 'ignore_paths = ["ignore-me", "model.sig"]\n'
+    workflow = "https://github.com/corp/models/.github/workflows/retrain.yml@refs/heads/main"
+    with pytest.raises(RegistryError, match=f"not signed keylessly by {workflow}"):
+        modelsign.verify(model, sig, _keyless(tmp_path, identity=workflow, ignore=allow))
+    with pytest.raises(RegistryError, match="not signed keylessly by .*token.actions.githubusercontent.com"):
+        modelsign.verify(
+            model, sig, _keyless(tmp_path, issuer="https://token.actions.githubusercontent.com", ignore=allow)
+        )
+    (model / "signme-1").write_bytes(b"tampered")
+    with pytest.raises(RegistryError, match="not signed keylessly"):
+        modelsign.verify(model, sig, _keyless(tmp_path, ignore=allow))
+
+
+def test_a_signature_that_leaves_out_more_than_the_policy_allows_is_refused(keyless_model, tmp_path):
+    """That bundle's signed payload ignores `ignore-me`: the signature is valid, but it does not cover the whole
+    directory, and the policy never said that file may go unsigned."""
+    model, sig = keyless_model
+    with pytest.raises(RegistryError, match="leaves out paths the policy does not allow: ignore-me, model.sig"):
+        modelsign.verify(model, sig, _keyless(tmp_path))
+
+
+def test_a_key_signature_that_ignores_the_weights_is_refused(trained, tmp_path, keys):
+    """Signed with the trusted key, but with the weights in the payload's ignore_paths (model_signing would then
+    verify whatever weights lie there): refused."""
+    import model_signing
+
+    model, sig = tmp_path / "model", tmp_path / "model.sig"
+    shutil.copytree(trained, model)
+    cfg = model_signing.signing.Config().use_elliptic_key_signer(private_key=keys.model_key)
+    cfg.set_hashing_config(model_signing.hashing.Config().set_ignored_paths(paths=["model.safetensors"]))
+    cfg.sign(model, sig)
+    with pytest.raises(RegistryError, match="leaves out paths the policy does not allow: model.safetensors"):
+        modelsign.verify(model, sig, keys.model_pub)
