@@ -7,7 +7,8 @@ Security rules:
 * It holds only what :data:`LAYOUT` allows: the trainer's two files, Airlock's provenance and AIBOM, and flat gate
   evidence (JSON reports, PNG plots). :func:`unexpected` lists anything else anywhere in it; the flow refuses to sign
   such a directory and the registry refuses to hold one (a smuggled file would be signed and shipped).
-* A registry object holds only the directory, its signature and (production) the approvals: :data:`OBJECT`.
+* A registry object holds only the directory, its signature, its signed attestations and (production) the
+  approvals: :data:`OBJECT`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ TRAINER_FILES = (WEIGHTS, METADATA)
 AIRLOCK_FILES = ("provenance.json", "aibom.cdx.json")
 EVIDENCE = "evidence"
 _EVIDENCE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\.(json|png)$")
-OBJECT = {"model": "dir", "model.sig": "file", "approvals.json": "file"}
+OBJECT = {
+    "model": "dir",
+    "model.sig": "file",
+    "attestations": "dir",  # signed in-toto statements about the model (airlock/attest.py)
+    "attestations.sig": "file",
+    "approvals.json": "file",
+}
 
 
 def evidence_name(gate: str) -> str:

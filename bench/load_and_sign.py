@@ -83,6 +83,11 @@ def _promoted(work: Path) -> tuple[Path, Path]:
     (out / "provenance.json").write_text(json.dumps(prov))
     aibom.write(out, prov, {}, {})
     modelsign.sign(out, work / "model.sig", keys / "model.key")
+    from airlock import attest
+    from airlock.hashing import hash_tree
+
+    att = attest.write(work / attest.DIR, attest.build(hash_tree(out).root_digest, prov, {}))
+    modelsign.sign(att, work / attest.SIG, keys / "model.key")
     reg = Registry(work / "registry", Ledger(work / "ledger.jsonl"), keys / "model.pub", keys / "approvers")
     staged = reg.stage(out, work / "model.sig", run)
     signed = [

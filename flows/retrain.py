@@ -48,10 +48,11 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from airlock import aibom, gitutil, manifest, modeldir, modelsign, sandbox, trust
+from airlock import aibom, attest, gitutil, manifest, modeldir, modelsign, sandbox, trust
 from airlock import policy as _policy
 from airlock.approvals import Policy as ApprovalPolicy
 from airlock.errors import AirlockError, GateFailed, RegistryError, TrustRootError
+from airlock.hashing import hash_tree
 from airlock.ingest import provenance_entry
 from airlock.ledger import Ledger
 from airlock.policy import Policy
@@ -495,9 +496,12 @@ def sign_and_stage(
     odd = modeldir.unexpected(model_dir)
     if odd:
         raise GateFailed(f"the model directory holds unexpected entries: {', '.join(odd[:5])} — nothing was signed")
-    signer = modelsign.signer(pol)  # signing.mode: a key file, or a key inside a PKCS#11 token
+    signer = modelsign.signer(pol)  # signing.mode: a key file, a key inside a PKCS#11 token, or a certificate
     sig = run_dir / "model.sig"
     modelsign.sign(model_dir, sig, signer)
+    # Signed evidence about this digest: an in-toto statement per gate, SLSA provenance, a verification summary.
+    statements = attest.build(hash_tree(model_dir).root_digest, provenance, gate_thresholds(pol))
+    modelsign.sign(attest.write(_fresh(run_dir / attest.DIR), statements), run_dir / attest.SIG, signer)
     ledger.append(
         "model.signed",
         {
@@ -557,6 +561,13 @@ def resume_staged(pol: Policy, run_id: str, run_dir: Path, rec: RunRecorder, led
         "signing are not run again",
     )
     return pol, roots, pinned, staged, isolated
+
+
+def gate_thresholds(pol: Policy) -> dict[str, dict]:
+    """What each model gate's statement records as its thresholds: the policy section that configures it."""
+    from gates.model_gates import MODEL_GATES
+
+    return {r: getattr(pol, g.section).model_dump(mode="json") for g in MODEL_GATES for r in g.results}
 
 
 def run_initiator() -> dict:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airlock import approvals as _approvals
-from airlock import modeldir, modelsign
+from airlock import attest, modeldir, modelsign
 from airlock.errors import AirlockError, RegistryError
 from airlock.hashing import hash_tree
 from airlock.ledger import Anchor, Ledger
@@ -157,6 +157,8 @@ class Registry:
         provenance = _read(model_dir / "provenance.json", f"provenance.json of the model in {obj}")
         if not isinstance(provenance, dict):
             raise RegistryError(f"provenance.json of the model in {obj} is not a JSON object", "re-run the pipeline")
+        # Signed evidence: every statement about this digest, by an allowed signer, agreeing with the provenance.
+        attest.verify(obj / attest.DIR, obj / attest.SIG, self.public_key, actual, provenance)
         return StagedModel(actual, obj, provenance)
 
     def approval_context(
@@ -179,13 +181,20 @@ class Registry:
 
     # -- staging -----------------------------------------------------------------------------------------------
 
-    def stage(self, model_dir: Path, signature: Path, run_id: str) -> StagedModel:
+    def stage(self, model_dir: Path, signature: Path, run_id: str, attestations: Path | None = None) -> StagedModel:
+        """Stage a signed model with its signed attestations (default: ``attestations/`` and ``attestations.sig``
+        beside the signature, where the flow writes them)."""
+        att = attestations or signature.parent / attest.DIR
         digest = hash_tree(model_dir).root_digest
         dest = self.root / "staging" / _hex(digest)
         tmp = self.root / "staging" / f".{_hex(digest)}.{uuid.uuid4().hex}.tmp"
         tmp.mkdir(parents=True)
         shutil.copytree(model_dir, tmp / "model", symlinks=True)
         shutil.copy2(signature, tmp / "model.sig")
+        if att.is_dir() and not att.is_symlink():
+            shutil.copytree(att, tmp / attest.DIR, symlinks=True)
+        if att.with_name(attest.SIG).is_file():
+            shutil.copy2(att.with_name(attest.SIG), tmp / attest.SIG)
         _fsync_tree(tmp)
         staged = self.verify_object(tmp, digest)  # verify what was written, not what was handed in
         if dest.exists():

@@ -179,3 +179,20 @@ def work(tmp_path):
     paths["policy"].write_text(text)
     (paths["trust"] / "revoked_keys").write_text("")  # revocations take effect at decision time
     return paths
+
+
+def sign_model(model: Path, signature: Path, key) -> None:
+    """Sign a model as the flow does: the directory, then its attestations (airlock/attest.py) beside the signature,
+    built from the model's provenance (signed in it)."""
+    import json
+
+    from airlock import attest
+    from airlock.hashing import hash_tree
+
+    modelsign.sign(model, signature, key)
+    att = signature.parent / attest.DIR
+    if att.exists():
+        shutil.rmtree(att)
+    provenance = json.loads((model / "provenance.json").read_text()) if (model / "provenance.json").exists() else {}
+    attest.write(att, attest.build(hash_tree(model).root_digest, provenance, {}))
+    modelsign.sign(att, signature.parent / attest.SIG, key)

@@ -13,12 +13,12 @@ import shutil
 import numpy as np
 import pytest
 
-from airlock import ingest, manifest, modelsign, policy
+from airlock import ingest, manifest, policy
 from airlock.ledger import Ledger
 from flows import demo
 from gates import Verdict, data
 from registry import Registry
-from tests.conftest import assert_one_line_refusal, run_cli
+from tests.conftest import assert_one_line_refusal, run_cli, sign_model
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ def test_trace_lists_every_file_of_a_registered_model_with_its_source(work, batc
         },
     }
     (model / "provenance.json").write_text(json.dumps(prov))
-    modelsign.sign(model, tmp_path / "model.sig", work["keys"] / "model_signing.key")
+    sign_model(model, tmp_path / "model.sig", work["keys"] / "model_signing.key")
     reg = Registry(pol.registry.path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
     staged = reg.stage(model, tmp_path / "model.sig", prov["run_id"])
 

@@ -9,10 +9,10 @@ import os
 import pytest
 
 import airlock
-from airlock import aibom, modelsign
+from airlock import aibom
 from airlock.errors import RegistryError
 from registry import loading
-from tests.conftest import assert_one_line_refusal, run_cli
+from tests.conftest import assert_one_line_refusal, run_cli, sign_model
 from tests.test_registry import RUN, _policy, approvals_for, reg, signed_model  # noqa: F401 - fixtures
 
 
@@ -28,7 +28,7 @@ def _resign(model, sig, keys, **provenance_changes):
     prov = json.loads((model / "provenance.json").read_text())
     prov.update(provenance_changes)
     (model / "provenance.json").write_text(json.dumps(prov))
-    modelsign.sign(model, sig, keys.model_key)
+    sign_model(model, sig, keys.model_key)
 
 
 def test_load_returns_the_verified_model_and_its_tensors(promoted):
@@ -62,7 +62,7 @@ def test_a_model_signed_around_a_failed_gate_is_not_loaded(reg, signed_model, ke
     model, sig = signed_model
     _resign(model, sig, keys, gates=[{"gate": "backdoor", "verdict": "fail", "code": "backdoor.trigger_found"}])
     aibom.write(model, json.loads((model / "provenance.json").read_text()), {}, {})
-    modelsign.sign(model, sig, keys.model_key)
+    sign_model(model, sig, keys.model_key)
     staged = reg.stage(model, sig, RUN)
     reg.promote(staged.digest, approvals_for(keys, staged.digest))
     with pytest.raises(RegistryError, match=r"gate backdoor did not pass .*backdoor.trigger_found"):
@@ -73,7 +73,7 @@ def test_evidence_that_contradicts_the_provenance_is_refused(reg, signed_model, 
     model, sig = signed_model
     (model / "evidence").mkdir()
     (model / "evidence" / "artifact.json").write_text(json.dumps({"verdict": "fail", "code": "artifact.pickle"}))
-    modelsign.sign(model, sig, keys.model_key)
+    sign_model(model, sig, keys.model_key)
     staged = reg.stage(model, sig, RUN)
     reg.promote(staged.digest, approvals_for(keys, staged.digest))
     with pytest.raises(RegistryError, match="evidence of gate artifact says fail"):
@@ -85,7 +85,7 @@ def test_an_aibom_of_other_weights_is_refused(reg, signed_model, keys, tmp_path)
     bom = json.loads((model / "aibom.cdx.json").read_text())
     next(c for c in bom["components"] if c["bom-ref"] == "model")["hashes"][0]["content"] = "0" * 64
     (model / "aibom.cdx.json").write_text(json.dumps(bom))
-    modelsign.sign(model, sig, keys.model_key)
+    sign_model(model, sig, keys.model_key)
     staged = reg.stage(model, sig, RUN)
     reg.promote(staged.digest, approvals_for(keys, staged.digest))
     with pytest.raises(RegistryError, match="AIBOM's weights digest is not the weights' digest"):

@@ -13,7 +13,7 @@ from airlock.errors import RegistryError
 from airlock.ledger import Ledger
 from gates import approval
 from registry import Registry, store
-from tests.conftest import assert_one_line_refusal, run_cli
+from tests.conftest import assert_one_line_refusal, run_cli, sign_model
 
 RUN = "0b7e9a52-0000-4000-8000-000000000002"
 
@@ -31,7 +31,7 @@ def signed_model(tmp_path, trained, keys):
     (model / "provenance.json").write_text(json.dumps(provenance))
     aibom.write(model, provenance, {}, {})
     sig = tmp_path / "run" / "model.sig"
-    modelsign.sign(model, sig, keys.model_key)
+    sign_model(model, sig, keys.model_key)
     return model, sig
 
 
@@ -113,7 +113,7 @@ def test_unexpected_entries_anywhere_in_an_object_are_refused(reg, signed_model,
 def test_signature_by_another_key_is_not_staged(reg, signed_model, tmp_path):
     model, sig = signed_model
     modelsign.generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
-    modelsign.sign(model, sig, tmp_path / "other.key")
+    sign_model(model, sig, tmp_path / "other.key")
     with pytest.raises(RegistryError, match="does not verify"):
         reg.stage(model, sig, RUN)
 
@@ -171,7 +171,7 @@ def test_crash_before_pointer_switch_keeps_old_production(reg, signed_model, key
     model2 = tmp_path / "run2" / "model"
     shutil.copytree(signed_model[0], model2)
     (model2 / "training.json").write_text((trained / "training.json").read_text().replace("example", "second"))
-    modelsign.sign(model2, tmp_path / "run2" / "model.sig", keys.model_key)
+    sign_model(model2, tmp_path / "run2" / "model.sig", keys.model_key)
     second = reg.stage(model2, tmp_path / "run2" / "model.sig", RUN)
 
     real = store._write_atomic

@@ -14,6 +14,7 @@ from airlock import modelsign, policy
 from airlock.errors import PolicyError, RegistryError, SigningError
 from airlock.ledger import Ledger
 from registry import Registry
+from tests.conftest import sign_model
 
 MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 PIN = "4711-airlock"
@@ -66,7 +67,7 @@ def test_a_key_in_a_pkcs11_token_signs_and_the_registry_verifies_it(token, train
     model = tmp_path / "model"
     shutil.copytree(trained, model)
     (model / "provenance.json").write_text('{"run_id": "r1"}')
-    modelsign.sign(model, tmp_path / "model.sig", signer)
+    sign_model(model, tmp_path / "model.sig", signer)  # the model and its attestations, both by the token
     # Verified with the public key exported from the token; refused under any other key.
     reg = Registry(tmp_path / "registry", Ledger(tmp_path / "ledger.jsonl"), token["pub"], keys.approvers)
     staged = reg.stage(model, tmp_path / "model.sig", "r1")
