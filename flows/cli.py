@@ -253,6 +253,12 @@ def _submit_approval(args, signed, statement: str, principal: str, decision: str
     return EXIT_REFUSED
 
 
+def cmd_init(args) -> int:
+    from flows._init import init
+
+    return init(args)
+
+
 def cmd_verify(args) -> int:
     """Everything verified loading checks (registry/loading.py); with --export, the verified bytes written out."""
     from registry.loading import load
@@ -473,6 +479,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", type=Path, help="directory to create the demo in (default: a new temporary one)")
     d.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
     d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("init", help="write a policy, trust files and a signing key for your fork, outside it")
+    i.add_argument("dir", type=Path, help="a new directory (outside the training repository)")
+    i.add_argument("--repo", required=True, help="the training repository (your fork)")
+    i.add_argument("--train-data", required=True, help="the training dataset's directory")
+    i.add_argument("--golden-data", required=True, help="the golden set's directory")
+    i.add_argument(
+        "--signer",
+        action="append",
+        default=[],
+        required=True,
+        metavar="EMAIL=KEY.pub",
+        help="who may sign training commits (repeat)",
+    )
+    i.add_argument(
+        "--approver",
+        action="append",
+        default=[],
+        required=True,
+        metavar="EMAIL=KEY.pub:ROLES",
+        help="who may approve, with roles (ml-lead, security; repeat)",
+    )
+    i.set_defaults(func=cmd_init)
 
     r = sub.add_parser("run", help="run the gated pipeline on the repository named by the policy")
     r.add_argument("--config", default="airlock.toml")
