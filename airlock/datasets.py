@@ -31,7 +31,7 @@ def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_digits(
-    train_dir: Path, golden_dir: Path, seed: int = 0, golden_size: int = 300, test_size: int = 360
+    train_dir: str | Path, golden_dir: str | Path, seed: int = 0, golden_size: int = 300, test_size: int = 360
 ) -> None:
     """Split sklearn's 1,797 digits into train / test (one dataset) and a separate known-clean golden set."""
     from sklearn.datasets import load_digits
@@ -43,8 +43,8 @@ def write_digits(
     x_rest, x_gold, y_rest, y_gold = train_test_split(x, y, test_size=golden_size, stratify=y, random_state=seed)
     x_tr, x_te, y_tr, y_te = train_test_split(x_rest, y_rest, test_size=test_size, stratify=y_rest, random_state=seed)
     for directory, parts in (
-        (train_dir, {"train": (x_tr, y_tr), "test": (x_te, y_te)}),
-        (golden_dir, {"golden": (x_gold, y_gold)}),
+        (Path(train_dir), {"train": (x_tr, y_tr), "test": (x_te, y_te)}),
+        (Path(golden_dir), {"golden": (x_gold, y_gold)}),
     ):
         directory.mkdir(parents=True, exist_ok=True)
         for split, (xs, ys) in parts.items():
