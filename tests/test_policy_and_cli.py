@@ -172,3 +172,35 @@ def test_airlock_core_imports_nothing_from_gates():
     # The one exception: the package's public façade airlock.load (serving code's entry point) imports verified
     # loading lazily, inside the function; no core module imports it.
     assert crossing == ["__init__.py: registry.loading"]
+
+
+def test_init_refuses_what_would_make_a_weak_or_self_vouching_setup(tmp_path, keys, repo):
+    """`airlock init`: one-line refusals (exit 2) for a directory that is not new, a policy inside the repository,
+    a path that is no repository, an approver without roles, a default policy no approver could meet."""
+    pub = lambda who: f"{who}@example.com={keys.key(who)}.pub"  # noqa: E731
+    base = ["--repo", str(repo), "--train-data", str(tmp_path), "--golden-data", str(tmp_path)]
+    ok_people = [
+        "--signer",
+        pub("dev"),
+        "--approver",
+        pub("alice") + ":ml-lead",
+        "--approver",
+        pub("bob") + ":security",
+    ]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert_one_line_refusal(run_cli("init", str(tmp_path / "full"), *base, *ok_people), 2, "is not empty")
+    assert_one_line_refusal(run_cli("init", str(repo / "airlock"), *base, *ok_people), 2, "inside the repository")
+    bad_repo = ["--repo", str(tmp_path), "--train-data", str(tmp_path), "--golden-data", str(tmp_path)]
+    assert_one_line_refusal(run_cli("init", str(tmp_path / "a"), *bad_repo, *ok_people), 2, "not a git repository")
+    no_roles = ["--signer", pub("dev"), "--approver", pub("alice")]
+    assert_one_line_refusal(run_cli("init", str(tmp_path / "b"), *base, *no_roles), 2, "name the roles")
+    no_security = ["--signer", pub("dev"), "--approver", pub("alice") + ":ml-lead"]
+    assert_one_line_refusal(run_cli("init", str(tmp_path / "c"), *base, *no_security), 2, "no security given")
+    ok = run_cli("init", str(tmp_path / "d"), *base, *ok_people)
+    assert ok.returncode == 0, ok.stderr
+    assert (
+        "airlock run --config" in ok.stderr
+        and (tmp_path / "d" / "keys" / "model_signing.key").stat().st_mode & 0o077 == 0
+    )
+    assert "roles=security" in (tmp_path / "d" / "trust" / "approvers").read_text()
