@@ -253,6 +253,24 @@ def _submit_approval(args, signed, statement: str, principal: str, decision: str
     return EXIT_REFUSED
 
 
+def cmd_bom(args) -> int:
+    from flows._rebuild import bom
+
+    print(bom(_trusted_policy(args.config), args.model))
+    return EXIT_OK
+
+
+def cmd_rebuild(args) -> int:
+    from flows._rebuild import rebuild
+
+    same, signed, rebuilt = rebuild(_trusted_policy(args.config), args.run_id)
+    if same:
+        print(f"identical: the rebuilt weights are the signed ones (sha256:{signed})")
+        return EXIT_OK
+    _err(f"different: signed sha256:{signed[:16]}…, rebuilt sha256:{rebuilt[:16]}… — the trainer is not reproducible")
+    return EXIT_REFUSED
+
+
 def cmd_init(args) -> int:
     from flows._init import init
 
@@ -502,6 +520,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="who may approve, with roles (ml-lead, security; repeat)",
     )
     i.set_defaults(func=cmd_init)
+
+    b = sub.add_parser("bom", help="print a verified model's AI bill of materials")
+    b.add_argument("model", help="production, staging, a model digest (sha256:...) or a run id")
+    b.add_argument("--config", default="airlock.toml")
+    b.set_defaults(func=cmd_bom)
+
+    rb = sub.add_parser("rebuild", help="train again from a model's recorded commit and data; compare the weights")
+    rb.add_argument("run_id")
+    rb.add_argument("--config", default="airlock.toml")
+    rb.set_defaults(func=cmd_rebuild)
 
     r = sub.add_parser("run", help="run the gated pipeline on the repository named by the policy")
     r.add_argument("--config", default="airlock.toml")

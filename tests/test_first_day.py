@@ -30,3 +30,18 @@ def test_the_first_day_page_runs_as_written(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "production model sha256:" in res.stdout and "verified" in res.stdout, res.stdout[-2000:]
     assert (home / "airlock" / "keys" / "model_signing.key").stat().st_mode & 0o077 == 0
+    assert "weights   sha256:" in res.stdout and "dataset   train: sha256:" in res.stdout  # airlock bom
+    assert "identical: the rebuilt weights are the signed ones" in res.stdout  # airlock rebuild
+
+    # A rebuild on data that is not what the run trained on proves nothing: refused, naming why.
+    [record] = (home / "airlock" / "registry" / "staging" / "runs").glob("*.json")
+    run_id = record.stem
+    (home / "data" / "train" / "train_y.npy").write_bytes(b"not the data")
+    again = subprocess.run(
+        [airlock, "rebuild", run_id, "--config", str(home / "airlock" / "airlock.toml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 1 and "is not what run" in again.stderr, again.stderr
