@@ -23,7 +23,6 @@ Security rules (checked by :func:`verify`, at staging, promotion, ``airlock veri
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock.errors import RegistryError
+from airlock.modeldir import evidence_name
 
 STATEMENT = "https://in-toto.io/Statement/v1"
 TEST_RESULT = "https://in-toto.io/attestation/test-result/v0.1"
@@ -40,10 +40,6 @@ BUILDER = "https://github.com/airlock-ml/airlock/flows/retrain.py"
 DIR, SIG = "attestations", "attestations.sig"
 _NAME = re.compile(r"^(gate-[a-z0-9][a-z0-9-]{0,62}|slsa-provenance|verification-summary)\.intoto\.json$")
 _RESULT = {"pass": "PASSED", "fail": "FAILED", "advisory": "WARNED"}
-
-
-def _name(gate: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", gate.lower()).strip("-")[:60] or "report"
 
 
 def _statement(digest: str, predicate_type: str, predicate: dict) -> dict:
@@ -62,7 +58,7 @@ def build(digest: str, provenance: dict, thresholds: dict[str, dict]) -> dict[st
     out: dict[str, dict] = {}
     gates = provenance.get("gates") or []
     for g in gates:
-        out[f"gate-{_name(g['gate'])}.intoto.json"] = _statement(
+        out[f"gate-{evidence_name(g['gate'])}.intoto.json"] = _statement(
             digest,
             TEST_RESULT,
             {
@@ -158,7 +154,7 @@ def verify(att_dir: Path, signature: Path, trust_root: Path, digest: str, proven
             )
         statements[n] = st
     for g in provenance.get("gates") or []:
-        st = statements.get(f"gate-{_name(g['gate'])}.intoto.json")
+        st = statements.get(f"gate-{evidence_name(g['gate'])}.intoto.json")
         said = ((st or {}).get("predicate") or {}).get("airlock") or {}
         if (said.get("verdict"), said.get("code")) != (g.get("verdict"), g.get("code")):
             raise RegistryError(
@@ -180,11 +176,3 @@ def verify(att_dir: Path, signature: Path, trust_root: Path, digest: str, proven
 def _hex(d: Any) -> str:
     s = str(d or "")
     return s.split(":", 1)[1] if ":" in s else s
-
-
-def digest_of(statements: dict[str, dict]) -> str:
-    """For the record: one sha256 over the statements' canonical JSON."""
-    h = hashlib.sha256()
-    for n in sorted(statements):
-        h.update(n.encode() + b"\0" + json.dumps(statements[n], sort_keys=True).encode() + b"\n")
-    return "sha256:" + h.hexdigest()

@@ -58,9 +58,9 @@ class SignerPolicy(Protocol):
         ...
 
 
-def _pem_file(pem: str, d: Path, name: str) -> Path:
+def _temp_file(text: str, d: Path, name: str) -> Path:
     p = d / name
-    p.write_text(pem)
+    p.write_text(text)
     return p
 
 
@@ -78,7 +78,7 @@ class Key:
         with tempfile.TemporaryDirectory(prefix="airlock-key-") as d:
             try:
                 model_signing.verifying.Config().use_elliptic_key_verifier(
-                    public_key=_pem_file(self.pem, Path(d), "key.pem")
+                    public_key=_temp_file(self.pem, Path(d), "key.pem")
                 ).verify(model_dir, signature)
             except Exception as e:  # noqa: BLE001 - tamper and wrong keys show up as many exception types
                 raise Mismatch(f"not signed by key {fp}: {' '.join(str(e).split())[:120]}") from None
@@ -98,7 +98,7 @@ class Certificate:
         with tempfile.TemporaryDirectory(prefix="airlock-ca-") as d:
             try:
                 model_signing.verifying.Config().use_certificate_verifier(
-                    certificate_chain=[_pem_file(self.chain, Path(d), "ca.pem")]
+                    certificate_chain=[_temp_file(self.chain, Path(d), "ca.pem")]
                 ).verify(model_dir, signature)
             except Exception as e:  # noqa: BLE001
                 raise Mismatch(f"no certificate chain to the policy's CA: {' '.join(str(e).split())[:120]}") from None
@@ -126,7 +126,7 @@ class Keyless:
                 model_signing.verifying.Config().use_sigstore_verifier(
                     identity=self.identity,
                     oidc_issuer=self.issuer,
-                    trust_config=_pem_file(self.trust_config, Path(d), "trust_config.json"),
+                    trust_config=_temp_file(self.trust_config, Path(d), "trust_config.json"),
                 ).verify(model_dir, signature)
             except Exception as e:  # noqa: BLE001 - sigstore's VerificationError and model_signing's many types
                 raise Mismatch(

@@ -23,7 +23,7 @@ def _model(pol, ref: str):
     """(files, provenance, digest) of a verified model: a stage through verified loading, a digest from the
     registry's object checks, a run id through its staging record."""
     from registry import Registry
-    from registry.loading import _read_verified, load
+    from registry.loading import load, read_verified
 
     if ref in ("production", "staging"):
         m = load(ref, config=pol.source)
@@ -39,7 +39,7 @@ def _model(pol, ref: str):
             raise RegistryError(f"no model {ref[:19]}… in {reg.root}", "check the digest (airlock pending, verify)")
     else:
         model = reg.staged_for_run(ref)
-    return _read_verified(model.model_dir, model.digest), model.provenance, model.digest
+    return read_verified(model.model_dir, model.digest), model.provenance, model.digest
 
 
 def bom(pol, ref: str) -> str:

@@ -91,7 +91,7 @@ def load(stage: str = "production", *, config: str | Path = "airlock.toml", regi
         pinned = trust.pin(pol, trust.resolve(pol, Path(d)))
         reg = Registry.from_policy(pinned, root=registry)
         model, verdict = reg.verify_stage(stage)
-    files = _read_verified(model.model_dir, model.digest)
+    files = read_verified(model.model_dir, model.digest)
     metadata = _json(files, modeldir.METADATA)
     provenance = _json(files, "provenance.json")
     _check_gate_evidence(files, provenance)
@@ -100,7 +100,7 @@ def load(stage: str = "production", *, config: str | Path = "airlock.toml", regi
     return VerifiedModel(stage, model.digest, files, metadata, provenance, approvers)
 
 
-def _read_verified(model_dir: Path, digest: str) -> dict[str, bytes]:
+def read_verified(model_dir: Path, digest: str) -> dict[str, bytes]:
     """Every file, once, without following links; the digest over these bytes must be the verified one."""
     files: dict[str, bytes] = {}
     stack = [("", model_dir)]

@@ -96,14 +96,14 @@ def test_a_file_swapped_after_verification_is_refused_at_the_read(promoted, reg)
     """The bytes handed out are the bytes hashed: a swap between the check and the read changes the digest."""
     staged, _ = promoted
     model_dir = reg.root / "production" / staged.digest[7:] / "model"
-    assert loading._read_verified(model_dir, staged.digest)  # as verified: read
+    assert loading.read_verified(model_dir, staged.digest)  # as verified: read
     (model_dir / "training.json").write_text(json.dumps({"nb_classes": 10, "swapped": True}))
     with pytest.raises(RegistryError, match="changed between its verification and its read"):
-        loading._read_verified(model_dir, staged.digest)
+        loading.read_verified(model_dir, staged.digest)
     os.remove(model_dir / "training.json")
     os.symlink("/etc/passwd", model_dir / "training.json")
     with pytest.raises(RegistryError, match="not a regular file"):
-        loading._read_verified(model_dir, staged.digest)
+        loading.read_verified(model_dir, staged.digest)
 
 
 def test_verify_export_writes_the_verified_files_read_only(promoted, tmp_path):
