@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from airlock.errors import AirlockError, RegistryError
+from airlock.errors import DataError, RegistryError
 
 
 def _model(pol, ref: str):
@@ -95,9 +95,9 @@ def rebuild(pol, run_id: str) -> tuple[bool, str, str]:
         shutil.copytree(pol.data.train.dir, snap)
         checked = data.check("train", snap, src / manifest_rel)
         if not checked.passed:
-            raise AirlockError(
-                f"the training data is not what run {run_id} trained on: {checked.reason}",
-                "restore the dataset version the manifest of that commit names",
+            raise DataError(
+                f"the training data is not what run {run_id} trained on: {checked.reason.split(' — ')[0]}",
+                "restore the dataset version that commit's manifest names, then rebuild",
             )
         box = sandbox.Sandbox.from_policy(pinned)
         box.check()

@@ -23,6 +23,7 @@ from airlock.ledger import Ledger
 from flows._server import Server
 from tests._flow import approve, set_policy
 from tests.conftest import ROOT
+from tests.test_signing_modes import make_token
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,13 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def worker(server, tmp_path_factory):
+def hsm(tmp_path_factory):
+    """A PKCS#11 token (SoftHSM2) the worker's flow runs can sign with, as a work-pool machine with an HSM would."""
+    return make_token(tmp_path_factory.mktemp("hsm"))
+
+
+@pytest.fixture(scope="module")
+def worker(server, hsm, tmp_path_factory):
     """A process work pool, a deployment of `flows.retrain:retrain` on it, and a worker polling every second."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -67,6 +74,7 @@ def worker(server, tmp_path_factory):
                 **os.environ,
                 "PREFECT_API_URL": server,
                 "PREFECT_WORKER_QUERY_SECONDS": "1",
+                **hsm["env"],  # the token and its PIN, in the worker's environment only (never in the policy)
                 "PREFECT_LOGGING_LEVEL": "INFO",
             },
             stdout=out,
@@ -152,11 +160,19 @@ def task_runs(w, run_id: str) -> list[str]:
     return _client_call(w["api"], go)
 
 
-def test_suspend_resume_from_other_processes_without_rerunning_training(work, worker):
+def test_suspend_resume_from_other_processes_without_rerunning_training(work, worker, hsm):
     """Suspended twice (no process waits), approved by alice then bob from separate `airlock approve` processes;
     each approval starts the run again on the worker, which verifies the staged model from the registry and goes
-    on at the approval step: one training, one model-gate run, one signing; promoted."""
+    on at the approval step: one training, one model-gate run, one signing; promoted.
+
+    The model is signed by a key inside a PKCS#11 token (signing.mode = "pkcs11"): the flow path of that signing
+    mode end to end, verified under the public key exported from the token."""
     set_policy(work, "approval", "mode", '"suspend"')
+    text = work["policy"].read_text()
+    old = 'private_key = "keys/model_signing.key"'
+    assert old in text
+    work["policy"].write_text(text.replace(old, f'mode = "pkcs11"\npkcs11_uri = "{hsm["uri"]}"'))
+    (work["trust"] / "model_signing.pub").write_bytes(hsm["pub"].read_bytes())
     run_id = start_deployment_run(worker, work["policy"])
     wait_for_state(worker, run_id, suspended)
     assert no_flow_process(worker), "a process still runs under the worker while the run is suspended"
@@ -180,6 +196,8 @@ def test_suspend_resume_from_other_processes_without_rerunning_training(work, wo
     names = task_runs(worker, run_id)
     assert names.count("train") == 1 and names.count("model-gates") == 1, names
     assert names.count("sign-and-stage") == 1 and names.count("resume") == 2, names
+    signed = next(e for e in ledger if e["kind"] == "model.signed")["data"]
+    assert signed["signer"] == {"mode": "pkcs11", "key": "pkcs11:token=airlock;object=model"}
     staged = next(e for e in ledger if e["kind"] == "registry.stage")["data"]["digest"]
     pointer = json.loads((work["registry"] / "production" / "CURRENT").read_text())
     assert pointer["digest"] == staged

@@ -4,6 +4,7 @@ public key exported from it, and the PIN is never in the policy."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,33 +21,35 @@ MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 PIN = "4711-airlock"
 
 
-@pytest.fixture
-def token(tmp_path, monkeypatch):
-    """A fresh SoftHSM2 token holding an EC P-256 key pair generated inside it; its public key exported as PEM."""
+def make_token(d: Path) -> dict:
+    """A fresh SoftHSM2 token in ``d`` holding an EC P-256 key pair generated inside it; its public key exported as
+    PEM; ``env``: what a process needs to reach it (SOFTHSM2_CONF) and its PIN."""
     tools = {t: shutil.which(t) for t in ("softhsm2-util", "pkcs11-tool", "openssl")}
     if not all(tools.values()) or not MODULE.is_file():  # fail, never skip: ./setup.sh installs them
         pytest.fail(f"SoftHSM2 / OpenSC missing ({tools}, {MODULE}): run ./setup.sh (Debian: softhsm2 opensc)")
-    (tmp_path / "tokens").mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True, text=True)  # noqa: E731
+    (d / "tokens").mkdir(parents=True)
+    conf = d / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {d / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True, text=True, env=env)  # noqa: E731
     run("softhsm2-util", "--init-token", "--free", "--label", "airlock", "--pin", PIN, "--so-pin", "so-4711")
     p11 = ["pkcs11-tool", "--module", str(MODULE), "--token-label", "airlock"]
     run(*p11, "--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "model", "--id", "01")
-    run(*p11, "--read-object", "--type", "pubkey", "--label", "model", "-o", str(tmp_path / "model.pub.der"))
-    run(
-        "openssl",
-        "pkey",
-        "-pubin",
-        "-inform",
-        "DER",
-        "-in",
-        str(tmp_path / "model.pub.der"),
-        "-out",
-        str(tmp_path / "model.pub"),
-    )
-    return {"uri": f"pkcs11:token=airlock;object=model?module-path={MODULE}", "pub": tmp_path / "model.pub", "p11": p11}
+    run(*p11, "--read-object", "--type", "pubkey", "--label", "model", "-o", str(d / "model.pub.der"))
+    run("openssl", "pkey", "-pubin", "-inform", "DER", "-in", str(d / "model.pub.der"), "-out", str(d / "model.pub"))
+    return {
+        "uri": f"pkcs11:token=airlock;object=model?module-path={MODULE}",
+        "pub": d / "model.pub",
+        "p11": p11,
+        "env": {"SOFTHSM2_CONF": str(conf), "AIRLOCK_PKCS11_PIN": PIN},
+    }
+
+
+@pytest.fixture
+def token(tmp_path, monkeypatch):
+    t = make_token(tmp_path / "hsm")
+    monkeypatch.setenv("SOFTHSM2_CONF", t["env"]["SOFTHSM2_CONF"])
+    return t
 
 
 def _policy(tmp_path: Path, signing: str) -> Path:
