@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from airlock.errors import DataError, RegistryError
+from airlock.errors import GateFailed, RegistryError
 
 
 def _model(pol, ref: str):
@@ -95,7 +95,8 @@ def rebuild(pol, run_id: str) -> tuple[bool, str, str]:
         shutil.copytree(pol.data.train.dir, snap)
         checked = data.check("train", snap, src / manifest_rel)
         if not checked.passed:
-            raise DataError(
+            # A refusal (exit 1), like the data gate's own: the rebuild would prove nothing.
+            raise GateFailed(
                 f"the training data is not what run {run_id} trained on: {checked.reason.split(' — ')[0]}",
                 "restore the dataset version that commit's manifest names, then rebuild",
             )
