@@ -219,6 +219,28 @@ def check_ignore_paths(signature: Path, allowed: frozenset[str] = frozenset()) -
         raise Mismatch(f"the signature leaves out paths the policy does not allow: {', '.join(beyond[:5])}")
 
 
+def check_certificate_window(signature: Path, signed_at: str | None) -> None:
+    """A certificate-signed model was signed while its certificate was valid: model_signing checks the chain as of
+    the certificate's start only, so an expired (or stolen and long-expired) certificate would still sign. The time
+    is the model's signed provenance's ``created_at``, written by the flow. Key and keyless bundles pass."""
+    try:
+        bundle = json.loads(signature.read_text())
+    except (OSError, ValueError):
+        raise Mismatch("the signature is unreadable") from None
+    if "x509CertificateChain" not in (bundle.get("verificationMaterial") or {}):
+        return
+    leaf = _leaf_certificate(signature)
+    try:
+        at = _dt.datetime.fromisoformat(str(signed_at))
+    except ValueError:
+        raise Mismatch("the model's provenance has no signing time to check its certificate against") from None
+    if not leaf.not_valid_before_utc <= at <= leaf.not_valid_after_utc:
+        raise Mismatch(
+            f"the model was signed at {at.isoformat()}, outside its certificate's validity "
+            f"({leaf.not_valid_before_utc.isoformat()} to {leaf.not_valid_after_utc.isoformat()})"
+        )
+
+
 def allowed_ignore_paths(policy: SignerPolicy) -> frozenset[str]:
     return policy.ignore_paths if isinstance(policy, AnyOf) else frozenset()
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airlock import approvals as _approvals
-from airlock import attest, modeldir, modelsign
+from airlock import attest, modeldir, modelsign, verification
 from airlock.errors import AirlockError, RegistryError
 from airlock.hashing import hash_tree
 from airlock.ledger import Anchor, Ledger
@@ -157,6 +157,11 @@ class Registry:
         provenance = _read(model_dir / "provenance.json", f"provenance.json of the model in {obj}")
         if not isinstance(provenance, dict):
             raise RegistryError(f"provenance.json of the model in {obj} is not a JSON object", "re-run the pipeline")
+        # An expired certificate that still signed (model_signing checks its chain as of the certificate's start).
+        try:
+            verification.check_certificate_window(sig, provenance.get("created_at"))
+        except verification.Mismatch as e:
+            raise RegistryError(f"model in {obj}: {e}", "sign with a valid certificate: re-run the pipeline") from None
         # Signed evidence: every statement about this digest, by an allowed signer, agreeing with the provenance.
         attest.verify(obj / attest.DIR, obj / attest.SIG, self.public_key, actual, provenance)
         return StagedModel(actual, obj, provenance)

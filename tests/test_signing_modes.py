@@ -4,6 +4,7 @@ public key exported from it, and the PIN is never in the policy."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -144,7 +145,7 @@ def _ca(name: str):
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(days=10))
         .not_valid_after(now + dt.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
@@ -155,7 +156,7 @@ def _ca(name: str):
     return key, cert
 
 
-def _leaf(ca, email: str, tmp_path: Path, name: str) -> tuple[Path, Path]:
+def _leaf(ca, email: str, tmp_path: Path, name: str, days: tuple[float, float] = (-1 / 24, 30)) -> tuple[Path, Path]:
     """An EC signing key and its certificate for ``email`` from ``ca``; written as PEM files."""
     import datetime as dt
 
@@ -173,8 +174,8 @@ def _leaf(ca, email: str, tmp_path: Path, name: str) -> tuple[Path, Path]:
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_before(now + dt.timedelta(days=days[0]))
+        .not_valid_after(now + dt.timedelta(days=days[1]))
         .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
         .add_extension(
             x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
@@ -334,3 +335,44 @@ def test_a_key_signature_that_ignores_the_weights_is_refused(trained, tmp_path, 
     cfg.sign(model, sig)
     with pytest.raises(RegistryError, match="leaves out paths the policy does not allow: model.safetensors"):
         modelsign.verify(model, sig, keys.model_pub)
+
+
+def test_an_expired_certificate_signs_nothing_and_a_model_signed_after_expiry_is_refused(trained, tmp_path, keys):
+    """model_signing checks a chain as of the certificate's start, so an expired certificate would still sign and
+    verify: Airlock's signer refuses it, and the registry holds the certificate against the model's signing time."""
+    import datetime as dt
+
+    import model_signing
+
+    from airlock.ledger import Ledger
+
+    ca = _ca("Corp Model Signing CA")
+    key, cert = _leaf(ca, "model-signer@corp.example", tmp_path, "expired", days=(-3, -2))
+    (tmp_path / "ca.pem").write_text(_pem(ca[1]))
+    chain = f'certificate_chain = ["{tmp_path / "ca.pem"}"]'
+    signing = f'mode = "certificate"\nprivate_key = "{key}"\ncertificate = "{cert}"\n{chain}'
+    model, sig = tmp_path / "model", tmp_path / "model.sig"
+    shutil.copytree(trained, model)
+    with pytest.raises(SigningError, match="is not valid now"):
+        modelsign.sign(model, sig, modelsign.signer(policy.load(_policy(tmp_path, f"[signing]\n{signing}"))))
+    # Signed anyway, with model_signing directly, by someone holding the expired certificate's key.
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    (model / "provenance.json").write_text(json.dumps({"run_id": "r1", "created_at": now}))
+
+    def sign_expired(directory: Path, signature: Path) -> None:
+        model_signing.signing.Config().use_certificate_signer(
+            private_key=key, signing_certificate=cert, certificate_chain=[tmp_path / "ca.pem"]
+        ).sign(directory, signature)
+
+    sign_expired(model, sig)
+    att = tmp_path / "attestations"
+    from airlock import attest
+    from airlock.hashing import hash_tree
+
+    attest.write(att, attest.build(hash_tree(model).root_digest, {"run_id": "r1", "created_at": now}, {}))
+    sign_expired(att, tmp_path / "attestations.sig")
+    trust_root = _signers_file(tmp_path, _certificate_signer(ca))
+    assert modelsign.verify(model, sig, trust_root).startswith("certificate model-signer@corp.example")  # the gap
+    reg = Registry(tmp_path / "registry", Ledger(tmp_path / "ledger.jsonl"), trust_root, keys.approvers)
+    with pytest.raises(RegistryError, match="outside its certificate's validity"):
+        reg.stage(model, sig, "r1")

@@ -28,6 +28,22 @@ class CertificateSigner:
                 raise SigningError(
                     f"no signing {what} at {p}", "fix signing.private_key / certificate / certificate_chain"
                 )
+        # An expired or not-yet-valid certificate signs nothing (verification refuses it too: airlock/verification.py).
+        import datetime as dt
+
+        from cryptography import x509
+
+        try:
+            cert = x509.load_pem_x509_certificate(self.certificate.read_bytes())
+        except ValueError:
+            raise SigningError(f"{self.certificate} is not a PEM certificate", "fix signing.certificate") from None
+        now = dt.datetime.now(dt.UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise SigningError(
+                f"the signing certificate {self.certificate} is not valid now (valid "
+                f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})",
+                "renew it from your CA",
+            )
         return config.use_certificate_signer(
             private_key=self.private_key, signing_certificate=self.certificate, certificate_chain=list(self.chain)
         )
