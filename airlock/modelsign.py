@@ -52,15 +52,15 @@ def sign(model_dir: str | Path, signature: str | Path, key: Signer | str | Path)
 
     from airlock._signers.key import KeyFileSigner
 
-    chosen = key if hasattr(key, "configure") else KeyFileSigner(Path(key))  # type: ignore[arg-type]
+    chosen: Signer = KeyFileSigner(Path(key)) if isinstance(key, (str, Path)) else key
     try:
-        chosen.configure(model_signing.signing.Config()).sign(Path(model_dir), Path(signature))  # type: ignore[union-attr]
+        chosen.configure(model_signing.signing.Config()).sign(Path(model_dir), Path(signature))
     except SigningError:
         raise
     except Exception as e:  # noqa: BLE001 - model_signing and PyKCS11 raise many types
         detail = " ".join(str(e).split())[:160]
         raise SigningError(
-            f"model_signing could not sign {model_dir} ({chosen.describe()['mode']} mode): {type(e).__name__}: {detail}",  # type: ignore[union-attr]
+            f"model_signing could not sign {model_dir} ({chosen.describe()['mode']} mode): {type(e).__name__}: {detail}",
             "check the key (a PEM EC P-256/384/521 key without passphrase) or the token, its PIN and the URI",
         ) from None
 

@@ -456,6 +456,7 @@ def sign_and_stage(
     ledger: Ledger,
     initiator: dict,
 ):
+    signer = modelsign.signer(pol)  # signing.mode: a key file, a key inside a PKCS#11 token, or a certificate
     provenance = {
         "format": "airlock-provenance/v1",
         "run_id": run_id,
@@ -476,7 +477,7 @@ def sign_and_stage(
             for name, r in datasets.items()
         },
         "trainer": {"command": pol.training.command, "metadata": "training.json"},
-        "signer": modelsign.signer(pol).describe(),
+        "signer": signer.describe(),
         # Where team code ran: an unsandboxed run (sandbox.mode = environment) says so in what approvers see.
         "sandbox": box.describe(),
         "gates": [r.to_dict() | {"evidence": None} for r in rec.results],
@@ -496,7 +497,6 @@ def sign_and_stage(
     odd = modeldir.unexpected(model_dir)
     if odd:
         raise GateFailed(f"the model directory holds unexpected entries: {', '.join(odd[:5])} — nothing was signed")
-    signer = modelsign.signer(pol)  # signing.mode: a key file, a key inside a PKCS#11 token, or a certificate
     sig = run_dir / "model.sig"
     modelsign.sign(model_dir, sig, signer)
     # Signed evidence about this digest: an in-toto statement per gate, SLSA provenance, a verification summary.

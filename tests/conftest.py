@@ -154,6 +154,18 @@ def prefect_api():
         yield PREFECT_API_URL.value()
 
 
+@pytest.fixture(scope="module")
+def full_server(tmp_path_factory):
+    """A Prefect server on 127.0.0.1 as `prefect server start` serves it (UI and every background service)."""
+    from flows._server import Server
+
+    srv = Server(tmp_path_factory.mktemp("prefect-full"), full=True).start()
+    try:
+        yield srv.wait()
+    finally:
+        srv.stop()
+
+
 @pytest.fixture
 def work(tmp_path):
     """The demo's work directory, with cheaper model-gate settings (the gates' own tests use calibrated ones)."""

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from airlock.ledger import Ledger
-from flows._server import Server
 from tests._flow import approve, set_policy
 from tests.conftest import ROOT
 from tests.test_signing_modes import make_token
@@ -31,12 +30,8 @@ POOL = "airlock-test-pool"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("prefect-server"), full=True).start()
-    try:
-        yield srv.wait()
-    finally:
-        srv.stop()
+def server(full_server):
+    return full_server
 
 
 @pytest.fixture(scope="module")

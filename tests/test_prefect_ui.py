@@ -12,19 +12,14 @@ import time
 import pytest
 
 from airlock.ledger import Ledger
-from flows._server import Server
 from tests._flow import approve, start_run, wait_for_pause
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("prefect-ui"), full=True).start()
-    try:
-        yield srv.wait()
-    finally:
-        srv.stop()
+def ui_server(full_server):
+    return full_server
 
 
 @pytest.fixture
