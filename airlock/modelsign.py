@@ -22,14 +22,19 @@ class Signer(Protocol):
 
 
 def signer(pol) -> Signer:
-    """The signer ``signing.mode`` chooses: ``key`` (a PEM file: ``signing.private_key`` or $AIRLOCK_SIGNING_KEY) or
-    ``pkcs11`` (a key inside a token: ``signing.pkcs11_uri``, the PIN from the environment)."""
+    """The signer ``signing.mode`` chooses: ``key`` (a PEM file: ``signing.private_key`` or $AIRLOCK_SIGNING_KEY),
+    ``pkcs11`` (a key inside a token: ``signing.pkcs11_uri``, the PIN from the environment), ``certificate`` (a key
+    with a certificate from the company CA) or ``keyless`` (Sigstore, the workload's OIDC identity)."""
     import os
 
     from airlock._signers.key import KeyFileSigner
     from airlock._signers.pkcs11 import Pkcs11Signer
 
     s = pol.signing
+    if s.mode == "keyless":
+        from airlock._signers.keyless import KeylessSigner
+
+        return KeylessSigner(s.identity_token, s.sigstore_trust_config)
     if s.mode == "certificate":
         from airlock._signers.certificate import CertificateSigner
 
@@ -44,6 +49,14 @@ def signer(pol) -> Signer:
             "no model-signing key configured", "set signing.private_key in airlock.toml or $AIRLOCK_SIGNING_KEY"
         )
     return KeyFileSigner(Path(key))
+
+
+_SIGN_HINT = {
+    "key": "check the key (a PEM EC P-256/384/521 key without passphrase)",
+    "certificate": "check the key (a PEM EC P-256/384/521 key without passphrase) and its certificate",
+    "pkcs11": "check the token, its PIN and the URI",
+    "keyless": "check that Fulcio and Rekor (the Sigstore trust configuration's URLs) are reachable from here",
+}
 
 
 def sign(model_dir: str | Path, signature: str | Path, key: Signer | str | Path) -> None:
@@ -61,7 +74,7 @@ def sign(model_dir: str | Path, signature: str | Path, key: Signer | str | Path)
         detail = " ".join(str(e).split())[:160]
         raise SigningError(
             f"model_signing could not sign {model_dir} ({chosen.describe()['mode']} mode): {type(e).__name__}: {detail}",
-            "check the key (a PEM EC P-256/384/521 key without passphrase) or the token, its PIN and the URI",
+            _SIGN_HINT.get(chosen.describe()["mode"], _SIGN_HINT["key"]),
         ) from None
 
 

@@ -61,7 +61,8 @@ class TrustPolicy(_Strict):
 class SigningPolicy(_Strict):
     # "key": an EC private key file; "pkcs11": a key inside an HSM / KMS token that no process can read out.
     # "certificate": an EC key file with a certificate from the company CA (verifiers trust the CA and a subject).
-    mode: Literal["key", "pkcs11", "certificate"] = "key"
+    # "keyless": Sigstore; the workload's OIDC identity buys a short-lived certificate (verifiers trust the identity).
+    mode: Literal["key", "pkcs11", "certificate", "keyless"] = "key"
     private_key: Path | None = Field(
         default=None, description="PEM EC private key for model signing; else $AIRLOCK_SIGNING_KEY"
     )
@@ -74,6 +75,14 @@ class SigningPolicy(_Strict):
     certificate: Path | None = Field(default=None, description="certificate mode: the signing certificate (PEM)")
     certificate_chain: list[Path] = Field(
         default_factory=list, description="certificate mode: the issuing CA's certificates (PEM)"
+    )
+    identity_token: Path | None = Field(
+        default=None,
+        description="keyless mode: a file holding the OIDC token (a projected Kubernetes service-account token with "
+        "audience 'sigstore'); unset: the CI's ambient credential (GitHub Actions with id-token: write)",
+    )
+    sigstore_trust_config: Path | None = Field(
+        default=None, description="keyless mode: a private Sigstore's trust configuration (JSON); unset: public good"
     )
 
     @model_validator(mode="after")
@@ -408,6 +417,8 @@ def load(path: str | Path) -> Policy:
                 "private_key": _resolve(pol.signing.private_key, base),
                 "certificate": _resolve(pol.signing.certificate, base),
                 "certificate_chain": [_resolve(c, base) for c in pol.signing.certificate_chain],
+                "identity_token": _resolve(pol.signing.identity_token, base),
+                "sigstore_trust_config": _resolve(pol.signing.sigstore_trust_config, base),
             }
         ),
         "data": DataPolicy(

@@ -376,3 +376,133 @@ def test_an_expired_certificate_signs_nothing_and_a_model_signed_after_expiry_is
     reg = Registry(tmp_path / "registry", Ledger(tmp_path / "ledger.jsonl"), trust_root, keys.approvers)
     with pytest.raises(RegistryError, match="outside its certificate's validity"):
         reg.stage(model, sig, "r1")
+
+
+# -- keyless signing: the OIDC token, from GitHub's token endpoint (a real HTTP server here) or a projected file ----
+
+GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
+WORKFLOW = "ORG/REPO/.github/workflows/retrain-keyless.yml@refs/heads/main"
+
+
+def _jwt(aud: str = "sigstore", lifetime: int = 300, iss: str = GITHUB_ISSUER, **claims) -> str:
+    import time
+
+    import jwt  # PyJWT, which sigstore uses: unsigned content is what sigstore reads before Fulcio checks it
+
+    now = int(time.time())
+    body = {"iss": iss, "aud": aud, "sub": "repo:ORG/REPO:ref:refs/heads/main", "iat": now - 10, "exp": now + lifetime}
+    return jwt.encode(
+        {**body, "job_workflow_ref": WORKFLOW, **claims}, "not checked by the client, only by Fulcio", "HS256"
+    )
+
+
+@pytest.fixture
+def github_token_endpoint(monkeypatch):
+    """GitHub's OIDC token-request endpoint as a job with id-token: write sees it: a URL and a request token in the
+    environment; the endpoint answers {"value": <JWT for the asked audience>} to that bearer token only."""
+    import http.server
+    import threading
+    import urllib.parse
+
+    served = {"token": _jwt(), "asked": []}
+
+    class Endpoint(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            served["asked"].append(q.get("audience", [""])[0])
+            ok = self.headers.get("Authorization") == "bearer request-token-4711"
+            body = json.dumps({"value": served["token"]} if ok else {"message": "bad credentials"}).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", f"http://127.0.0.1:{srv.server_port}/token?api-version=2.0")
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "request-token-4711")
+    yield served
+    srv.shutdown()
+
+
+def _unreachable_sigstore(tmp_path: Path) -> Path:
+    """A trust configuration whose Fulcio, OIDC issuer, Rekor and TSA are all a closed port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    cfg = json.loads((SIGSTORE / "trust_config.json").read_text())
+    for k in ("caUrls", "oidcUrls", "rekorTlogUrls", "tsaUrls"):
+        for u in cfg["signingConfig"].get(k, []):
+            u["url"] = f"http://127.0.0.1:{port}"
+    p = tmp_path / "unreachable-trust-config.json"
+    p.write_text(json.dumps(cfg))
+    return p
+
+
+def test_keyless_signing_without_an_oidc_identity_is_refused_and_starts_no_browser_login(
+    trained, tmp_path, monkeypatch
+):
+    for v in ("GITHUB_ACTIONS", "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "GITLAB_CI"):
+        monkeypatch.delenv(v, raising=False)
+    pol = policy.load(_policy(tmp_path, '[signing]\nmode = "keyless"'))
+    with pytest.raises(SigningError, match=r"needs an OIDC identity and none is here") as e:
+        modelsign.sign(trained, tmp_path / "model.sig", modelsign.signer(pol))
+    assert "id-token: write" in e.value.one_line() and not (tmp_path / "model.sig").exists()
+    # A GitHub job without id-token: write has the variables' absence to show for it: a reason, not a login prompt.
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    with pytest.raises(SigningError, match=r"ambient OIDC credential is unusable.*ACTIONS_ID_TOKEN_REQUEST_TOKEN"):
+        modelsign.signer(pol).describe()
+
+
+def test_keyless_signing_takes_the_github_token_and_refuses_a_stale_or_misdirected_one(
+    github_token_endpoint, trained, tmp_path
+):
+    pol = policy.load(
+        _policy(tmp_path, f'[signing]\nmode = "keyless"\nsigstore_trust_config = "{_unreachable_sigstore(tmp_path)}"')
+    )
+    # The certificate will name the workflow, as GitHub's token says; the provenance records that, never the token.
+    assert modelsign.signer(pol).describe() == {
+        "mode": "keyless",
+        "key": f"sigstore https://github.com/{WORKFLOW} (issuer {GITHUB_ISSUER})",
+    }
+    assert github_token_endpoint["asked"] == ["sigstore"]
+    # With the token in hand, signing goes to Fulcio; here nothing answers, and the refusal is one line.
+    with pytest.raises(SigningError, match=r"could not sign .*\(keyless mode\)") as e:
+        modelsign.sign(trained, tmp_path / "model.sig", modelsign.signer(pol))
+    assert "Fulcio and Rekor" in e.value.one_line()
+    assert github_token_endpoint["token"] not in e.value.one_line()
+    assert not (tmp_path / "model.sig").exists()
+    # A token past its lifetime, or minted for another audience (e.g. a cloud's), is refused before any request.
+    for bad, reason in (
+        (_jwt(lifetime=-60), "not usable for Sigstore: it expired at"),
+        (_jwt(aud="https://vault.corp"), "unusable: .*audience .*expected sigstore, got https://vault.corp"),
+    ):
+        github_token_endpoint["token"] = bad
+        with pytest.raises(SigningError, match=reason):
+            modelsign.sign(trained, tmp_path / "model.sig", modelsign.signer(pol))
+
+
+def test_keyless_signing_on_kubernetes_reads_a_projected_service_account_token(trained, tmp_path):
+    token = tmp_path / "tokens" / "sigstore"
+    pol = policy.load(_policy(tmp_path, f'[signing]\nmode = "keyless"\nidentity_token = "{token}"'))
+    with pytest.raises(SigningError, match=r"cannot read the OIDC identity token at .*sigstore"):
+        modelsign.signer(pol).describe()
+    token.parent.mkdir()
+    eks = "https://oidc.eks.eu-west-1.amazonaws.com/id/0123456789ABCDEF"
+    token.write_text(_jwt(iss=eks, sub="system:serviceaccount:airlock:retrain") + "\n")
+    assert modelsign.signer(pol).describe()["key"] == f"sigstore system:serviceaccount:airlock:retrain (issuer {eks})"
+
+
+def test_the_sandbox_environment_carries_no_oidc_token_request_variables(github_token_endpoint, tmp_path):
+    from airlock.sandbox import Sandbox
+
+    job = Sandbox(mode="environment").job("probe", rw={"home": tmp_path})
+    env = job._env(str(tmp_path))
+    assert not {k for k in env if k.startswith(("ACTIONS_", "GITHUB_"))}, env

@@ -28,7 +28,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "misconfig"
 
 # The Kubernetes version every manifest is validated against (kubernetes-validate ships its schemas offline).
 K8S_VERSION = "1.31"
-WORKFLOW_FILES = ["retrain.yml", "ci.yml", "audit.yml"]
+WORKFLOW_FILES = ["retrain.yml", "retrain-keyless.yml", "ci.yml", "audit.yml"]
 
 
 def _tool(name: str) -> str:
@@ -135,7 +135,7 @@ def test_the_linters_do_fail_on_a_bad_workflow(tmp_path):
 _USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+)(.*)$")
 _PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 _VERSION_COMMENT = re.compile(r"#\s*v\d+(\.\d+)*\b")
-_WRITE_ALLOWED = {("retrain.yml", "sign", "id-token")}
+_WRITE_ALLOWED = {("retrain.yml", "sign", "id-token"), ("retrain-keyless.yml", "retrain", "id-token")}
 
 
 def workflow_problems(name: str, text: str) -> list[str]:
@@ -238,6 +238,23 @@ def test_retrain_triggers_and_hand_over():
     assert "airlock approve" in start
     assert jobs["start-run"]["needs"] == "sign" and jobs["sign"]["needs"] == "request"
     assert all(job.get("timeout-minutes") for job in jobs.values())
+
+
+def test_the_keyless_workflow_signs_on_the_airlock_machine_with_the_only_token():
+    """retrain-keyless.yml: the one job with an OIDC token runs on the self-hosted Airlock machine, checks out without
+    credentials, never installs anything from the checkout, and runs the flow (whose sandbox keeps the token-request
+    variables from team code: tests/test_signing_modes.py)."""
+    wf = _workflow("retrain-keyless.yml")
+    assert wf["on"]["push"]["branches"] == ["main"] and "training/**" in wf["on"]["push"]["paths"]
+    (job_id, job), *more = wf["jobs"].items()
+    assert not more and job["permissions"] == {"contents": "read", "id-token": "write"}
+    assert job["runs-on"] == ["self-hosted", "airlock"] and job["if"] == "github.ref == 'refs/heads/main'"
+    assert job["environment"] == "retrain" and job["timeout-minutes"] >= 24 * 60
+    script = "\n".join(line.split("#", 1)[0] for s in job["steps"] for line in str(s.get("run", "")).splitlines())
+    assert 'airlock run --config "$AIRLOCK_CONFIG"' in script
+    assert not re.search(r"pip install|\./setup\.sh|python3? -m|training-repo/", script), script
+    checkout = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout@"))
+    assert checkout["with"] == {"path": "training-repo", "fetch-depth": 0, "persist-credentials": False}
 
 
 def test_ci_runs_the_readme_test_command():
