@@ -130,13 +130,15 @@ def write(out_dir: Path, statements: dict[str, dict]) -> Path:
     return out_dir
 
 
-def verify(att_dir: Path, signature: Path, trust_root: Path, digest: str, provenance: dict) -> dict[str, dict]:
+def verify(
+    att_dir: Path, signature: Path, trust_root: Path, digest: str, provenance: dict, stage: str | None = None
+) -> dict[str, dict]:
     """The attestations of the model ``digest``, or RegistryError naming what is wrong (see the module's rules)."""
     from airlock import modelsign, untrusted
 
     if not att_dir.is_dir() or not signature.is_file():
         raise RegistryError("the model has no signed attestations", "re-run the pipeline: it writes them")
-    modelsign.verify(att_dir, signature, trust_root)  # the same signer policy as the model's
+    modelsign.verify(att_dir, signature, trust_root, stage)  # the same signer policy as the model's
     names = sorted(os.listdir(att_dir))
     odd = [n for n in names if not _NAME.match(n) or not (att_dir / n).is_file() or (att_dir / n).is_symlink()]
     if odd:

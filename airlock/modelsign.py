@@ -78,9 +78,10 @@ def sign(model_dir: str | Path, signature: str | Path, key: Signer | str | Path)
         ) from None
 
 
-def verify(model_dir: str | Path, signature: str | Path, public_key: str | Path) -> str:
+def verify(model_dir: str | Path, signature: str | Path, public_key: str | Path, stage: str | None = None) -> str:
     """Raise RegistryError unless ``signature`` is a valid signature of exactly ``model_dir`` by a signer the trust
-    root ``public_key`` allows (a PEM key, or a signer policy: airlock/verification.py). Returns who signed."""
+    root ``public_key`` allows (a PEM key, or a signer policy: airlock/verification.py) for the registry ``stage``
+    the model is in. Returns who signed."""
     import datetime as dt
 
     from airlock import verification
@@ -91,7 +92,7 @@ def verify(model_dir: str | Path, signature: str | Path, public_key: str | Path)
         )
     if not Path(signature).is_file():
         raise RegistryError(f"no signature at {signature}", "the model was never signed: re-run the pipeline")
-    policy = verification.load(public_key)
+    policy = verification.load(public_key, stage)
     try:
         who = policy.verify(Path(model_dir), Path(signature), dt.datetime.now(dt.UTC).date())
         verification.check_ignore_paths(Path(signature), verification.allowed_ignore_paths(policy))

@@ -21,6 +21,13 @@ policy* file (TOML) listing who may sign, any one of whom suffices::
 
     ignore_paths = ["notes.txt"]     # optional: what a signature may leave unsigned beyond git metadata
 
+    [[production.signer]]            # optional, per registry stage: production also demands one of these
+    key = '''-----BEGIN PUBLIC KEY----- ... (the HSM's release key) '''
+
+A stage's table (``[staging]``, ``[production]``) only narrows: a model in that stage must satisfy the top-level
+signers AND one of the stage's (:class:`AllOf`). So a development key may sign what is staged while only the
+release key (or the keyless identity of the main branch's workflow) signs what is promoted.
+
 Security rules:
 * Every failure says why, per policy (``AnyOf`` lists each signer's reason).
 * A certificate is checked against the chain in the policy only: an empty chain is refused (model_signing would
@@ -30,6 +37,8 @@ Security rules:
 * A signature's ``ignore_paths`` come from its signed payload, and model_signing honours them: a signer could
   leave the weights out. Anything beyond git metadata and the policy's ``ignore_paths`` is refused.
 * Keyless signatures are verified offline, against the trust configuration pinned in the policy.
+* A stage's signers are checked in addition to the top-level ones, never instead: a stage table cannot widen who
+  may sign, and a model is judged by the policy of the stage it is in at every read (stage, promote, verify, load).
 * The policy file is a trust root like the approvers file: outside the repository or on the protected ref, copied
   into the run and re-hashed at every decision.
 """
@@ -150,8 +159,29 @@ class AnyOf:
         raise Mismatch("; ".join(reasons) or "no signer is allowed")
 
 
-def load(path: str | Path) -> SignerPolicy:
-    """A PEM public key file (one :class:`Key`), or a signer policy file (``AnyOf`` its ``[[signer]]`` entries)."""
+@dataclass(frozen=True)
+class AllOf:
+    """Every one of ``policies`` accepts the signature (a stage's signers on top of the top-level ones)."""
+
+    policies: tuple[tuple[str, SignerPolicy], ...]  # (what it is, for the reason; the policy)
+    ignore_paths: frozenset[str] = frozenset()
+
+    def verify(self, model_dir: Path, signature: Path, now: _dt.date) -> str:
+        who = []
+        for what, p in self.policies:
+            try:
+                who.append(p.verify(model_dir, signature, now))
+            except Mismatch as e:
+                raise Mismatch(f"{what}: {e}") from None
+        return who[-1] if who else "nobody"
+
+
+STAGES = ("staging", "production")
+
+
+def load(path: str | Path, stage: str | None = None) -> SignerPolicy:
+    """A PEM public key file (one :class:`Key`), or a signer policy file (``AnyOf`` its ``[[signer]]`` entries, and
+    for a ``stage`` with its own table, ``AllOf`` those and the stage's)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -167,18 +197,34 @@ def load(path: str | Path) -> SignerPolicy:
     except tomllib.TOMLDecodeError as e:
         raise RegistryError(f"the signer policy {path} is not a PEM key or valid TOML: {e}", "fix the file") from None
     signers = doc.get("signer")
-    if not isinstance(signers, list) or not signers or not set(doc) <= {"signer", "ignore_paths"}:
+    if not isinstance(signers, list) or not signers or not set(doc) <= {"signer", "ignore_paths", *STAGES}:
         raise RegistryError(
-            f"the signer policy {path} lists no [[signer]] (or holds other keys)", "see airlock/verification.py"
+            f"the signer policy {path} lists no [[signer]] (or holds keys other than signer, ignore_paths and "
+            f"{', '.join(STAGES)})",
+            "see airlock/verification.py",
         )
     extra = doc.get("ignore_paths", [])
     if not isinstance(extra, list) or not all(isinstance(x, str) and x for x in extra):
         raise RegistryError(f"ignore_paths in {path} must be a list of paths", "fix the file")
-    return AnyOf(tuple(_one(s, path, i) for i, s in enumerate(signers)), frozenset(extra))
+    top = AnyOf(tuple(_one(s, path, i) for i, s in enumerate(signers)), frozenset(extra))
+    # Every stage table is parsed whatever stage is asked for: a broken production table fails staging too.
+    stages = {name: _stage(doc[name], path, name) for name in STAGES if name in doc}
+    if stage is None or stage not in stages:
+        return top
+    return AllOf((("signer policy", top), (f"{stage} stage", stages[stage])), top.ignore_paths)
 
 
-def _one(s: object, path: Path, i: int) -> SignerPolicy:
-    where = f"signer {i + 1} of {path}"
+def _stage(table: object, path: Path, name: str) -> AnyOf:
+    signers = table.get("signer") if isinstance(table, dict) else None
+    if not isinstance(table, dict) or set(table) != {"signer"} or not isinstance(signers, list) or not signers:
+        raise RegistryError(
+            f"[{name}] in the signer policy {path} must hold only [[{name}.signer]] entries", "fix the file"
+        )
+    return AnyOf(tuple(_one(s, path, i, f"{name} ") for i, s in enumerate(signers)))
+
+
+def _one(s: object, path: Path, i: int, stage: str = "") -> SignerPolicy:
+    where = f"{stage}signer {i + 1} of {path}"
     if not isinstance(s, dict):
         raise RegistryError(f"{where} is not a table", "see airlock/verification.py")
     if set(s) <= {"key", "until"} and isinstance(s.get("key"), str):
@@ -242,7 +288,7 @@ def check_certificate_window(signature: Path, signed_at: str | None) -> None:
 
 
 def allowed_ignore_paths(policy: SignerPolicy) -> frozenset[str]:
-    return policy.ignore_paths if isinstance(policy, AnyOf) else frozenset()
+    return policy.ignore_paths if isinstance(policy, AnyOf | AllOf) else frozenset()
 
 
 def _fingerprint(pem: str) -> str:

@@ -513,6 +513,12 @@ def sign_and_stage(
     )
     registry = _registry(pol, ledger)
     staged = registry.stage(model_dir, sig, run_id)
+    # A signer that staging accepts and production does not (a [production] table in the signer policy): stop now,
+    # before anyone is asked to approve a model that could never be promoted.
+    try:
+        registry.check_signer_for(staged, "production")
+    except RegistryError as e:
+        raise GateFailed(e.what, e.hint) from None
     emit("staged", digest=staged.digest, path=str(staged.path))
     return staged
 

@@ -138,8 +138,10 @@ class Registry:
                 f"registry object {obj} holds unexpected entries: {shown}",
                 "the registry was altered: do not use this model",
             )
-        # Swapped or altered model files: model_signing checks every file against the signed manifest.
-        modelsign.verify(model_dir, sig, self.public_key)
+        # Swapped or altered model files: model_signing checks every file against the signed manifest. The signer
+        # must be one the policy allows in the stage the object is in (a promotion verifies it as production's).
+        stage = obj.parent.name if obj.parent.name in verification.STAGES else None
+        modelsign.verify(model_dir, sig, self.public_key, stage)
         # Files model_signing does not cover (ignored git paths, links) are caught by our own digest over everything.
         tree = hash_tree(model_dir)
         if tree.symlinks or tree.special:
@@ -163,8 +165,19 @@ class Registry:
         except verification.Mismatch as e:
             raise RegistryError(f"model in {obj}: {e}", "sign with a valid certificate: re-run the pipeline") from None
         # Signed evidence: every statement about this digest, by an allowed signer, agreeing with the provenance.
-        attest.verify(obj / attest.DIR, obj / attest.SIG, self.public_key, actual, provenance)
+        attest.verify(obj / attest.DIR, obj / attest.SIG, self.public_key, actual, provenance, stage)
         return StagedModel(actual, obj, provenance)
+
+    def check_signer_for(self, model: StagedModel, stage: str) -> None:
+        """RegistryError unless the model's signer is one the signer policy allows in ``stage`` (a model may be
+        staged by a signer that production refuses: airlock/verification.py, stage tables)."""
+        try:
+            modelsign.verify(model.path / "model", model.path / "model.sig", self.public_key, stage)
+        except RegistryError as e:
+            raise RegistryError(
+                f"the model {model.digest[:23]}… is staged, but its signer may not sign {stage} models ({e.what})",
+                f"sign with a signer the signer policy's [{stage}] table names",
+            ) from None
 
     def approval_context(
         self, model: StagedModel, policy: _approvals.Policy | None = None, at: _dt.datetime | None = None

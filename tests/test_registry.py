@@ -334,3 +334,47 @@ def test_a_statement_from_the_cli_signed_with_ssh_keygen_is_a_valid_approval(reg
     # Without --as there is no name to put in the statement; without --key nothing can sign.
     assert_one_line_refusal(run_cli("approve", RUN, "--statement-only", "--config", str(cfg)), 2, "needs --as")
     assert_one_line_refusal(run_cli("approve", RUN, "--config", str(cfg)), 2, "--key is required")
+
+
+def test_production_demands_its_stage_signer_on_top_of_the_top_level_ones(tmp_path, trained, keys):
+    """Per-stage signer policy: the CI key may sign what is staged, only the release key what is promoted. A stage
+    table narrows (AllOf), so the release key must also be among the top-level signers."""
+    release_key, release_pub = tmp_path / "release.key", tmp_path / "release.pub"
+    modelsign.generate_keypair(release_key, release_pub)
+    q = "'" * 3
+    signers = tmp_path / "signers.toml"
+    signers.write_text(
+        f"[[signer]]\nkey = {q}{keys.model_pub.read_text()}{q}\n[[signer]]\nkey = {q}{release_pub.read_text()}{q}\n"
+        f"[[production.signer]]\nkey = {q}{release_pub.read_text()}{q}\n"
+    )
+    reg = Registry(tmp_path / "registry", Ledger(tmp_path / "ledger.jsonl"), signers, keys.approvers)
+    by_ci, by_release = tmp_path / "ci", tmp_path / "rel"
+    for d, key in ((by_ci, keys.model_key), (by_release, release_key)):
+        model = d / "model"
+        shutil.copytree(trained, model)
+        provenance = {"run_id": RUN, "commit": {}, "gates": [], "datasets": {}, "note": d.name}  # two models
+        (model / "provenance.json").write_text(json.dumps(provenance))
+        aibom.write(model, provenance, {}, {})
+        sign_model(model, d / "model.sig", key)
+    ci_model = reg.stage(by_ci / "model", by_ci / "model.sig", RUN)  # staging: the top-level signers suffice
+    # The flow asks right after staging, before any approver is asked for a model that could never be promoted.
+    with pytest.raises(RegistryError, match=r"is staged, but its signer may not sign production models"):
+        reg.check_signer_for(ci_model, "production")
+    with pytest.raises(RegistryError, match=r"production stage: not signed by key SHA256:") as e:
+        reg.promote(ci_model.digest, approvals_for(keys, ci_model.digest))
+    assert "\n" not in e.value.one_line()
+    assert reg.current_pointer("production") is None
+    release_model = reg.stage(by_release / "model", by_release / "model.sig", RUN)
+    reg.check_signer_for(release_model, "production")
+    reg.promote(release_model.digest, approvals_for(keys, release_model.digest))
+    model, verdict = reg.verify_stage("production")
+    assert model.digest == release_model.digest and verdict.ok
+    # A stage table cannot widen: the release key alone under [production], without it at the top, signs nothing.
+    signers.write_text(
+        f"[[signer]]\nkey = {q}{keys.model_pub.read_text()}{q}\n[[production.signer]]\nkey = {q}{release_pub.read_text()}{q}\n"
+    )
+    with pytest.raises(RegistryError, match=r"signer policy: not signed by key SHA256:"):
+        reg.verify_stage("production")
+    signers.write_text(f"[[signer]]\nkey = {q}{release_pub.read_text()}{q}\n[production]\nkey = 1\n")
+    with pytest.raises(RegistryError, match=r"\[production\] .* must hold only \[\[production.signer\]\]"):
+        reg.verify_stage("production")
