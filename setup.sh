@@ -49,6 +49,13 @@ fi
 if command -v pyenv >/dev/null; then pyenv rehash || true; fi
 # Prefect migrates every new database from scratch (~8 s on 2 cores): do it once here for this Prefect version; each
 # `airlock demo` copies the migrated database into its own PREFECT_HOME (flows/_server.py).
+# The example trainer's packages, installed from its lock with every hash checked (airlock/trainer_env.py), once:
+# the demo and the tests then find the environment built (~25 s and ~1 GB, kept in ~/.cache/airlock/trainer-envs).
+say "building the example trainer's locked environment (training/requirements.lock)"
+if ! "$PY" -m airlock.trainer_env training/requirements.lock >/dev/null; then
+  say "the example trainer's environment could not be built: see the line above" >&2
+  exit 1
+fi
 say "preparing an empty Prefect database for the demo"
 "$PY" -m flows._server --prepare >/dev/null
 say "ready: run 'airlock demo' or 'python3 -m pytest -q'"

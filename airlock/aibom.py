@@ -25,6 +25,7 @@ PACKAGES = (
     "model-signing",
     "airlock",
 )
+TRAINER_PACKAGES = ("torch", "numpy", "safetensors")
 
 
 def build(
@@ -88,12 +89,34 @@ def build(
                 ],
             )
         )
+    # The trainer's packages: from its lock, each with the sha256 of the wheel installed (gates/environment.py); without
+    # a lock, the versions in Airlock's own environment, marked unpinned. Airlock's gate toolchain is listed apart.
+    env = (provenance.get("trainer") or {}).get("environment") or {}
+    locked = {p["name"]: p for p in env.get("packages") or [] if isinstance(p, dict) and p.get("name")}
     libs = []
+    for name, p in sorted(locked.items()):
+        libs.append(
+            Component(
+                name=name,
+                version=str(p.get("version")),
+                type=ComponentType.LIBRARY,
+                bom_ref=f"pkg-{name}",
+                purl=PackageURL(type="pypi", name=name, version=str(p.get("version"))),
+                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=p["sha256"])] if p.get("sha256") else [],
+                properties=[
+                    Property(name="airlock:role", value="trainer"),
+                    Property(name="airlock:pinned", value="lock"),
+                ],
+            )
+        )
     for pkg in PACKAGES:
+        if pkg in locked:
+            continue
         try:
             v = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             continue
+        role = "trainer-unpinned" if pkg in TRAINER_PACKAGES else "airlock-toolchain"
         libs.append(
             Component(
                 name=pkg,
@@ -101,6 +124,23 @@ def build(
                 type=ComponentType.LIBRARY,
                 bom_ref=f"pkg-{pkg}",
                 purl=PackageURL(type="pypi", name=pkg, version=v),
+                properties=[Property(name="airlock:role", value=role)],
+            )
+        )
+    if env.get("lock"):
+        libs.append(
+            Component(
+                name=str(env["lock"]),
+                type=ComponentType.FILE,
+                bom_ref="training-environment-lock",
+                description="the trainer's lock file with hashes (pip --require-hashes)",
+                hashes=[
+                    HashType(alg=HashAlgorithm.SHA_256, content=str(env.get("lock_digest", "")).removeprefix("sha256:"))
+                ],
+                properties=[
+                    Property(name="airlock:environment:tree_digest", value=str(env.get("tree_digest"))),
+                    Property(name="airlock:environment:python", value=str(env.get("python"))),
+                ],
             )
         )
     bom = Bom(components=[model, code, *data_components, *libs])
@@ -114,6 +154,7 @@ def build(
         properties=[
             Property(name="airlock:sandbox:mode", value=str(box.get("mode", "unknown"))),
             Property(name="airlock:sandbox:isolated", value=str(bool(box.get("isolated"))).lower()),
+            Property(name="airlock:environment:lock_digest", value=str(env.get("lock_digest") or "unpinned")),
         ]
         + ([Property(name="airlock:sandbox:warning", value=box["warning"])] if box.get("warning") else []),
     )

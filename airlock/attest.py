@@ -98,7 +98,8 @@ def build(digest: str, provenance: dict, thresholds: dict[str, dict]) -> dict[st
                 + [
                     {"name": f"dataset-{n}", "digest": {"sha256": _hex((d or {}).get("root_digest"))}}
                     for n, d in sorted(datasets.items())
-                ],
+                ]
+                + _environment_dependencies(provenance),
             },
             "runDetails": {
                 "builder": {"id": BUILDER},
@@ -178,3 +179,20 @@ def verify(
 def _hex(d: Any) -> str:
     s = str(d or "")
     return s.split(":", 1)[1] if ":" in s else s
+
+
+def _environment_dependencies(provenance: dict) -> list[dict]:
+    """The trainer's lock file and every package it pinned (gates/environment.py), as SLSA resolved dependencies."""
+    env = (provenance.get("trainer") or {}).get("environment") or {}
+    if not isinstance(env, dict) or not env.get("lock"):
+        return []
+    deps = [{"name": f"lock:{env['lock']}", "digest": {"sha256": _hex(env.get("lock_digest"))}}]
+    for p in env.get("packages") or []:
+        if isinstance(p, dict):
+            deps.append(
+                {
+                    "uri": f"pkg:pypi/{p.get('name')}@{p.get('version')}",
+                    "digest": {"sha256": str(p.get("sha256") or "")},
+                }
+            )
+    return deps

@@ -93,6 +93,17 @@ class SandboxError(AirlockError):
     exit_code = 1
 
 
+class TrainerEnvError(AirlockError):
+    """The trainer's locked environment cannot be installed or has changed (airlock/trainer_env.py). ``code`` is the
+    refusal code the environment gate reports (gates/environment.py)."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, hint: str = "", code: str = "environment.refused") -> None:
+        super().__init__(what, hint)
+        self.code = code
+
+
 class OracleError(AirlockError):
     """The sandboxed model failed, stalled, or answered something that is not an answer (airlock/oracle.py)."""
 

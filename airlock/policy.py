@@ -158,6 +158,29 @@ class TrainingPolicy(_Strict):
     command: list[str] = Field(default=["{python}", "-m", "training.train"], min_length=1)
     timeout_seconds: int = Field(default=1800, gt=0)
     threads: int = Field(default=1, ge=1, le=256)
+    lock: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
+        description="the trainer's lock file with hashes, a path in the training repository (airlock/trainer_env.py); "
+        "unset: team code runs in Airlock's own environment (recorded as unpinned)",
+    )
+    environments: Path | None = Field(
+        default=None,
+        description="where locked trainer environments are kept; default $XDG_CACHE_HOME/airlock/trainer-envs "
+        "(~/.cache/airlock/trainer-envs)",
+    )
+
+    @field_validator("lock")
+    @classmethod
+    def _inside_repo(cls, v: str | None) -> str | None:
+        if v is not None and any(part in (".", "..") for part in v.split("/")):
+            raise ValueError("training.lock must be a path inside the training repository, without . or ..")
+        return v
+
+    def environment_cache(self) -> Path:
+        from airlock.trainer_env import default_cache
+
+        return self.environments or default_cache()
 
 
 class SandboxPolicy(_Strict):
@@ -427,6 +450,7 @@ def load(path: str | Path) -> Policy:
                 for name, ds in (("train", pol.data.train), ("golden", pol.data.golden))
             }
         ),
+        "training": pol.training.model_copy(update={"environments": _resolve(pol.training.environments, base)}),
         "registry": RegistryPolicy(path=_resolve(pol.registry.path, base)),
         "ledger": LedgerPolicy(path=_resolve(pol.ledger.path, base)),
         "run": RunPolicy(workdir=_resolve(pol.run.workdir, base)),

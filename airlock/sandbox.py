@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,9 @@ class Sandbox:
     bwrap: str = "bwrap"
     memory_mb: int = 8192
     output_mb: int = 2048
+    # The trainer's locked environment (airlock/trainer_env.py), if the policy names a lock: its interpreter runs team
+    # code, and Airlock's own packages are hidden. Empty: Airlock's interpreter and packages, read-only.
+    env: str = ""
 
     @classmethod
     def from_policy(cls, pol: Policy) -> Sandbox:
@@ -132,8 +136,8 @@ class Sandbox:
         """Fail closed when a secret or trust root lies under a bind that team code will see (a misconfigured
         layout, e.g. the registry inside the run directory, or a key inside the Python environment)."""
         paths = [Path(p).resolve() for p in binds]
-        if self.isolated:
-            paths += [Path(p).resolve() for p in _python_dirs()]
+        if self.isolated or self.env:
+            paths += [Path(p).resolve() for p in self.python_dirs()]
         for label, p in protected.items():
             if p is None:
                 continue
@@ -144,6 +148,29 @@ class Sandbox:
                         f"{label} {p} would be visible to the {what} (it lies under {b})",
                         "move it out of the run, data and Python directories",
                     )
+
+    @property
+    def python(self) -> str:
+        """The interpreter that runs team code (``{python}`` in a command)."""
+        return str(Path(self.env) / "bin" / "python") if self.env else sys.executable
+
+    def python_dirs(self) -> list[str]:
+        """What the sandbox binds read-only for Python: the locked environment and the base interpreter's prefix
+        (its standard library), or Airlock's own environment when no lock is used."""
+        if not self.env:
+            return _python_dirs()
+        return [os.path.realpath(self.env), os.path.realpath(sys.base_prefix)]
+
+    def hidden_dirs(self) -> list[str]:
+        """Airlock's own packages, covered by an empty directory in a sandbox with a locked environment: what team
+        code imports comes from the lock, or not at all."""
+        if not self.env:
+            return []
+        base = Path(os.path.realpath(sys.base_prefix))
+        sites = {*site.getsitepackages(), site.getusersitepackages()}
+        return sorted(
+            str(p) for p in map(lambda x: Path(os.path.realpath(x)), sites) if base in p.parents and p.is_dir()
+        )
 
     def job(
         self,
@@ -221,7 +248,7 @@ class Job:
         return [*caps, *self._inner(cmd)]
 
     def _inner(self, cmd: list[str]) -> list[str]:
-        cmd = [sys.executable if c == "{python}" else c for c in cmd]
+        cmd = [self.sandbox.python if c == "{python}" else c for c in cmd]
         if not self.sandbox.isolated:
             return cmd
         args = [
@@ -248,8 +275,6 @@ class Job:
         for f in _ETC:
             if os.path.exists(f):
                 args += ["--ro-bind", f, f]
-        for d in _python_dirs():
-            args += ["--ro-bind", d, d]
         # A private /tmp in memory, capped like the output; the sandbox's own root is read-only once set up.
         args += [
             "--proc",
@@ -263,6 +288,11 @@ class Job:
             "--dir",
             "/tmp/home",
         ]
+        # Python after the private /tmp, so that an environment kept under /tmp is not covered by it.
+        for d in self.sandbox.python_dirs():
+            args += ["--ro-bind", d, d]
+        for d in self.sandbox.hidden_dirs():
+            args += ["--tmpfs", d]
         for name, host in self.ro.items():
             args += ["--ro-bind", str(Path(host).resolve()), f"{INSIDE}/{name}"]
         for name, host in self.rw.items():

@@ -46,6 +46,7 @@ manifest = "manifests/golden.json"
 command = ["{{python}}", "-m", "training.train"]
 timeout_seconds = 1800
 threads = 1
+{lock}
 
 [sandbox]
 mode = "bubblewrap"
@@ -142,7 +143,12 @@ def init(args) -> int:
     modelsign.generate_keypair(keys / "model_signing.key", trust / "model_signing.pub")
     os.chmod(keys / "model_signing.key", 0o600)
     (home / "airlock.toml").write_text(
-        POLICY.format(repo=repo, train=Path(args.train_data).resolve(), golden=Path(args.golden_data).resolve())
+        POLICY.format(
+            repo=repo,
+            train=Path(args.train_data).resolve(),
+            golden=Path(args.golden_data).resolve(),
+            lock=_lock_line(Path(repo)),
+        )
     )
     policy = home / "airlock.toml"
     print(f"wrote {policy} and {trust}/ (allowed_signers, approvers, model_signing.pub, revoked_keys)")
@@ -156,3 +162,11 @@ def init(args) -> int:
     ):
         print(f"  {line}", file=sys.stderr)
     return 0
+
+
+def _lock_line(repo: Path) -> str:
+    """The trainer's lock (airlock/trainer_env.py), if the repository has one where the example trainer keeps it."""
+    for rel in ("training/requirements.lock", "requirements.lock"):
+        if (repo / rel).is_file():
+            return f'lock = "{rel}"   # the trainer\'s packages, installed with every hash checked (docs/policy.md)'
+    return '# lock = "requirements.lock"   # commit a lock with hashes (pip-compile --generate-hashes), then set it'

@@ -62,6 +62,11 @@ def bom(pol, ref: str) -> str:
             f"  dataset   {name}: {ds.get('root_digest')}, {len(ds.get('files') or {})} files"
             + (f"; batches {batches}" if batches else "")
         )
+    env = (provenance.get("trainer") or {}).get("environment") or {}
+    if env.get("lock"):
+        lines.append(f"  environment  {env.get('lock')} {env.get('lock_digest')}, tree {env.get('tree_digest')}")
+    else:
+        lines.append("  environment  unpinned (no training.lock: Airlock's own packages)")
     packages = [c for c in doc.get("components", []) if c.get("type") == "library"]
     lines.append("  packages  " + ", ".join(f"{c.get('name')}=={c.get('version')}" for c in packages))
     card = model.get("modelCard", {}).get("quantitativeAnalysis", {}).get("performanceMetrics", [])
@@ -102,6 +107,22 @@ def rebuild(pol, run_id: str) -> tuple[bool, str, str]:
             )
         box = sandbox.Sandbox.from_policy(pinned)
         box.check()
+        # The trainer's environment as recorded: the same lock (by digest), installed again with every hash checked.
+        recorded = ((provenance.get("trainer") or {}).get("environment")) or {}
+        if recorded.get("lock"):
+            from dataclasses import replace
+
+            from gates import environment
+
+            env = environment.check(str(recorded["lock"]), src, pinned.training.environment_cache())
+            if not env.passed:
+                raise GateFailed(f"the trainer environment of run {run_id} cannot be rebuilt: {env.reason}")
+            if env.evidence.get("lock_digest") != recorded.get("lock_digest"):
+                raise GateFailed(
+                    f"the lock {recorded['lock']} in commit {commit[:12]} is not the one run {run_id} recorded",
+                    "the registry or the repository was altered",
+                )
+            box = replace(box, env=env.evidence["root"])
         out = train.fn(pinned, box, src, work)
         rebuilt = sha256_file(out / "model.safetensors")[0]
     return rebuilt == signed, signed, rebuilt

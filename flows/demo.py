@@ -38,7 +38,7 @@ from flows import _server
 COMMITTER = "dev@airlock.demo"
 APPROVERS = ("alice@airlock.demo", "bob@airlock.demo")
 ROLES = ("ml-lead", "security")  # the default approval policy: one of each, two different people
-TRAINER_FILES = ("__init__.py", "model.py", "train.py", "config.toml")
+TRAINER_FILES = ("__init__.py", "model.py", "train.py", "config.toml", "requirements.lock")
 
 
 def _ssh_key(path: Path, comment: str) -> str:
@@ -178,6 +178,7 @@ labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 command = ["{python}", "-m", "training.train"]
 timeout_seconds = 600
 threads = 1
+lock = "training/requirements.lock"   # the trainer's packages, each wheel's hash checked (gates/environment.py)
 
 [sandbox]                # team code (trainer, model code) runs in bubblewrap: no keys, trust files or network
 mode = "bubblewrap"

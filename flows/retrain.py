@@ -7,6 +7,8 @@
                      the commit is exported blob by blob, running no filter or hook the repository configures.
 2. Data gate       - training and golden data are byte-for-byte what their committed manifests say; their
                      content is as declared (shape, labels, label shift); the golden set is pinned.
+   Environment gate - the trainer's packages are installed from the commit's lock, every wheel's hash checked
+                     (no sdist, no option lines); each sandbox runs team code with that interpreter only.
 3. Training        - the team's trainer runs in the sandbox on a snapshot of exactly what was verified.
    Artifact gate   - Airlock builds a new model directory from the trainer's weights and metadata alone; it holds
                      safetensors weights and plain metadata, nothing else (no pickle, no extras).
@@ -58,7 +60,7 @@ from airlock.ledger import Ledger
 from airlock.policy import Policy
 from flows import _report
 from flows._report import RunRecorder, emit
-from gates import approval, artifact, commit, data, data_validation
+from gates import approval, artifact, commit, data, data_validation, environment
 from gates._result import GateResult, Verdict
 from gates.model_gates import BLOCKING_RESULTS, SECTIONS
 from registry import Registry
@@ -115,6 +117,10 @@ def retrain(config: str):
             #    under test can change; the verified commit exported without running anything it configures.
             c = rec.record(commit_gate(pol, history_base(pol, ledger), roots))
             src = snapshot_code(pol, c.evidence["commit"], run_dir)
+            #    Environment gate: the trainer's packages installed from the commit's lock, every wheel's hash checked;
+            #    every sandbox then runs team code with that interpreter, Airlock's own packages hidden.
+            env = rec.record(environment_gate(pol, src))
+            box = dataclasses.replace(box, env=env.evidence.get("root", ""))
 
             # 2. Data gate: each dataset matches the manifest committed in the verified commit, then is snapshotted.
             datasets = {name: rec.record(data_gate(pol, name, src, run_dir)) for name in ("train", "golden")}
@@ -252,6 +258,19 @@ def snapshot_code(pol: Policy, sha: str, run_dir: Path) -> Path:
     src = _fresh(run_dir / "src")
     gitutil.export_commit(pol.repo.path, sha, src)
     return src
+
+
+@task(name="environment-gate")
+def environment_gate(pol: Policy, src: Path) -> GateResult:
+    lock = pol.training.lock
+    if lock:
+        emit("progress", step="environment", message=f"trainer environment from {lock} (hashes required)")
+    return environment.check(
+        lock,
+        src,
+        pol.training.environment_cache(),
+        on_line=lambda line: emit("progress", step="environment", message=f"  {line}"),
+    )
 
 
 @task(name="data-gate")
@@ -442,6 +461,13 @@ def _trace_suspicious(result: GateResult, src: Path, pol) -> GateResult:
     return dataclasses.replace(result, evidence={**result.evidence, "suspicious": traced})
 
 
+def trainer_environment(rec: RunRecorder) -> dict:
+    env = next((r for r in rec.results if r.gate == environment.GATE), None)
+    if env is None:  # the flow records the gate before training: an Airlock bug, not a run to sign
+        raise GateFailed("no environment gate result was recorded — nothing was signed")
+    return {k: v for k, v in env.evidence.items() if k != "root"}
+
+
 @task(name="sign-and-stage")
 def sign_and_stage(
     pol,
@@ -476,7 +502,13 @@ def sign_and_stage(
             )
             for name, r in datasets.items()
         },
-        "trainer": {"command": pol.training.command, "metadata": "training.json"},
+        # The trainer's environment: the lock's digest, the installed tree's digest, every package and its hashes
+        # (gates/environment.py); "lock": null when team code ran in Airlock's own environment.
+        "trainer": {
+            "command": pol.training.command,
+            "metadata": "training.json",
+            "environment": trainer_environment(rec),
+        },
         "signer": signer.describe(),
         # Where team code ran: an unsandboxed run (sandbox.mode = environment) says so in what approvers see.
         "sandbox": box.describe(),

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from airlock.trainer_env import default_cache
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,10 @@ def test_the_first_day_page_runs_as_written(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "AIRLOCK_"))}
-    env.update({"HOME": str(home), "PREFECT_HOME": str(home / ".prefect")})
+    # The trainer's locked environment ./setup.sh built stays where it is (a new HOME would build it again).
+    env.update(
+        {"HOME": str(home), "PREFECT_HOME": str(home / ".prefect"), "XDG_CACHE_HOME": str(default_cache().parents[1])}
+    )
     script = "set -euo pipefail\n" + "\n".join(blocks)
     res = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
