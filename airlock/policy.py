@@ -278,6 +278,15 @@ class RegistryPolicy(_Strict):
 
 class LedgerPolicy(_Strict):
     path: Path
+    public_key: Path | None = Field(
+        default=None,
+        description="Ed25519 public key (PEM) every ledger entry must be signed by (airlock/ledger.py); unset: the "
+        "ledger is hash-chained only",
+    )
+    key: Path | None = Field(
+        default=None,
+        description="the ledger's Ed25519 private key, for the processes that append; else $AIRLOCK_LEDGER_KEY",
+    )
 
 
 class RunPolicy(_Strict):
@@ -452,7 +461,11 @@ def load(path: str | Path) -> Policy:
         ),
         "training": pol.training.model_copy(update={"environments": _resolve(pol.training.environments, base)}),
         "registry": RegistryPolicy(path=_resolve(pol.registry.path, base)),
-        "ledger": LedgerPolicy(path=_resolve(pol.ledger.path, base)),
+        "ledger": LedgerPolicy(
+            path=_resolve(pol.ledger.path, base),
+            public_key=_resolve(pol.ledger.public_key, base),
+            key=_resolve(pol.ledger.key, base),
+        ),
         "run": RunPolicy(workdir=_resolve(pol.run.workdir, base)),
         "source": path.resolve(),
         "digest": _digest(raw_bytes, protected_bytes),

@@ -79,8 +79,10 @@ quorum = 2
 [registry]
 path = "registry"
 
-[ledger]
+[ledger]           # every entry signed with keys/ledger.key: a line anyone else appends is refused
 path = "ledger.jsonl"
+public_key = "trust/ledger.pub"
+key = "keys/ledger.key"
 
 [run]
 workdir = "runs"
@@ -114,6 +116,7 @@ def _pubkey(spec: str, flag: str) -> tuple[str, str, str]:
 
 def init(args) -> int:
     from airlock import modelsign
+    from airlock.ledger import generate_key as generate_ledger_key
 
     home = Path(args.dir).expanduser().resolve()
     repo = Path(args.repo).expanduser().resolve()
@@ -142,6 +145,7 @@ def init(args) -> int:
     (trust / "revoked_keys").write_text("")
     modelsign.generate_keypair(keys / "model_signing.key", trust / "model_signing.pub")
     os.chmod(keys / "model_signing.key", 0o600)
+    generate_ledger_key(keys / "ledger.key", trust / "ledger.pub")
     (home / "airlock.toml").write_text(
         POLICY.format(
             repo=repo,
@@ -151,8 +155,9 @@ def init(args) -> int:
         )
     )
     policy = home / "airlock.toml"
-    print(f"wrote {policy} and {trust}/ (allowed_signers, approvers, model_signing.pub, revoked_keys)")
+    print(f"wrote {policy} and {trust}/ (allowed_signers, approvers, model_signing.pub, ledger.pub, revoked_keys)")
     print(f"model-signing private key: {keys / 'model_signing.key'} (mode 0600; only the flow may read it)")
+    print(f"ledger key: {keys / 'ledger.key'} (mode 0600; the flow and `airlock data ingest` append with it)")
     print("next:", file=sys.stderr)
     for line in (
         f"airlock data manifest {Path(args.train_data).resolve()} --dataset train --out {repo}/manifests/train.json",

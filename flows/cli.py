@@ -305,7 +305,7 @@ def cmd_pending(args) -> int:
     policy = ApprovalPolicy.from_policy(pol.approval)
     now = dt.datetime.now(dt.UTC)
     rows = [
-        p.to_dict(policy, now) for p in _pending.pending(Ledger(pol.ledger.path), pol.approval.timeout_seconds, now)
+        p.to_dict(policy, now) for p in _pending.pending(Ledger.from_policy(pol), pol.approval.timeout_seconds, now)
     ]
     if args.json:
         print(json.dumps({"pending": rows, "policy": policy.to_dict()}, indent=2))
@@ -320,13 +320,31 @@ def cmd_ledger_verify(args) -> int:
     from airlock.ledger import Ledger
 
     if args.path:
-        path = Path(args.path)
+        ledger = Ledger(args.path, public_key=args.public_key)
     else:
         from airlock import policy
 
-        path = policy.load(args.config).ledger.path
-    count, head = Ledger(path).verify()
-    print(f"ledger {path}: {count} entries, chain intact, head {head[:16]}…")
+        pol = policy.load(args.config)
+        ledger = Ledger(pol.ledger.path, public_key=args.public_key or pol.ledger.public_key)
+    count, head = ledger.verify()
+    torn = ledger.torn_bytes()
+    if torn:
+        print(
+            f"warning: the last line ({torn} bytes) is incomplete (a crash or a full disk while it was written): "
+            "it is not part of the log, and the next append moves it aside and records that",
+            file=sys.stderr,
+        )
+    if ledger.signed:
+        print(
+            f"ledger {ledger.path}: {count} entries, chain intact, every entry signed by the ledger key, head {head[:16]}…"
+        )
+    else:
+        print(f"ledger {ledger.path}: {count} entries, chain intact, head {head[:16]}…")
+        print(
+            "warning: the ledger is not signed: a process that can write it can append a correctly chained entry "
+            "(set ledger.public_key and ledger.key, docs/policy.md)",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -359,7 +377,7 @@ def cmd_data_ingest(args) -> int:
         args.src,
         data_dir=ds.dir,
         manifest_path=ds.manifest,
-        ledger=Ledger(pol.ledger.path),
+        ledger=Ledger.from_policy(pol),
         source=args.source,
         note=args.note or "",
         repo=pol.repo.path,
@@ -390,7 +408,7 @@ def cmd_data_log(args) -> int:
 
     pol = policy.load(args.config)
     ds = _dataset_policy(pol, args.dataset)
-    versions = ingest.lineage(args.dataset, ds.manifest, Ledger(pol.ledger.path))
+    versions = ingest.lineage(args.dataset, ds.manifest, Ledger.from_policy(pol))
     cur = versions[-1]
     print(
         f"dataset {args.dataset}: {len(versions)} version{'s' * (len(versions) != 1)}, current v{cur.version} "
@@ -575,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = lg.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)
     lv = lsub.add_parser("verify", help="detect an edited, removed or reordered entry")
     lv.add_argument("--path", help="ledger file (default: ledger.path from --config)")
+    lv.add_argument("--public-key", help="the ledger's Ed25519 public key (default: ledger.public_key from --config)")
     lv.add_argument("--config", default="airlock.toml")
     lv.set_defaults(func=cmd_ledger_verify)
 

@@ -33,6 +33,7 @@ from airlock.errors import DemoError, LedgerError
 from airlock.gitutil import isolated_env
 from airlock.ingest import ingest
 from airlock.ledger import Ledger
+from airlock.ledger import generate_key as generate_ledger_key
 from flows import _server
 
 COMMITTER = "dev@airlock.demo"
@@ -87,6 +88,7 @@ def build(workdir: Path, *, checked: bool = False) -> dict[str, Path]:
         lines.append(f'{name} namespaces="airlock-approval" {pub} roles={role}\n')
     (trust / "approvers").write_text("".join(lines))
     modelsign.generate_keypair(keys / "model_signing.key", trust / "model_signing.pub")
+    generate_ledger_key(keys / "ledger.key", trust / "ledger.pub")  # every ledger entry is signed with it
 
     import training
 
@@ -111,7 +113,7 @@ def build(workdir: Path, *, checked: bool = False) -> dict[str, Path]:
             incoming / ds,
             data_dir=workdir / "data" / ds,
             manifest_path=repo / "manifests" / f"{ds}.json",
-            ledger=Ledger(workdir / "ledger.jsonl"),
+            ledger=Ledger(workdir / "ledger.jsonl", keys / "ledger.key", trust / "ledger.pub"),
             note=note,
             source=f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__}, bundled)",
         ).root_digest
@@ -219,6 +221,8 @@ path = "registry"
 
 [ledger]
 path = "ledger.jsonl"
+public_key = "trust/ledger.pub"   # every entry signed: a line appended by anyone without keys/ledger.key is refused
+key = "keys/ledger.key"
 
 [run]
 workdir = "runs"
@@ -314,7 +318,7 @@ def _run(args, log, workdir: Path, server: _server.Server, t0: float) -> int:
 
     def approvers() -> None:
         try:
-            run_id = wait_for_request(Ledger(paths["ledger"]), 1800, stop)
+            run_id = wait_for_request(Ledger(paths["ledger"], public_key=paths["trust"] / "ledger.pub"), 1800, stop)
             if run_id is None:
                 return
             for who in ("alice", "bob"):
@@ -363,7 +367,7 @@ def _run(args, log, workdir: Path, server: _server.Server, t0: float) -> int:
         print(
             f"\n{'promoted and verified' if ok else 'NOT promoted'} in {result['seconds']} s. Try:\n"
             f"  airlock verify --config {paths['policy']}\n"
-            f"  airlock ledger verify --path {paths['ledger']}",
+            f"  airlock ledger verify --config {paths['policy']}",
             file=log,
         )
     return 0 if ok and verified else 1

@@ -80,7 +80,7 @@ class ApprovalInput(RunInput):
 def retrain(config: str):
     pol = _policy.load(config)
     run_id = str(flow_run.get_id())
-    ledger = Ledger(pol.ledger.path)
+    ledger = Ledger.from_policy(pol)
     run_dir = pol.run.workdir / run_id
     rec = RunRecorder(ledger, run_id, run_dir / "evidence")
     initiator = run_initiator()  # who started the run may not approve it
@@ -230,6 +230,8 @@ def protected_paths(pol: Policy) -> dict[str, Path | None]:
         or (Path(os.environ["AIRLOCK_SIGNING_KEY"]) if os.environ.get("AIRLOCK_SIGNING_KEY") else None),
         "the registry": pol.registry.path,
         "the ledger": pol.ledger.path,
+        "the ledger key": pol.ledger.key
+        or (Path(os.environ["AIRLOCK_LEDGER_KEY"]) if os.environ.get("AIRLOCK_LEDGER_KEY") else None),
         "the Prefect home": Path(prefect_home),
         "the training repository's .git": pol.repo.path / ".git",
     }

@@ -113,7 +113,7 @@ class Registry:
         t = pol.trust
         return cls(
             root or pol.registry.path,
-            ledger or Ledger(pol.ledger.path),
+            ledger or Ledger.from_policy(pol),
             t.model_signing_public_key,
             t.approvers,
             t.revoked_keys,

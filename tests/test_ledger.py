@@ -108,3 +108,116 @@ def _append_many(path, i):
     lg = Ledger(path)
     for j in range(25):
         lg.append("x", {"proc": i, "j": j})
+
+
+# -- a signed ledger: a correctly chained entry that Airlock did not write ------------------------------------------
+
+
+def _forge_chained(path, kind="registry.promote", data=None):
+    """What a process that can write the file, but not read the ledger key, can do: a perfect next link."""
+    from airlock.ledger import _entry_hash, canonical
+
+    last = json.loads(path.read_text().splitlines()[-1])
+    entry = {
+        "seq": last["seq"] + 1,
+        "time": last["time"],
+        "kind": kind,
+        "run_id": "r1",
+        "data": data or {"digest": "sha256:" + "e" * 64},
+        "prev": last["hash"],
+    }
+    entry["hash"] = _entry_hash(entry)
+    with open(path, "ab") as f:
+        f.write(canonical(entry) + b"\n")
+    return entry
+
+
+@pytest.fixture
+def signed(tmp_path):
+    from airlock.ledger import generate_key
+
+    generate_key(tmp_path / "keys" / "ledger.key", tmp_path / "ledger.pub")
+    lg = Ledger(tmp_path / "ledger.jsonl", tmp_path / "keys" / "ledger.key", tmp_path / "ledger.pub")
+    for i in range(3):
+        lg.append("gate.verdict", {"gate": f"g{i}", "verdict": "pass"}, run_id="r1")
+    return lg
+
+
+def test_a_correctly_chained_forged_entry_is_refused_by_seq_in_a_signed_ledger(signed, tmp_path):
+    assert signed.verify()[0] == 3 and (tmp_path / "keys" / "ledger.key").stat().st_mode & 0o777 == 0o600
+    forged = _forge_chained(signed.path)
+    # The hash chain alone accepts it: that is the attack.
+    assert Ledger(signed.path).verify()[0] == 4
+    with pytest.raises(LedgerError, match=rf"seq {forged['seq']}, 'registry.promote'\) carries no signature"):
+        Ledger(signed.path, public_key=tmp_path / "ledger.pub").verify()
+    res = run_cli("ledger", "verify", "--path", str(signed.path), "--public-key", str(tmp_path / "ledger.pub"))
+    assert_one_line_refusal(res, 1, "seq 3", "Airlock did not write it")
+
+
+def test_an_entry_signed_with_another_key_or_a_copied_signature_is_refused(signed, tmp_path):
+    from airlock.ledger import generate_key
+
+    generate_key(tmp_path / "other.key", tmp_path / "other.pub")
+    # Another key cannot append to this ledger at all...
+    with pytest.raises(LedgerError, match="is not the one ledger.public_key trusts"):
+        Ledger(signed.path, tmp_path / "other.key", tmp_path / "ledger.pub").append("x", {})
+    # ...and entries it signs, or a genuine signature copied onto a forged entry, do not verify.
+    Ledger(signed.path, tmp_path / "other.key", tmp_path / "other.pub").append("registry.promote", {"d": 1})
+    with pytest.raises(LedgerError, match=r"seq 3, 'registry.promote'\) has a signature that is not the ledger key's"):
+        signed.verify()
+    ls = signed.path.read_text().splitlines(keepends=True)
+    signed.path.write_text("".join(ls[:3]))
+    genuine = json.loads(ls[2])["sig"]
+    forged = _forge_chained(signed.path)
+    text = signed.path.read_text().splitlines(keepends=True)
+    text[-1] = json.dumps({**forged, "sig": genuine}, sort_keys=True, separators=(",", ":")) + "\n"
+    signed.path.write_text("".join(text))
+    with pytest.raises(LedgerError, match=r"seq 3, .* has a signature that is not the ledger key's"):
+        signed.verify()
+
+
+def test_a_process_without_the_ledger_key_cannot_append_to_a_signed_ledger(signed, tmp_path):
+    before = signed.path.read_bytes()
+    with pytest.raises(LedgerError, match="is signed and this process has no ledger key"):
+        Ledger(signed.path, public_key=tmp_path / "ledger.pub").append("data.ingest", {"batch": "b9"})
+    assert signed.path.read_bytes() == before
+
+
+def test_a_torn_last_line_is_set_aside_and_recorded_by_the_next_append(signed, tmp_path):
+    """A crash mid-write leaves half a line: readers ignore it, the next append moves it aside and records that."""
+    with open(signed.path, "ab") as f:
+        f.write(b'{"seq":3,"time":"2026-12-02T00:00:00.000+00:00","kind":"registry.pro')
+    assert signed.verify()[0] == 3 and signed.torn_bytes() == 68
+    ok = run_cli("ledger", "verify", "--path", str(signed.path), "--public-key", str(tmp_path / "ledger.pub"))
+    assert ok.returncode == 0 and "incomplete" in ok.stderr, ok.stderr
+    entry = signed.append("registry.promote", {"digest": "sha256:" + "a" * 64}, run_id="r1")
+    entries = list(signed.entries())
+    assert [e["kind"] for e in entries[-2:]] == ["ledger.recovered", "registry.promote"] and entry["seq"] == 4
+    recovered = entries[-2]["data"]
+    aside = tmp_path / recovered["moved_to"]
+    assert aside.read_bytes().startswith(b'{"seq":3') and recovered["torn_bytes"] == 68
+    assert signed.verify()[0] == 5 and signed.torn_bytes() == 0
+
+
+def test_a_full_disk_mid_append_leaves_the_log_whole_and_says_so_in_one_line(tmp_path):
+    """A real full file system: a small tmpfs would need root mounts; RLIMIT_FSIZE cuts writes the same way."""
+    import resource
+    import signal
+
+    lg = Ledger(tmp_path / "ledger.jsonl")
+    lg.append("x", {"n": 0})
+    size = lg.path.stat().st_size
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, old[1]))
+        with pytest.raises(LedgerError, match="could not write to the ledger .*File too large") as e:
+            lg.append("y", {"n": "z" * 500})
+        assert "nothing was recorded" in e.value.one_line()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert lg.path.stat().st_size == size and lg.torn_bytes() == 0
+    assert [e["kind"] for e in lg.entries()] == ["x"]
+    lg.append("y", {"n": 1})
+    assert lg.verify()[0] == 2
