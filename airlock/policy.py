@@ -326,7 +326,13 @@ def _resolve(p: Path | None, base: Path) -> Path | None: ...
 def _resolve(p: Path | None, base: Path) -> Path | None:
     if p is None:
         return None
-    p = Path(p).expanduser()
+    try:
+        p = Path(p).expanduser()
+    except RuntimeError:  # "~name/..." for a user this machine does not have
+        raise PolicyError(
+            f"the path {str(p)[:80]!r} in the policy names a home directory that does not exist here",
+            "write the path out, or start it with ~/ for the current user",
+        ) from None
     return p if p.is_absolute() else (base / p)
 
 

@@ -287,9 +287,64 @@ def cmd_verify(args) -> int:
         f"{args.stage} model {model.digest} verified: signature by the trusted key, digest over every file"
         f"{approved}, gate evidence and AIBOM consistent"
     )
+    if args.stage == "production":
+        from registry import Registry
+
+        pol = _trusted_policy(args.config)
+        interrupted = Registry.from_policy(pol, root=args.registry).interrupted_promotion()
+        if interrupted is not None:
+            print(
+                f"warning: the promotion of {interrupted['digest'][:23]}… was interrupted after production switched "
+                "and before the ledger recorded it (a crash): run `airlock registry repair` to record it",
+                file=sys.stderr,
+            )
     if args.export:
         dest = model.export(args.export)
         print(f"exported the verified files to {dest} (read-only)")
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    """Every model any data touched: from the signed provenance of each model in any stage, and each model production
+    ever held; exit 1 if any model could not be checked (it might be one)."""
+    from registry import Registry
+    from registry.affected import affected_by
+
+    pol = _trusted_policy(args.config)
+    hits = affected_by(Registry.from_policy(pol), args.affected_by)
+    problems = [h for h in hits if h.problem]
+    if args.json:
+        print(json.dumps({"affected_by": args.affected_by, "models": [h.to_dict() for h in hits]}, indent=2))
+    elif not hits:
+        print(f"no model in {pol.registry.path} was trained on {args.affected_by}")
+    else:
+        for h in hits:
+            print(f"{h.digest}  run {h.run_id or '?'}  {', '.join(h.stages)}")
+            if h.problem:
+                print(f"    CANNOT CHECK: {h.problem}")
+            for m in h.matched:
+                print(f"    data      {m}")
+            if h.promoted:
+                print(f"    promoted {', '.join(h.promoted)} approved by {', '.join(h.approvers) or '?'}")
+    if problems:
+        _err(
+            f"{len(problems)} model(s) could not be checked and may be affected — see CANNOT CHECK above "
+            "(airlock verify, airlock registry repair)"
+        )
+        return 1
+    return EXIT_OK
+
+
+def cmd_registry_repair(args) -> int:
+    """Finish what a crash left in the registry: stale temporaries, an unrecorded promotion (both recorded)."""
+    from registry import Registry
+
+    pol = _trusted_policy(args.config)
+    done = Registry.from_policy(pol).repair()
+    for line in done:
+        print(line)
+    if not done:
+        print("nothing to repair: no interrupted promotion (stale temporaries, if any, were removed and recorded)")
     return EXIT_OK
 
 
@@ -588,6 +643,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="then write the verified files to DIR, a new directory (an init container's volume for the server)",
     )
     v.set_defaults(func=cmd_verify)
+
+    mo = sub.add_parser("models", help="which models were trained on a file, batch or dataset version")
+    mo.add_argument(
+        "--affected-by",
+        required=True,
+        metavar="X",
+        help="a file's sha256, a dataset's or batch's root digest, or a batch id (b0007, train/b0007)",
+    )
+    mo.add_argument("--config", default="airlock.toml")
+    mo.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    mo.set_defaults(func=cmd_models)
+
+    rg = sub.add_parser("registry", help="the model registry's own housekeeping")
+    rsub = rg.add_subparsers(dest="registry_command", required=True, parser_class=_Parser)
+    rr = rsub.add_parser("repair", help="finish what a crash left: stale temporaries, an unrecorded promotion")
+    rr.add_argument("--config", default="airlock.toml")
+    rr.set_defaults(func=cmd_registry_repair)
 
     lg = sub.add_parser("ledger", help="the tamper-evident log")
     lsub = lg.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)

@@ -19,13 +19,19 @@ Rules:
 * Promotion is crash-safe: the production object is written under a temporary name, verified, renamed into place,
   and only then is CURRENT replaced atomically (``os.replace``). A crash leaves the old or the new production model,
   never a mix.
+* One writer at a time (a ``flock`` on ``.lock``): concurrent promotions and stagings are serialized, and every
+  temporary found when the lock is taken was left by a crash; it is removed and the removal recorded. A crash after
+  the production switch and before its ledger entry is recorded as ``registry.promote.recovered`` by the next
+  promotion or ``airlock registry repair``; ``airlock verify`` says so until then.
 * Every write goes to the tamper-evident ledger; CURRENT keeps the ledger anchor written just before the move, so a
   truncated ledger is detected by ``airlock verify``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import shutil
@@ -106,6 +112,78 @@ class Registry:
         self.public_key = Path(public_key)
         self.approvers_file = Path(approvers_file)
         self.revoked_keys = Path(revoked_keys) if revoked_keys else None
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """One writer at a time (stage, promote, reject, repair), across processes: a second promotion of the same
+        digest waits and then finds it done, instead of racing the first one's rename."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                self._sweep()
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _sweep(self) -> None:
+        """Temporaries are only ever made under the lock: any found when it is taken were left by a crash. They are
+        removed, and the removal recorded."""
+        stale = [
+            p
+            for stage in STAGES
+            if (self.root / stage).is_dir()
+            for p in (self.root / stage).iterdir()
+            if p.name.startswith(".") and p.name.endswith(".tmp")
+        ]
+        if (self.root / "staging" / "runs").is_dir():
+            stale += [p for p in (self.root / "staging" / "runs").iterdir() if p.name.endswith(".tmp")]
+        for p in stale:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        if stale:
+            self.ledger.append(
+                "registry.swept",
+                {"removed": sorted(str(p.relative_to(self.root)) for p in stale), "reason": "left by a crash"},
+            )
+
+    def interrupted_promotion(self) -> dict | None:
+        """A production pointer whose promotion has no ``registry.promote`` entry: the process died after the
+        switch and before recording it (the switch itself happened only after every check). None if complete."""
+        ptr = self.current_pointer("production")
+        if ptr is None:
+            return None
+        anchor = (ptr.get("ledger_anchor") or {}).get("seq")
+        for e in self.ledger.entries():
+            if (
+                e["kind"] in ("registry.promote", "registry.promote.recovered")
+                and isinstance(anchor, int)
+                and e["seq"] > anchor
+                and (e.get("data") or {}).get("digest") == ptr["digest"]
+            ):
+                return None
+        return ptr
+
+    def repair(self) -> list[str]:
+        """Finish what a crash left: stale temporaries removed (and recorded), an unrecorded promotion recorded."""
+        done = []
+        with self._exclusive():
+            ptr = self.interrupted_promotion()
+            if ptr is not None:
+                self.verify_stage("production")  # record only what verifies
+                self.ledger.append(
+                    "registry.promote.recovered",
+                    {
+                        "digest": ptr["digest"],
+                        "approvers": ptr.get("approvers"),
+                        "reason": "production was switched and the promotion not recorded (a crash in between)",
+                    },
+                    run_id=ptr.get("run_id"),
+                )
+                done.append(f"recorded the interrupted promotion of {ptr['digest'][:23]}…")
+        return done
 
     @classmethod
     def from_policy(cls, pol: Policy, ledger: Ledger | None = None, root: str | Path | None = None) -> Registry:
@@ -202,6 +280,10 @@ class Registry:
     def stage(self, model_dir: Path, signature: Path, run_id: str, attestations: Path | None = None) -> StagedModel:
         """Stage a signed model with its signed attestations (default: ``attestations/`` and ``attestations.sig``
         beside the signature, where the flow writes them)."""
+        with self._exclusive():
+            return self._stage(model_dir, signature, run_id, attestations)
+
+    def _stage(self, model_dir: Path, signature: Path, run_id: str, attestations: Path | None) -> StagedModel:
         att = attestations or signature.parent / attest.DIR
         digest = hash_tree(model_dir).root_digest
         dest = self.root / "staging" / _hex(digest)
@@ -263,6 +345,10 @@ class Registry:
 
     def reject(self, digest: str, rejection: _approvals.Approval) -> None:
         """Mark a staged model rejected, keeping the signed rejection; it can never be promoted afterwards."""
+        with self._exclusive():
+            self._reject(digest, rejection)
+
+    def _reject(self, digest: str, rejection: _approvals.Approval) -> None:
         staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
         v = _approvals.verify(rejection, self.approval_context(staged))  # a forged rejection marks nothing
         if v.decision != "reject":
@@ -287,6 +373,22 @@ class Registry:
     # -- production --------------------------------------------------------------------------------------------
 
     def promote(self, digest: str, approvals: list[_approvals.Approval]) -> dict:
+        """Verify, then switch production to ``digest``; serialized with every other registry write."""
+        with self._exclusive():
+            interrupted = self.interrupted_promotion()
+            if interrupted is not None:  # a crash after the previous switch: record it before going on
+                self.ledger.append(
+                    "registry.promote.recovered",
+                    {
+                        "digest": interrupted["digest"],
+                        "approvers": interrupted.get("approvers"),
+                        "reason": "production was switched and the promotion not recorded (a crash in between)",
+                    },
+                    run_id=interrupted.get("run_id"),
+                )
+            return self._promote(digest, approvals)
+
+    def _promote(self, digest: str, approvals: list[_approvals.Approval]) -> dict:
         staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
         # A rejected model stays rejected: whatever approvals arrive later, it never reaches production.
         rejected = self.rejection(digest)

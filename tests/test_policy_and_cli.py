@@ -204,3 +204,19 @@ def test_init_refuses_what_would_make_a_weak_or_self_vouching_setup(tmp_path, ke
         and (tmp_path / "d" / "keys" / "model_signing.key").stat().st_mode & 0o077 == 0
     )
     assert "roles=security" in (tmp_path / "d" / "trust" / "approvers").read_text()
+
+
+def test_a_path_under_an_unknown_users_home_is_a_policy_error(tmp_path):
+    """Found by the policy fuzzer: "~rust/x" made pathlib raise RuntimeError (exit 3) instead of a refusal."""
+    from airlock import policy
+    from airlock.errors import PolicyError
+
+    p = tmp_path / "airlock.toml"
+    p.write_text(
+        f'[repo]\npath = "{tmp_path}"\n[trust]\nallowed_signers = "a"\napprovers = "b"\n'
+        'model_signing_public_key = "~no-such-user-4711/model_signing.pub"\n[data.train]\ndir = "x"\n'
+        'manifest = "x.json"\n[data.golden]\ndir = "y"\nmanifest = "y.json"\n[registry]\npath = "r"\n'
+        '[ledger]\npath = "l"\n'
+    )
+    with pytest.raises(PolicyError, match="names a home directory that does not exist here"):
+        policy.load(p)
