@@ -270,6 +270,22 @@ class Ledger:
                 yield entry
                 prev, expected_seq = claimed, seq + 1
 
+    def sign(self, payload: bytes) -> bytes:
+        """A signature by the ledger key (checkpoints: airlock/checkpoints.py)."""
+        return self._sign_key().sign(payload)
+
+    def verify_signature(self, payload: bytes, sig: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
+        key = self._verify_key()
+        if key is None:
+            return False
+        try:
+            key.verify(sig, payload)
+            return True
+        except InvalidSignature:
+            return False
+
     def _check_signature(self, entry: dict, lineno: int) -> None:
         from cryptography.exceptions import InvalidSignature
 

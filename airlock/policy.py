@@ -287,6 +287,11 @@ class LedgerPolicy(_Strict):
         default=None,
         description="the ledger's Ed25519 private key, for the processes that append; else $AIRLOCK_LEDGER_KEY",
     )
+    checkpoints: Path | None = Field(
+        default=None,
+        description="a git repository whose refs/airlock/ledger-checkpoints receives a signed checkpoint of the "
+        "ledger's head after every run (airlock/checkpoints.py); push that ref somewhere protected",
+    )
 
 
 class RunPolicy(_Strict):
@@ -471,6 +476,7 @@ def load(path: str | Path) -> Policy:
             path=_resolve(pol.ledger.path, base),
             public_key=_resolve(pol.ledger.public_key, base),
             key=_resolve(pol.ledger.key, base),
+            checkpoints=_resolve(pol.ledger.checkpoints, base),
         ),
         "run": RunPolicy(workdir=_resolve(pol.run.workdir, base)),
         "source": path.resolve(),

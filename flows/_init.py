@@ -83,6 +83,7 @@ path = "registry"
 path = "ledger.jsonl"
 public_key = "trust/ledger.pub"
 key = "keys/ledger.key"
+# checkpoints = "/srv/airlock/trust-repo"   # a git repo: signed checkpoints after every run; push the ref elsewhere
 
 [run]
 workdir = "runs"

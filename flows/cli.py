@@ -372,8 +372,10 @@ def cmd_pending(args) -> int:
 
 
 def cmd_ledger_verify(args) -> int:
+    from airlock import checkpoints
     from airlock.ledger import Ledger
 
+    cp_repo = Path(args.checkpoints) if args.checkpoints else None
     if args.path:
         ledger = Ledger(args.path, public_key=args.public_key)
     else:
@@ -381,7 +383,14 @@ def cmd_ledger_verify(args) -> int:
 
         pol = policy.load(args.config)
         ledger = Ledger(pol.ledger.path, public_key=args.public_key or pol.ledger.public_key)
+        cp_repo = cp_repo or pol.ledger.checkpoints
     count, head = ledger.verify()
+    if cp_repo is not None:
+        if not ledger.signed:
+            _err("checkpoints are only believed with the ledger key's public half: pass --public-key")
+            return 2
+        n = checkpoints.check(ledger, cp_repo)
+        print(f"ledger {ledger.path}: holds all {n} checkpoint(s) published in {cp_repo}")
     torn = ledger.torn_bytes()
     if torn:
         print(
@@ -400,6 +409,20 @@ def cmd_ledger_verify(args) -> int:
             "(set ledger.public_key and ledger.key, docs/policy.md)",
             file=sys.stderr,
         )
+    return EXIT_OK
+
+
+def cmd_ledger_checkpoint(args) -> int:
+    """Publish a signed checkpoint of the ledger's head to ledger.checkpoints (the flow does after every run)."""
+    from airlock import checkpoints, policy
+    from airlock.ledger import Ledger
+
+    pol = policy.load(args.config)
+    if pol.ledger.checkpoints is None:
+        _err(f"no ledger.checkpoints in {pol.source} — set it to a git repository (docs/policy.md)")
+        return 2
+    cp = checkpoints.publish(Ledger.from_policy(pol), pol.ledger.checkpoints)
+    print(f"checkpoint seq {cp['seq']} ({cp['entries']} entries, head {cp['hash'][:16]}…) in {pol.ledger.checkpoints}")
     return EXIT_OK
 
 
@@ -666,8 +689,12 @@ def build_parser() -> argparse.ArgumentParser:
     lv = lsub.add_parser("verify", help="detect an edited, removed or reordered entry")
     lv.add_argument("--path", help="ledger file (default: ledger.path from --config)")
     lv.add_argument("--public-key", help="the ledger's Ed25519 public key (default: ledger.public_key from --config)")
+    lv.add_argument("--checkpoints", help="a git repository of published checkpoints (default: ledger.checkpoints)")
     lv.add_argument("--config", default="airlock.toml")
     lv.set_defaults(func=cmd_ledger_verify)
+    lc = lsub.add_parser("checkpoint", help="publish a signed checkpoint of the ledger's head to ledger.checkpoints")
+    lc.add_argument("--config", default="airlock.toml")
+    lc.set_defaults(func=cmd_ledger_checkpoint)
 
     da = sub.add_parser("data", help="dataset manifests, ingestion, lineage, tracing")
     dsub = da.add_subparsers(dest="data_command", required=True, parser_class=_Parser)

@@ -89,6 +89,8 @@ def build(workdir: Path, *, checked: bool = False) -> dict[str, Path]:
     (trust / "approvers").write_text("".join(lines))
     modelsign.generate_keypair(keys / "model_signing.key", trust / "model_signing.pub")
     generate_ledger_key(keys / "ledger.key", trust / "ledger.pub")  # every ledger entry is signed with it
+    # Where signed checkpoints of the ledger go after every run (a real deployment pushes this ref elsewhere).
+    subprocess.run(["git", "init", "-q", str(workdir / "checkpoints")], check=True, env=isolated_env())
 
     import training
 
@@ -223,6 +225,7 @@ path = "registry"
 path = "ledger.jsonl"
 public_key = "trust/ledger.pub"   # every entry signed: a line appended by anyone without keys/ledger.key is refused
 key = "keys/ledger.key"
+checkpoints = "checkpoints"        # signed checkpoints of the ledger's head, after every run (a git ref)
 
 [run]
 workdir = "runs"

@@ -50,7 +50,7 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from airlock import aibom, attest, gitutil, manifest, modeldir, modelsign, sandbox, trust
+from airlock import aibom, attest, checkpoints, gitutil, manifest, modeldir, modelsign, sandbox, trust
 from airlock import policy as _policy
 from airlock.approvals import Policy as ApprovalPolicy
 from airlock.errors import AirlockError, GateFailed, RegistryError, TrustRootError
@@ -100,6 +100,8 @@ def retrain(config: str):
         )
         emit("start", run_id=run_id, run_dir=str(run_dir))
     try:
+        #    The ledger still holds every checkpoint published outside it: a cut or rewritten log stops the run here.
+        check_checkpoints(pol, ledger)
         if resuming:
             # Suspend mode, started again by an approval: the model this run staged, verified again from the registry
             # under the policy and trust roots the run started with (their digests are signed with the model).
@@ -149,6 +151,7 @@ def retrain(config: str):
         pointer = promote(started, pol, roots, run_dir, staged.digest, approvals, ledger)
     except (GateFailed, AirlockError) as e:
         ledger.append("run.failed", {"reason": e.one_line()}, run_id=run_id)
+        publish_checkpoint(pol, ledger)
         emit("failed", reason=e.one_line())
         return Failed(message=e.one_line())
     except Pause:  # suspend mode: this process ends here, and the next approval starts the run again
@@ -156,6 +159,7 @@ def retrain(config: str):
         emit("progress", step="approval", message="suspended: no process waits; an approval starts the run again")
         raise
     ledger.append("run.promoted", {"digest": staged.digest}, run_id=run_id)
+    publish_checkpoint(pol, ledger)
     summary = {
         "run_id": run_id,
         "model_digest": staged.digest,
@@ -185,6 +189,27 @@ def _fresh(path: Path) -> Path:
     elif path.exists() or path.is_symlink():
         path.unlink()
     return path
+
+
+def check_checkpoints(pol: Policy, ledger: Ledger) -> None:
+    if pol.ledger.checkpoints is not None:
+        n = checkpoints.check(ledger, pol.ledger.checkpoints)
+        emit(
+            "progress",
+            step="trust",
+            message=f"ledger holds all {n} checkpoint(s) published in {pol.ledger.checkpoints}",
+        )
+
+
+def publish_checkpoint(pol: Policy, ledger: Ledger) -> None:
+    """The ledger's head, signed, to the checkpoint ref (ledger.checkpoints): what a later cut would contradict."""
+    if pol.ledger.checkpoints is None:
+        return
+    try:
+        cp = checkpoints.publish(ledger, pol.ledger.checkpoints)
+        emit("progress", step="ledger", message=f"checkpoint seq {cp['seq']} published to {pol.ledger.checkpoints}")
+    except AirlockError as e:  # the run's outcome stands; the missing checkpoint is said, and the next one covers it
+        emit("progress", step="ledger", message=f"WARNING: no ledger checkpoint published: {e.one_line()}")
 
 
 @task(name="trust-roots")

@@ -221,3 +221,72 @@ def test_a_full_disk_mid_append_leaves_the_log_whole_and_says_so_in_one_line(tmp
     assert [e["kind"] for e in lg.entries()] == ["x"]
     lg.append("y", {"n": 1})
     assert lg.verify()[0] == 2
+
+
+# -- checkpoints published outside the ledger (a git ref): a cut tail or a rewritten chain ---------------------------
+
+
+@pytest.fixture
+def published(signed, tmp_path):
+    import subprocess
+
+    repo = tmp_path / "trust-repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    from airlock import checkpoints
+
+    cp = checkpoints.publish(signed, repo)
+    assert cp["seq"] == 2 and cp["entries"] == 3
+    signed.append("run.promoted", {"digest": "sha256:" + "a" * 64}, run_id="r1")
+    checkpoints.publish(signed, repo)
+    return repo
+
+
+def test_a_ledger_cut_below_a_published_checkpoint_is_refused(signed, published, tmp_path):
+    from airlock import checkpoints
+
+    assert checkpoints.check(signed, published) == 2
+    ls = signed.path.read_text().splitlines(keepends=True)
+    signed.path.write_text("".join(ls[:3]))  # the last entry (a promotion) removed: the chain itself stays valid
+    assert signed.verify()[0] == 3
+    with pytest.raises(LedgerError, match=r"ends before seq 3, which the checkpoint of .* saw: its tail was cut off"):
+        checkpoints.check(signed, published)
+    res = run_cli(
+        "ledger", "verify", "--path", str(signed.path), "--public-key", str(tmp_path / "ledger.pub"),
+        "--checkpoints", str(published),
+    )  # fmt: skip
+    assert_one_line_refusal(res, 1, "its tail was cut off")
+
+
+def test_a_chain_rewritten_and_re_signed_with_the_key_is_caught_by_the_checkpoints(signed, published, tmp_path):
+    """Even someone holding the ledger key cannot quietly rebuild the history: the published checkpoints disagree."""
+    from airlock import checkpoints
+
+    entries = list(signed.entries())
+    signed.path.write_text("")
+    for e in entries:  # the same kinds, re-chained and re-signed, with one verdict changed
+        data = dict(e["data"], verdict="fail") if e["seq"] == 1 else e["data"]
+        signed.append(e["kind"], data, run_id=e["run_id"])
+    assert signed.verify()[0] == 4  # a perfect signed chain on its own
+    with pytest.raises(LedgerError, match=r"entry seq 2 is not the one the checkpoint .* saw: the chain was rewritten"):
+        checkpoints.check(signed, published)
+
+
+def test_a_checkpoint_not_signed_by_the_ledger_key_is_refused(signed, published, tmp_path):
+    from airlock import checkpoints
+    from airlock.ledger import generate_key
+
+    generate_key(tmp_path / "mallory.key", tmp_path / "mallory.pub")
+    mallory = Ledger(signed.path, tmp_path / "mallory.key", tmp_path / "mallory.pub")
+    # Mallory's checkpoint on top of the real ones (she can write the repository, not use the ledger key).
+    with pytest.raises(LedgerError, match="is not signed by the ledger key"):
+        checkpoints.publish(mallory, published)
+    # A whole checkpoint ref written by Mallory for her own ledger: this ledger's key did not sign it.
+    import subprocess
+
+    forged = tmp_path / "forged-repo"
+    subprocess.run(["git", "init", "-q", str(forged)], check=True)
+    hers = Ledger(tmp_path / "hers.jsonl", tmp_path / "mallory.key", tmp_path / "mallory.pub")
+    hers.append("x", {})
+    checkpoints.publish(hers, forged)
+    with pytest.raises(LedgerError, match="is not signed by the ledger key"):
+        checkpoints.check(signed, forged)
