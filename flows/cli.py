@@ -335,6 +335,32 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
+def cmd_registry_log(args) -> int:
+    """The registry's access log: who read, wrote, promoted or was refused what, when, from where."""
+    from airlock import policy
+    from registry.access import AccessLog
+
+    pol = policy.load(args.config)
+    rows = AccessLog(pol.registry.path).entries()
+    rows = [e for e in rows if not args.digest or (e.get("data") or {}).get("digest", "").startswith(args.digest)]
+    if args.json:
+        print(json.dumps({"access": rows}, indent=2))
+        return EXIT_OK
+    if not rows:
+        print(f"no access recorded in {pol.registry.path}", file=sys.stderr)
+    for e in rows:
+        d = e.get("data") or {}
+        by = d.get("by") or {}
+        what = d.get("digest") or d.get("run_id") or ""
+        op = d.get("op", "?") + (f" {d['action']}" if d.get("action") else "")
+        extra = f"  — {d['reason']}" if d.get("reason") else ""
+        print(
+            f"{e.get('time', '')[:19]}  {op:<16} {d.get('stage') or '':<10} {str(what)[:23]:<23}  "
+            f"{by.get('user')}@{by.get('host')} ({by.get('command', '?')}){extra}"
+        )
+    return EXIT_OK
+
+
 def cmd_registry_repair(args) -> int:
     """Finish what a crash left in the registry: stale temporaries, an unrecorded promotion (both recorded)."""
     from registry import Registry
@@ -680,6 +706,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rg = sub.add_parser("registry", help="the model registry's own housekeeping")
     rsub = rg.add_subparsers(dest="registry_command", required=True, parser_class=_Parser)
+    rl = rsub.add_parser("log", help="who read, wrote, promoted or was refused what, when, from which host")
+    rl.add_argument("--digest", help="only accesses of this model (a digest prefix)")
+    rl.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    rl.add_argument("--config", default="airlock.toml")
+    rl.set_defaults(func=cmd_registry_log)
     rr = rsub.add_parser("repair", help="finish what a crash left: stale temporaries, an unrecorded promotion")
     rr.add_argument("--config", default="airlock.toml")
     rr.set_defaults(func=cmd_registry_repair)

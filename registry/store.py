@@ -45,6 +45,7 @@ from airlock.errors import AirlockError, RegistryError
 from airlock.hashing import hash_tree
 from airlock.ledger import Anchor, Ledger
 from airlock.policy import Policy
+from registry.access import AccessLog
 
 STAGES = ("staging", "production")
 
@@ -112,6 +113,22 @@ class Registry:
         self.public_key = Path(public_key)
         self.approvers_file = Path(approvers_file)
         self.revoked_keys = Path(revoked_keys) if revoked_keys else None
+
+    @property
+    def access(self) -> AccessLog:
+        return AccessLog(self.root)
+
+    @contextlib.contextmanager
+    def _logged(self, op: str, **what):
+        """Record the access in the access log (registry/access.py): ``op`` if it succeeds, ``refused`` (with the
+        reason) if it raises a refusal. The body may add what it learnt (the digest) to the dict it is given."""
+        details: dict = dict(what)
+        try:
+            yield details
+        except RegistryError as e:
+            self.access.record("refused", action=op, reason=e.what, **details)
+            raise
+        self.access.record(op, **details)
 
     @contextlib.contextmanager
     def _exclusive(self):
@@ -183,6 +200,7 @@ class Registry:
                     run_id=ptr.get("run_id"),
                 )
                 done.append(f"recorded the interrupted promotion of {ptr['digest'][:23]}…")
+        self.access.record("repair", done=done)
         return done
 
     @classmethod
@@ -280,8 +298,10 @@ class Registry:
     def stage(self, model_dir: Path, signature: Path, run_id: str, attestations: Path | None = None) -> StagedModel:
         """Stage a signed model with its signed attestations (default: ``attestations/`` and ``attestations.sig``
         beside the signature, where the flow writes them)."""
-        with self._exclusive():
-            return self._stage(model_dir, signature, run_id, attestations)
+        with self._exclusive(), self._logged("stage", run_id=run_id) as log:
+            staged = self._stage(model_dir, signature, run_id, attestations)
+            log["digest"] = staged.digest
+            return staged
 
     def _stage(self, model_dir: Path, signature: Path, run_id: str, attestations: Path | None) -> StagedModel:
         att = attestations or signature.parent / attest.DIR
@@ -310,6 +330,12 @@ class Registry:
         return StagedModel(digest, dest, staged.provenance)
 
     def staged_for_run(self, run_id: str) -> StagedModel:
+        with self._logged("read", stage="staging", run_id=run_id) as log:
+            model = self._staged_for_run(run_id)
+            log["digest"] = model.digest
+            return model
+
+    def _staged_for_run(self, run_id: str) -> StagedModel:
         p = self.root / "staging" / "runs" / f"{_safe_run(run_id)}.json"
         if not p.exists():
             raise RegistryError(
@@ -345,7 +371,7 @@ class Registry:
 
     def reject(self, digest: str, rejection: _approvals.Approval) -> None:
         """Mark a staged model rejected, keeping the signed rejection; it can never be promoted afterwards."""
-        with self._exclusive():
+        with self._exclusive(), self._logged("reject", digest=digest):
             self._reject(digest, rejection)
 
     def _reject(self, digest: str, rejection: _approvals.Approval) -> None:
@@ -374,7 +400,7 @@ class Registry:
 
     def promote(self, digest: str, approvals: list[_approvals.Approval]) -> dict:
         """Verify, then switch production to ``digest``; serialized with every other registry write."""
-        with self._exclusive():
+        with self._exclusive(), self._logged("promote", digest=digest, stage="production"):
             interrupted = self.interrupted_promotion()
             if interrupted is not None:  # a crash after the previous switch: record it before going on
                 self.ledger.append(
@@ -464,6 +490,12 @@ class Registry:
 
     def verify_stage(self, stage: str) -> tuple[StagedModel, _approvals.Decision | None]:
         """Everything `airlock verify` checks: signature, digest, and (production) the approvals and ledger anchor."""
+        with self._logged("read", stage=stage) as log:
+            model, verdict = self._verify_stage(stage)
+            log["digest"] = model.digest
+            return model, verdict
+
+    def _verify_stage(self, stage: str) -> tuple[StagedModel, _approvals.Decision | None]:
         if stage not in STAGES:
             raise RegistryError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
         ptr = self.current_pointer(stage)

@@ -378,3 +378,44 @@ def test_production_demands_its_stage_signer_on_top_of_the_top_level_ones(tmp_pa
     signers.write_text(f"[[signer]]\nkey = {q}{release_pub.read_text()}{q}\n[production]\nkey = 1\n")
     with pytest.raises(RegistryError, match=r"\[production\] .* must hold only \[\[production.signer\]\]"):
         reg.verify_stage("production")
+
+
+def test_every_access_is_logged_with_who_and_from_where_refusals_included(reg, signed_model, keys, tmp_path):
+    import socket
+
+    staged = reg.stage(*signed_model, RUN)
+    with pytest.raises(RegistryError):
+        reg.promote(staged.digest, approvals_for(keys, staged.digest, who=("alice",)))  # the security role missing
+    reg.promote(staged.digest, approvals_for(keys, staged.digest))
+    reg.verify_stage("production")
+    log = [e["data"] for e in reg.access.entries()]
+    assert [(d["op"], d.get("action")) for d in log] == [
+        ("stage", None),
+        ("refused", "promote"),
+        ("promote", None),
+        ("read", None),
+    ]
+    assert all(d["digest"] == staged.digest and d["by"]["host"] == socket.gethostname() for d in log)
+    assert "policy" in log[1]["reason"] or "role" in log[1]["reason"]
+    assert log[3]["stage"] == "production"
+    # The log is hash-chained like the ledger: an edited line is detected.
+    path = reg.root / "access.jsonl"
+    path.write_text(path.read_text().replace('"op":"refused"', '"op":"read"'))
+    with pytest.raises(Exception, match="was edited"):
+        reg.access.entries()
+
+
+def test_a_read_only_registry_logs_its_reads_to_stderr(reg, signed_model, keys, capfd):
+    staged = reg.stage(*signed_model, RUN)
+    reg.promote(staged.digest, approvals_for(keys, staged.digest))
+    capfd.readouterr()
+    (reg.root / "access.jsonl").chmod(0o444)
+    import os
+
+    if os.getuid() == 0:  # root writes through file modes: make the write fail as a read-only mount would
+        (reg.root / "access.jsonl").unlink()
+        (reg.root / "access.jsonl").mkdir()
+    reg.verify_stage("production")
+    err = capfd.readouterr().err
+    record = json.loads(err.strip().splitlines()[-1])["airlock_registry_access"]
+    assert record["op"] == "read" and record["digest"] == staged.digest and record["by"]["pid"] == os.getpid()
