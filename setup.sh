@@ -19,6 +19,8 @@ command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # A PKCS#11 token for the signing-mode tests (SoftHSM2), and OpenSC's pkcs11-tool to make keys inside it.
 [ -f /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
 command -v pkcs11-tool >/dev/null || missing+=(opensc)
+# An OCI registry (distribution 2.8) the tests start on 127.0.0.1 for the OCI model store (registry/oci.py).
+command -v docker-registry >/dev/null || missing+=(docker-registry)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} with apt-get"

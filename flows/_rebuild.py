@@ -30,13 +30,7 @@ def _model(pol, ref: str):
         return m.files, m.provenance, m.digest
     reg = Registry.from_policy(pol)
     if ref.startswith("sha256:"):
-        for stage in ("production", "staging"):
-            obj = reg.root / stage / ref.removeprefix("sha256:")
-            if obj.is_dir():
-                model = reg.verify_object(obj, ref)
-                break
-        else:
-            raise RegistryError(f"no model {ref[:19]}… in {reg.root}", "check the digest (airlock pending, verify)")
+        model = reg.find(ref)
     else:
         model = reg.staged_for_run(ref)
     return read_verified(model.model_dir, model.digest), model.provenance, model.digest

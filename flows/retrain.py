@@ -265,10 +265,9 @@ def protected_paths(pol: Policy) -> dict[str, Path | None]:
 def history_base(pol: Policy, ledger: Ledger) -> str | None:
     """Where the signed history must start: production's training commit (from its verified, signed provenance),
     else the policy's base commit, else the root."""
-    ptr = _registry(pol, ledger).current_pointer("production")
-    if ptr is None:
+    prod = _registry(pol, ledger).current("production")
+    if prod is None:
         return pol.repo.base_commit
-    prod = _registry(pol, ledger).verify_object(pol.registry.path / "production" / ptr["digest"][7:], ptr["digest"])
     return prod.provenance.get("commit", {}).get("commit") or pol.repo.base_commit
 
 
@@ -440,11 +439,9 @@ def model_gates(
 def production_reference(pol: Policy, work: Path, ledger: Ledger) -> dict | None:
     """Production's model (verified, then copied out of the registry: no sandbox sees the registry), the export of
     its training commit, and its cached backdoor norms."""
-    registry = _registry(pol, ledger)
-    ptr = registry.current_pointer("production")
-    if ptr is None:
+    prod = _registry(pol, ledger).current("production")
+    if prod is None:
         return None
-    prod = registry.verify_object(pol.registry.path / "production" / ptr["digest"][7:], ptr["digest"])
     prod_src = _fresh(work / "src-production")
     gitutil.export_commit(pol.repo.path, prod.provenance["commit"]["commit"], prod_src)
     prod_model = modeldir.assemble(prod.model_dir, work / "production-model")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from airlock.errors import RegistryError, UsageError
 
@@ -100,34 +99,27 @@ def affected_by(reg, text: str) -> list[Hit]:
                 promoted.setdefault(d, []).append(str(e.get("time")))
                 approved.setdefault(d, set()).update(str(a) for a in data.get("approvers") or [])
     hits: dict[str, Hit] = {}
-    for stage in ("staging", "production"):
-        base = Path(reg.root) / stage
-        if not base.is_dir():
-            continue
-        for obj in sorted(base.iterdir()):
-            if not _HEX.match(obj.name) or not obj.is_dir():
-                continue
-            digest = f"sha256:{obj.name}"
-            label = stage
-            if stage == "production":
-                label = "production (current)" if current and current.get("digest") == digest else "production (held)"
-            try:
-                model = reg.verify_object(obj, digest)
-            except RegistryError as e:
-                hit = hits.setdefault(digest, Hit(digest))
-                hit.stages.append(label)
-                hit.problem = f"unverifiable in {stage}: {e.what}"
-                continue
-            found = matches(model.provenance, needle)
-            if not found:
-                continue
-            hit = hits.setdefault(digest, Hit(digest, model.provenance.get("run_id")))
+    for stage, digest, obj in reg.objects():
+        label = stage
+        if stage == "production":
+            label = "production (current)" if current and current.get("digest") == digest else "production (held)"
+        try:
+            model = reg.verify_object(obj, digest)
+        except RegistryError as e:
+            hit = hits.setdefault(digest, Hit(digest))
             hit.stages.append(label)
-            hit.matched = found
-            hit.promoted = promoted.get(digest, [])
-            hit.approvers = sorted(approved.get(digest, set()))
+            hit.problem = f"unverifiable in {stage}: {e.what}"
+            continue
+        found = matches(model.provenance, needle)
+        if not found:
+            continue
+        hit = hits.setdefault(digest, Hit(digest, model.provenance.get("run_id")))
+        hit.stages.append(label)
+        hit.matched = found
+        hit.promoted = promoted.get(digest, [])
+        hit.approvers = sorted(approved.get(digest, set()))
     for digest, times in promoted.items():
-        if digest not in hits and not (Path(reg.root) / "production" / digest.removeprefix("sha256:")).is_dir():
+        if digest not in hits and not reg.holds("production", digest):
             hits[digest] = Hit(
                 digest,
                 stages=["production (held)"],

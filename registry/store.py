@@ -34,6 +34,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -476,6 +477,38 @@ class Registry:
             run_id=run_id,
         )
         return pointer
+
+    def current(self, stage: str) -> StagedModel | None:
+        """The model a stage's pointer names, verified as an object (signature, digest, attestations); None if the
+        stage is empty. Production's approvals are judged by :meth:`verify_stage`."""
+        ptr = self.current_pointer(stage)
+        if ptr is None:
+            return None
+        return self.verify_object(self.root / stage / _hex(ptr["digest"]), ptr["digest"])
+
+    def find(self, digest: str) -> StagedModel:
+        """The object ``digest`` from production if it was ever promoted, else from staging; verified."""
+        for stage in ("production", "staging"):
+            obj = self.root / stage / _hex(digest)
+            if obj.is_dir():
+                return self.verify_object(obj, digest)
+        raise RegistryError(f"no model {digest[:19]}… in {self.root}", "check the digest (airlock pending, verify)")
+
+    def objects(self) -> list[tuple[str, str, Path]]:
+        """(stage, digest, object directory) of every object the registry holds, unverified: the caller verifies."""
+        out = []
+        for stage in STAGES:
+            base = self.root / stage
+            if base.is_dir():
+                out += [
+                    (stage, f"sha256:{p.name}", p)
+                    for p in sorted(base.iterdir())
+                    if p.is_dir() and re.fullmatch(r"[0-9a-f]{64}", p.name)
+                ]
+        return out
+
+    def holds(self, stage: str, digest: str) -> bool:
+        return (self.root / stage / _hex(digest)).is_dir()
 
     def current_pointer(self, stage: str) -> dict | None:
         name = "CURRENT" if stage == "production" else "LATEST"

@@ -1,0 +1,378 @@
+"""An OCI registry as model storage: a thin client for the distribution API, and a registry object as a CNCF
+ModelPack artifact with its signature, attestations and approvals attached as referrers.
+
+Layout in the OCI registry (``oci://HOST:PORT/PREFIX``): repositories ``PREFIX/staging`` and ``PREFIX/production``.
+
+* The model: an image manifest with ``artifactType`` ``application/vnd.cncf.model.manifest.v1+json``, a ModelPack
+  config, and **one raw layer per file** of the signed model directory, annotated with its path
+  (``org.cncf.model.filepath``). A layer's digest is the file's sha256, i.e. the digest model_signing signed for
+  that file: :func:`check_against_signature` compares a manifest with a signature before anything is downloaded.
+  Manifests are canonical JSON with no timestamp, so the same model always has the same manifest digest.
+* Its model_signing bundle (cosign's layout: ``artifactType`` the Sigstore bundle type, an empty config, one layer),
+  its signed attestations (one layer per statement plus the signature) and, in production, its approvals: each an
+  artifact whose ``subject`` is the model's manifest. Distribution 2.8 has no referrers API; where the server has
+  none (detected at run time: ``GET /v2/<repo>/referrers/<digest>`` is not 200), the referrers are listed in an
+  image index tagged ``sha256-<hex>`` (the OCI 1.1 fallback), rewritten by one writer at a time.
+
+Security rules:
+* Nothing fetched is believed until it is hashed: every manifest fetched by digest and every blob is hashed while it
+  streams in, written under a temporary name and renamed only when its digest matches; a mismatch is refused by name.
+* Paths come from annotations, i.e. from whoever wrote the manifest: only canonical relative names inside the model
+  directory are accepted (no ``..``, no absolute path, no duplicate, nothing outside the layout of airlock/modeldir.py).
+* Storage decides nothing. A pulled object is a directory like the local registry's, and it is judged by the same
+  :meth:`registry.store.Registry.verify_object` (signature, signer policy, digest, attestations) before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from airlock.errors import RegistryError
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+MODEL = "application/vnd.cncf.model.manifest.v1+json"
+MODEL_CONFIG = "application/vnd.cncf.model.config.v1+json"
+WEIGHT = "application/vnd.cncf.model.weight.v1.raw"
+WEIGHT_CONFIG = "application/vnd.cncf.model.weight.config.v1.raw"
+DOC = "application/vnd.cncf.model.doc.v1.raw"
+BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+ATTESTATIONS = "application/vnd.airlock.attestations.v1"
+APPROVALS = "application/vnd.airlock.approvals.v1+json"
+EMPTY = "application/vnd.oci.empty.v1+json"
+FILEPATH = "org.cncf.model.filepath"
+AIRLOCK_DIGEST = "org.airlock.model.digest"
+_EMPTY_BLOB = b"{}"
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+MAX_MANIFEST = 4 << 20
+MAX_SMALL_BLOB = 64 << 20  # signatures, statements, approvals
+
+
+def canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Location:
+    """``oci://HOST:PORT/PREFIX`` (``oci+http://`` for a plain-HTTP registry, tests and loopback only)."""
+
+    base: str  # https://host:port
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str) -> Location:
+        u = urlsplit(url)
+        scheme = {"oci": "https", "oci+https": "https", "oci+http": "http"}.get(u.scheme)
+        prefix = u.path.strip("/")
+        if scheme is None or not u.netloc or not re.match(r"^[a-z0-9]+([._/-][a-z0-9]+)*$", prefix):
+            raise RegistryError(
+                f"{url!r} is not an OCI registry location", "write oci://HOST[:PORT]/PREFIX (lower case)"
+            )
+        return cls(f"{scheme}://{u.netloc}", prefix)
+
+    def repo(self, stage: str) -> str:
+        return f"{self.prefix}/{stage}"
+
+
+class Client:
+    """The distribution API calls Airlock needs, each a one-line RegistryError when the server says no."""
+
+    def __init__(self, base: str, auth: tuple[str, str] | None = None, ca: Path | None = None) -> None:
+        import requests
+
+        self.base = base.rstrip("/")
+        self.session = requests.Session()
+        self.session.auth = auth
+        # Per request, not Session.verify: REQUESTS_CA_BUNDLE in the environment would override the session's.
+        self.verify: str | bool = str(ca) if ca else True
+
+    def _req(self, method: str, path: str, ok=(200,), **kw):
+        import requests
+
+        url = path if path.startswith("http") else f"{self.base}{path}"
+        try:
+            r = self.session.request(method, url, verify=self.verify, timeout=300, **kw)
+        except requests.RequestException as e:
+            raise RegistryError(
+                f"the OCI registry {self.base} cannot be reached: {type(e).__name__}",
+                "check registry.path and the server",
+            ) from None
+        if r.status_code not in ok:
+            detail = " ".join(r.text.split())[:160]
+            raise RegistryError(
+                f"the OCI registry refused {method} {urlsplit(url).path}: HTTP {r.status_code} {detail}",
+                "check the credentials and that the repository exists",
+            )
+        return r
+
+    # -- blobs -------------------------------------------------------------------------------------------------
+
+    def has_blob(self, repo: str, digest: str) -> bool:
+        return self._req("HEAD", f"/v2/{repo}/blobs/{digest}", ok=(200, 404)).status_code == 200
+
+    def push_blob(self, repo: str, digest: str, data: bytes | Path) -> None:
+        if self.has_blob(repo, digest):
+            return
+        start = self._req("POST", f"/v2/{repo}/blobs/uploads/", ok=(202,))
+        loc = start.headers["Location"]
+        loc = loc if loc.startswith("http") else f"{self.base}{loc}"
+        sep = "&" if "?" in loc else "?"
+        headers = {"Content-Type": "application/octet-stream"}
+        if isinstance(data, Path):
+            with open(data, "rb") as f:  # streamed, never read whole into memory
+                headers["Content-Length"] = str(os.fstat(f.fileno()).st_size)
+                self._req("PUT", f"{loc}{sep}digest={digest}", ok=(201,), data=f, headers=headers)
+        else:
+            self._req("PUT", f"{loc}{sep}digest={digest}", ok=(201,), data=data, headers=headers)
+
+    def mount(self, repo: str, digest: str, source: str) -> bool:
+        """Cross-repository mount (promotion: the blobs are stored once); False if the server made an upload."""
+        r = self._req("POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={source}", ok=(201, 202))
+        return r.status_code == 201
+
+    def fetch_blob(self, repo: str, digest: str, dest: Path) -> None:
+        """Stream a blob to ``dest``, hashing as it comes; renamed into place only if its digest matches."""
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+        h = hashlib.sha256()
+        with self._req("GET", f"/v2/{repo}/blobs/{digest}", stream=True) as r, open(tmp, "wb") as out:
+            for chunk in r.iter_content(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+        if "sha256:" + h.hexdigest() != digest:
+            tmp.unlink()
+            raise RegistryError(
+                f"the OCI blob {digest[:19]}… for {dest.name} does not match its digest (got sha256:{h.hexdigest()[:12]}…)",
+                "the registry's storage was altered: do not use this model",
+            )
+        os.replace(tmp, dest)
+
+    def blob_bytes(self, repo: str, digest: str, limit: int = MAX_SMALL_BLOB) -> bytes:
+        r = self._req("GET", f"/v2/{repo}/blobs/{digest}")
+        data = r.content
+        if len(data) > limit or _sha(data) != digest:
+            raise RegistryError(
+                f"the OCI blob {digest[:19]}… does not match its digest", "the registry's storage was altered"
+            )
+        return data
+
+    # -- manifests ---------------------------------------------------------------------------------------------
+
+    def put_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> str:
+        digest = _sha(body)
+        r = self._req("PUT", f"/v2/{repo}/manifests/{ref}", ok=(201,), data=body, headers={"Content-Type": media_type})
+        if r.headers.get("Docker-Content-Digest", digest) != digest:
+            raise RegistryError("the OCI registry stored a different manifest than sent", "check the server")
+        return digest
+
+    def get_manifest(self, repo: str, ref: str, ok_missing: bool = False) -> tuple[bytes, str] | None:
+        accept = ", ".join((MANIFEST, INDEX))
+        r = self._req("GET", f"/v2/{repo}/manifests/{ref}", ok=(200, 404), headers={"Accept": accept})
+        if r.status_code == 404:
+            if ok_missing:
+                return None
+            raise RegistryError(f"no manifest {ref[:23]} in {repo}", "check the digest and the stage")
+        body = r.content
+        if len(body) > MAX_MANIFEST:
+            raise RegistryError(f"the manifest {ref[:23]} in {repo} is too large", "the registry was altered")
+        # Fetched by digest: its bytes must hash to it (a server or a proxy swapping manifests is caught here).
+        if _DIGEST.match(ref) and _sha(body) != ref:
+            raise RegistryError(f"the manifest {ref[:23]}… in {repo} does not match its digest", "do not use it")
+        return body, r.headers.get("Content-Type", "")
+
+    def referrers(self, repo: str, digest: str) -> list[dict]:
+        """The artifacts whose subject is ``digest``: the referrers API where the server has one, else the
+        ``sha256-<hex>`` tag fallback."""
+        r = self._req("GET", f"/v2/{repo}/referrers/{digest}", ok=(200, 404, 400, 405))
+        if r.status_code == 200 and r.headers.get("Content-Type", "").startswith(INDEX):
+            return list(json.loads(r.content).get("manifests") or [])
+        got = self.get_manifest(repo, _fallback_tag(digest), ok_missing=True)
+        return list(json.loads(got[0]).get("manifests") or []) if got else []
+
+    def attach(self, repo: str, subject: dict, artifact_type: str, layers: Sequence[tuple[dict, bytes | Path]]) -> str:
+        """Push an artifact whose subject is ``subject`` and list it in the fallback index."""
+        self.push_blob(repo, _sha(_EMPTY_BLOB), _EMPTY_BLOB)
+        for desc, data in layers:
+            self.push_blob(repo, desc["digest"], data)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "artifactType": artifact_type,
+            "config": {"mediaType": EMPTY, "digest": _sha(_EMPTY_BLOB), "size": len(_EMPTY_BLOB)},
+            "layers": [d for d, _ in layers],
+            "subject": subject,
+        }
+        body = canonical(manifest)
+        digest = self.put_manifest(repo, _sha(body), body, MANIFEST)
+        entry = {"mediaType": MANIFEST, "digest": digest, "size": len(body), "artifactType": artifact_type}
+        current = self.referrers(repo, subject["digest"])
+        if not any(m.get("digest") == digest for m in current):
+            index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": [*current, entry]}
+            ib = canonical(index)
+            self.put_manifest(repo, _fallback_tag(subject["digest"]), ib, INDEX)
+        return digest
+
+
+def _fallback_tag(digest: str) -> str:
+    return digest.replace(":", "-")
+
+
+# -- a registry object <-> an OCI artifact ---------------------------------------------------------------------
+
+
+def _media_type(rel: str) -> str:
+    if rel == "model.safetensors":
+        return WEIGHT
+    if rel == "training.json":
+        return WEIGHT_CONFIG
+    return DOC
+
+
+def _files(root: Path) -> list[tuple[str, Path]]:
+    out = []
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        for f in sorted(files):
+            p = Path(d, f)
+            out.append((p.relative_to(root).as_posix(), p))
+    return sorted(out)
+
+
+def _layer(rel: str, path: Path, media_type: str) -> tuple[dict, Path]:
+    from airlock.hashing import sha256_file
+
+    hexd, size = sha256_file(path)
+    return {"mediaType": media_type, "digest": f"sha256:{hexd}", "size": size, "annotations": {FILEPATH: rel}}, path
+
+
+def model_manifest(obj: Path, airlock_digest: str) -> tuple[bytes, list[tuple[dict, Path]], bytes]:
+    """(manifest bytes, its layers with their files, config bytes) of the object's model directory: canonical."""
+    layers = [_layer(rel, p, _media_type(rel)) for rel, p in _files(obj / "model")]
+    config = canonical(
+        {
+            "descriptor": {"name": "airlock-model", "version": airlock_digest},
+            "modelfs": {"type": "layers", "diffIds": [d["digest"] for d, _ in layers]},
+            "config": {},
+        }
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "artifactType": MODEL,
+        "config": {"mediaType": MODEL_CONFIG, "digest": _sha(config), "size": len(config)},
+        "layers": [d for d, _ in layers],
+        "annotations": {AIRLOCK_DIGEST: airlock_digest},
+    }
+    return canonical(manifest), layers, config
+
+
+def push_object(client: Client, repo: str, obj: Path, airlock_digest: str) -> str:
+    """Push a (verified) registry object; returns the model manifest's digest. Tag-free: tags are the caller's."""
+    body, layers, config = model_manifest(obj, airlock_digest)
+    client.push_blob(repo, _sha(config), config)
+    for desc, path in layers:
+        client.push_blob(repo, desc["digest"], path)
+    digest = client.put_manifest(repo, _sha(body), body, MANIFEST)
+    subject = {"mediaType": MANIFEST, "digest": digest, "size": len(body)}
+    client.attach(repo, subject, BUNDLE, [_layer("model.sig", obj / "model.sig", BUNDLE)])
+    att = [_layer(f"attestations/{rel}", p, "application/vnd.in-toto+json") for rel, p in _files(obj / "attestations")]
+    att.append(_layer("attestations.sig", obj / "attestations.sig", BUNDLE))
+    client.attach(repo, subject, ATTESTATIONS, att)
+    if (obj / "approvals.json").is_file():
+        client.attach(repo, subject, APPROVALS, [_layer("approvals.json", obj / "approvals.json", APPROVALS)])
+    return digest
+
+
+def _safe(rel: object, allowed_top: tuple[str, ...]) -> str:
+    """A path from an annotation: canonical, relative, inside one of the object's parts."""
+    p = PurePosixPath(str(rel))
+    if (
+        not isinstance(rel, str)
+        or not rel
+        or p.is_absolute()
+        or any(part in ("", ".", "..") for part in rel.split("/"))
+        or p.as_posix() != rel
+        or any(ord(c) < 32 for c in rel)
+        or p.parts[0] not in allowed_top
+    ):
+        raise RegistryError(f"the OCI artifact names the path {str(rel)[:60]!r}", "the registry was altered: refuse it")
+    return rel
+
+
+def pull_object(client: Client, repo: str, digest: str, dest: Path) -> str:
+    """Fetch the model artifact ``digest`` and its referrers into ``dest`` (a new directory laid out like a local
+    registry object), every byte hashed on arrival. Returns the Airlock digest the manifest claims; the caller
+    verifies the object (Registry.verify_object) before using anything in it."""
+    got = client.get_manifest(repo, digest)
+    assert got is not None
+    manifest = json.loads(got[0])
+    if manifest.get("artifactType") != MODEL:
+        raise RegistryError(f"{digest[:23]}… in {repo} is not a model artifact", "check the digest")
+    claimed = (manifest.get("annotations") or {}).get(AIRLOCK_DIGEST)
+    if not isinstance(claimed, str) or not _DIGEST.match(claimed):
+        raise RegistryError(f"the model artifact {digest[:23]}… names no Airlock digest", "the registry was altered")
+    dest.mkdir(parents=True)
+    seen: set[str] = set()
+
+    def fetch(desc: dict, top: tuple[str, ...], base: Path) -> None:
+        rel = _safe((desc.get("annotations") or {}).get(FILEPATH), top)
+        if rel in seen or not _DIGEST.match(str(desc.get("digest"))):
+            raise RegistryError(f"the OCI artifact lists {rel} twice or without a digest", "the registry was altered")
+        seen.add(rel)
+        target = base / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.fetch_blob(repo, desc["digest"], target)
+
+    model = dest / "model"
+    model.mkdir()
+    for desc in manifest.get("layers") or []:
+        fetch(desc, ("model.safetensors", "training.json", "provenance.json", "aibom.cdx.json", "evidence"), model)
+    for ref in client.referrers(repo, digest):
+        kind = ref.get("artifactType")
+        if kind not in (BUNDLE, ATTESTATIONS, APPROVALS):
+            continue  # someone else's referrer (a scanner's report, say): not part of the object
+        art = client.get_manifest(repo, str(ref.get("digest")))
+        assert art is not None
+        doc = json.loads(art[0])
+        if (doc.get("subject") or {}).get("digest") != digest:
+            raise RegistryError("a referrer names another subject", "the registry was altered")
+        tops = {
+            BUNDLE: ("model.sig",),
+            ATTESTATIONS: ("attestations", "attestations.sig"),
+            APPROVALS: ("approvals.json",),
+        }
+        for desc in doc.get("layers") or []:
+            fetch(desc, tops[kind], dest)
+    return claimed
+
+
+def check_against_signature(manifest: bytes, bundle: bytes) -> None:
+    """Before any download: the manifest's layers are exactly the files and digests model_signing signed."""
+    import base64
+
+    try:
+        payload = json.loads(base64.b64decode(json.loads(bundle)["dsseEnvelope"]["payload"]))
+        signed = {r["name"]: r["digest"] for r in payload["predicate"]["resources"]}
+        layers = {
+            (d.get("annotations") or {}).get(FILEPATH): str(d.get("digest", "")).removeprefix("sha256:")
+            for d in json.loads(manifest).get("layers") or []
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise RegistryError("the signature or the manifest cannot be read", "the registry was altered") from None
+    if layers != signed:
+        odd = sorted(str(k) for k in set(layers) | set(signed) if layers.get(k) != signed.get(k))
+        raise RegistryError(
+            f"the manifest's layers are not the signed files: {', '.join(odd[:5])}",
+            "the registry was altered: do not use this model",
+        )
