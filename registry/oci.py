@@ -294,6 +294,36 @@ def push_object(client: Client, repo: str, obj: Path, airlock_digest: str) -> st
     return digest
 
 
+def promote(
+    client: Client, source: str, target: str, digest: str, approvals: Path | None = None, tag: str = "current"
+) -> str:
+    """Promotion by digest: every blob mounted from ``source`` (stored once), the manifest PUT by digest, its
+    signature and attestations copied as referrers, the approvals attached, and the tag moved LAST, so a crash at
+    any point leaves the tag on the old model. Digests never change: production serves the bytes staging verified.
+    The caller has verified the model and its approvals first."""
+    got = client.get_manifest(source, digest)
+    assert got is not None
+    body, _ = got
+    manifest = json.loads(body)
+    for desc in [manifest["config"], *manifest.get("layers", [])]:
+        if not client.mount(target, desc["digest"], source):  # a server without mounts: copy the blob
+            client.push_blob(target, desc["digest"], client.blob_bytes(source, desc["digest"], limit=1 << 40))
+    client.put_manifest(target, digest, body, MANIFEST)
+    subject = {"mediaType": MANIFEST, "digest": digest, "size": len(body)}
+    for ref in client.referrers(source, digest):
+        if ref.get("artifactType") not in (BUNDLE, ATTESTATIONS):
+            continue
+        art = client.get_manifest(source, str(ref["digest"]))
+        assert art is not None
+        doc = json.loads(art[0])
+        layers = [(d, client.blob_bytes(source, d["digest"])) for d in doc.get("layers") or []]
+        client.attach(target, subject, str(ref["artifactType"]), layers)
+    if approvals is not None:
+        client.attach(target, subject, APPROVALS, [_layer("approvals.json", approvals, APPROVALS)])
+    client.put_manifest(target, tag, body, MANIFEST)  # the one switch
+    return digest
+
+
 def _safe(rel: object, allowed_top: tuple[str, ...]) -> str:
     """A path from an annotation: canonical, relative, inside one of the object's parts."""
     p = PurePosixPath(str(rel))

@@ -238,3 +238,28 @@ def test_over_tls_with_basic_auth_the_pinned_ca_and_the_password_are_both_requir
     # Without the pinned CA the server's certificate is not trusted: no fallback to skipping verification.
     with pytest.raises(RegistryError, match=r"cannot be reached: SSLError"):
         oci.Client(base, auth=("ci", "ci-secret-4711")).get_manifest(repo, m)
+
+
+def test_promotion_by_digest_mounts_the_blobs_and_moves_the_tag_last(oci_server, promoted, tmp_path):
+    reg, obj, digest = promoted
+    client = oci.Client(oci_server["base"])
+    staging, production = "airlock-tests/promo/staging", "airlock-tests/promo/production"
+    m = oci.push_object(client, staging, obj, digest)
+    assert client.get_manifest(production, "current", ok_missing=True) is None
+    oci.promote(client, staging, production, m, approvals=obj / "approvals.json")
+    body, _ = client.get_manifest(production, "current")
+    assert oci._sha(body) == m  # the same manifest digest in production as in staging
+    kinds = sorted(r["artifactType"] for r in client.referrers(production, m))
+    assert kinds == sorted([oci.BUNDLE, oci.ATTESTATIONS, oci.APPROVALS])
+    pulled = tmp_path / "prod" / digest.removeprefix("sha256:")
+    oci.pull_object(client, production, m, pulled)
+    assert reg.verify_object(pulled, digest).digest == digest
+    # The blobs were mounted, not uploaded again: the server holds one copy of the weights.
+    weights = next(d for d in json.loads(body)["layers"] if d["annotations"][oci.FILEPATH] == "model.safetensors")
+    assert _blob_file(oci_server["data"], weights["digest"]).is_file()
+    links = list(
+        (oci_server["data"] / "docker" / "registry" / "v2" / "repositories").glob(
+            f"airlock-tests/promo/*/_layers/sha256/{weights['digest'].removeprefix('sha256:')}/link"
+        )
+    )
+    assert len(links) == 2  # linked from both repositories, stored once
