@@ -273,7 +273,15 @@ class ApprovalPolicy(_Strict):
 
 
 class RegistryPolicy(_Strict):
-    path: Path
+    path: Path = Field(description="the registry directory; with url: this machine's working directory for it")
+    url: str | None = Field(
+        default=None,
+        pattern=r"^oci(\+https?)?://[^\s/]+/[a-z0-9]+([._/-][a-z0-9]+)*$",
+        description="an OCI registry as the store: oci://HOST[:PORT]/PREFIX (oci+http:// for plain HTTP on loopback)",
+    )
+    ca: Path | None = Field(default=None, description="the CA (PEM) the OCI registry's certificate is checked against")
+    username_env: str = Field(default="AIRLOCK_OCI_USERNAME", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    password_env: str = Field(default="AIRLOCK_OCI_PASSWORD", pattern=r"^[A-Z_][A-Z0-9_]*$")
 
 
 class LedgerPolicy(_Strict):
@@ -471,7 +479,9 @@ def load(path: str | Path) -> Policy:
             }
         ),
         "training": pol.training.model_copy(update={"environments": _resolve(pol.training.environments, base)}),
-        "registry": RegistryPolicy(path=_resolve(pol.registry.path, base)),
+        "registry": pol.registry.model_copy(
+            update={"path": _resolve(pol.registry.path, base), "ca": _resolve(pol.registry.ca, base)}
+        ),
         "ledger": LedgerPolicy(
             path=_resolve(pol.ledger.path, base),
             public_key=_resolve(pol.ledger.public_key, base),

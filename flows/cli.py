@@ -618,6 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="self-contained end-to-end run: signed repo, keys, data, two approvers")
     d.add_argument("--workdir", type=Path, help="directory to create the demo in (default: a new temporary one)")
     d.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
+    d.add_argument(
+        "--registry",
+        metavar="URL",
+        help="an OCI registry as the model store: oci://HOST:PORT/PREFIX (oci+http:// for plain HTTP)",
+    )
     d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("init", help="write a policy, trust files and a signing key for your fork, outside it")

@@ -72,7 +72,7 @@ def _require_empty(workdir: Path) -> None:
         raise DemoError(f"{workdir} is not empty", "pass --workdir with a new or empty directory")
 
 
-def build(workdir: Path, *, checked: bool = False) -> dict[str, Path]:
+def build(workdir: Path, *, checked: bool = False, registry_url: str | None = None) -> dict[str, Path]:
     """The demo's work directory (``checked``: the caller has made sure it was empty, then started Prefect in it)."""
     if not checked:
         _require_empty(workdir)
@@ -128,7 +128,12 @@ def build(workdir: Path, *, checked: bool = False) -> dict[str, Path]:
     signed_commit(repo, keys / "committer", COMMITTER, "Example digits trainer and data manifests")
 
     # Written last: it pins the golden set's root digest, known only once the golden set is ingested.
-    (workdir / "airlock.toml").write_text(POLICY.replace("@GOLDEN_ROOT_DIGEST@", roots["golden"]))
+    policy = POLICY.replace("@GOLDEN_ROOT_DIGEST@", roots["golden"])
+    if registry_url:  # an OCI registry as the store; registry/ stays this machine's working directory for it
+        policy = policy.replace(
+            '[registry]\npath = "registry"\n', f'[registry]\npath = "registry"\nurl = "{registry_url}"\n'
+        )
+    (workdir / "airlock.toml").write_text(policy)
     return {
         "workdir": workdir,
         "policy": workdir / "airlock.toml",
@@ -285,13 +290,32 @@ def main(args) -> int:
     try:
         return _run(args, log, workdir, server, t0)
     finally:
+        _drain_prefect()
         server.stop()
+
+
+def _drain_prefect() -> None:
+    """Send Prefect's queued logs and events while the server still runs: drained at exit instead, after the demo
+    stopped its server, they retry against a closed port for over a minute before the process may end."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        try:
+            service.drain_all(timeout=10)
+        except Exception:  # noqa: BLE001 - best effort: the demo's outcome is already printed
+            pass
 
 
 def _run(args, log, workdir: Path, server: _server.Server, t0: float) -> int:
     from flows._console import Printer, _prefect_env
 
-    paths = build(workdir, checked=True)
+    registry_url = getattr(args, "registry", None)
+    if registry_url:
+        from registry import oci
+
+        oci.Location.parse(registry_url)  # a bad URL is a usage error before anything is built
+    paths = build(workdir, checked=True, registry_url=registry_url)
     print(
         f"  {'READY':8} {'setup':20} signed repo, keys for 1 committer + 2 approvers, digits data, policy "
         f"({time.monotonic() - t0:.1f} s)",

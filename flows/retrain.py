@@ -52,7 +52,6 @@ from prefect.states import Completed, Failed
 
 from airlock import aibom, attest, checkpoints, gitutil, manifest, modeldir, modelsign, sandbox, trust
 from airlock import policy as _policy
-from airlock.approvals import Policy as ApprovalPolicy
 from airlock.errors import AirlockError, GateFailed, RegistryError, TrustRootError
 from airlock.hashing import hash_tree
 from airlock.ingest import provenance_entry
@@ -834,14 +833,7 @@ def promote(
     if not verdict.ok:
         raise RegistryError(f"promotion refused: {verdict.reason}", "collect valid approvals in a new run")
     # ... and the registry re-verifies everything under the roots in force now (revocations since the start).
-    in_force = Registry(
-        pol.registry.path,
-        ledger,
-        now.model_signing_public_key,
-        now.approvers,
-        now.revoked_keys,
-        ApprovalPolicy.from_policy(pol.approval),
-    )
+    in_force = Registry.from_policy(pol, ledger, roots=now)
     pointer = in_force.promote(digest, approvals)
     emit("progress", step="promote", message=f"production now {digest}")
     return pointer

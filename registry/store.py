@@ -154,8 +154,9 @@ class Registry:
             for p in (self.root / stage).iterdir()
             if p.name.startswith(".") and p.name.endswith(".tmp")
         ]
-        if (self.root / "staging" / "runs").is_dir():
-            stale += [p for p in (self.root / "staging" / "runs").iterdir() if p.name.endswith(".tmp")]
+        for kind in ("runs", "rejected"):
+            if (self.root / "staging" / kind).is_dir():
+                stale += [p for p in (self.root / "staging" / kind).iterdir() if p.name.endswith(".tmp")]
         for p in stale:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
@@ -205,17 +206,24 @@ class Registry:
         return done
 
     @classmethod
-    def from_policy(cls, pol: Policy, ledger: Ledger | None = None, root: str | Path | None = None) -> Registry:
-        """The registry named by a policy whose trust roots were pinned (airlock.trust.pin)."""
-        t = pol.trust
-        return cls(
-            root or pol.registry.path,
+    def from_policy(
+        cls, pol: Policy, ledger: Ledger | None = None, root: str | Path | None = None, roots=None
+    ) -> Registry:
+        """The registry named by a policy whose trust roots were pinned (airlock.trust.pin), or judged by ``roots``
+        (the trust roots in force now, at promotion). With ``registry.url``, an OCI registry is its store."""
+        t = roots or pol.trust
+        args = (
             ledger or Ledger.from_policy(pol),
             t.model_signing_public_key,
             t.approvers,
             t.revoked_keys,
             _approvals.Policy.from_policy(pol.approval),
         )
+        if pol.registry.url and root is None:
+            from registry import oci_registry
+
+            return oci_registry.from_policy(pol, *args)
+        return cls(root or pol.registry.path, *args)
 
     # -- verification ------------------------------------------------------------------------------------------
 
@@ -323,10 +331,9 @@ class Registry:
             self.verify_object(dest, digest)
         else:
             os.rename(tmp, dest)
-        runs = self.root / "staging" / "runs"
-        runs.mkdir(parents=True, exist_ok=True)
-        _write_atomic(runs / f"{_safe_run(run_id)}.json", json.dumps({"run_id": run_id, "digest": digest}).encode())
-        _write_atomic(self.root / "staging" / "LATEST", json.dumps({"run_id": run_id, "digest": digest}).encode())
+        self._published("staging", digest, dest)
+        self._record_write("runs", _safe_run(run_id), {"run_id": run_id, "digest": digest})
+        self._pointer_write("staging", {"run_id": run_id, "digest": digest})
         self.ledger.append("registry.stage", {"digest": digest, "path": str(dest)}, run_id=run_id)
         return StagedModel(digest, dest, staged.provenance)
 
@@ -337,18 +344,18 @@ class Registry:
             return model
 
     def _staged_for_run(self, run_id: str) -> StagedModel:
-        p = self.root / "staging" / "runs" / f"{_safe_run(run_id)}.json"
-        if not p.exists():
+        record = self._record_read("runs", _safe_run(run_id))
+        if record is None:
             raise RegistryError(
-                f"no model staged for run {run_id} in {self.root}", "check the run id and --config (registry.path)"
+                f"no model staged for run {run_id} in {self.where}", "check the run id and --config (registry.path)"
             )
-        record = _read(p, f"the staging record {p}")
         digest = record.get("digest") if isinstance(record, dict) else None
         if not isinstance(digest, str):
             raise RegistryError(
-                f"the staging record {p} names no model digest", "the registry was altered: re-run the pipeline"
+                f"the staging record of run {run_id} names no model digest",
+                "the registry was altered: re-run the pipeline",
             )
-        model = self.verify_object(self.root / "staging" / _hex(digest), digest)
+        model = self.verify_object(self._obj("staging", digest), digest)
         # A staging record pointed at another run's model: the signed provenance names the run that built it.
         if model.provenance.get("run_id") != run_id:
             raise RegistryError(
@@ -359,13 +366,13 @@ class Registry:
 
     def has_staged(self, run_id: str) -> bool:
         """Whether a staging record exists for the run (not whether it verifies: staged_for_run says that)."""
-        return (self.root / "staging" / "runs" / f"{_safe_run(run_id)}.json").exists()
+        return self._record_read("runs", _safe_run(run_id), exists_only=True) is not None
 
     # -- production --------------------------------------------------------------------------------------------
 
     def check_approvals(self, digest: str, approvals: list[_approvals.Approval]) -> _approvals.Decision:
         """The staged model verifies and the approvals meet this registry's approval policy."""
-        staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
+        staged = self.verify_object(self._obj("staging", digest), digest)
         return _approvals.decide(approvals, self.approval_context(staged), self.approval_policy)
 
     # -- rejection ---------------------------------------------------------------------------------------------
@@ -376,14 +383,12 @@ class Registry:
             self._reject(digest, rejection)
 
     def _reject(self, digest: str, rejection: _approvals.Approval) -> None:
-        staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
+        staged = self.verify_object(self._obj("staging", digest), digest)
         v = _approvals.verify(rejection, self.approval_context(staged))  # a forged rejection marks nothing
         if v.decision != "reject":
             raise RegistryError("that statement approves the model; it does not reject it", "sign a rejection")
-        d = self.root / "staging" / "rejected"
-        d.mkdir(parents=True, exist_ok=True)
         record = {"digest": digest, "by": v.approver, "reason": v.reason, "rejection": rejection.to_dict()}
-        _write_atomic(d / f"{_hex(digest)}.json", json.dumps(record, indent=2).encode())
+        self._record_write("rejected", _hex(digest), record)
         self.ledger.append(
             "registry.reject",
             {"digest": digest, "by": v.approver, "reason": v.reason},
@@ -391,10 +396,9 @@ class Registry:
         )
 
     def rejection(self, digest: str) -> dict | None:
-        p = self.root / "staging" / "rejected" / f"{_hex(digest)}.json"
-        if not p.exists():
+        record = self._record_read("rejected", _hex(digest))
+        if record is None:
             return None
-        record = _read(p, f"the rejection record {p}")
         return record if isinstance(record, dict) else {"reason": "unreadable rejection record"}
 
     # -- production --------------------------------------------------------------------------------------------
@@ -416,7 +420,7 @@ class Registry:
             return self._promote(digest, approvals)
 
     def _promote(self, digest: str, approvals: list[_approvals.Approval]) -> dict:
-        staged = self.verify_object(self.root / "staging" / _hex(digest), digest)
+        staged = self.verify_object(self._obj("staging", digest), digest)
         # A rejected model stays rejected: whatever approvals arrive later, it never reaches production.
         rejected = self.rejection(digest)
         if rejected is not None:
@@ -458,6 +462,7 @@ class Registry:
             _fsync_dir(prod)
         else:
             _write_atomic(dest / "approvals.json", record.encode())
+        self._published("production", digest, dest)
         pointer = {
             "digest": digest,
             "run_id": run_id,
@@ -466,7 +471,7 @@ class Registry:
             "ledger_anchor": {"seq": begin["seq"], "hash": begin["hash"]},
         }
         previous = self.current_pointer("production")
-        _write_atomic(prod / "CURRENT", json.dumps(pointer, indent=2).encode())  # the one atomic switch
+        self._pointer_write("production", pointer)  # the one atomic switch
         self.ledger.append(
             "registry.promote",
             {
@@ -484,15 +489,14 @@ class Registry:
         ptr = self.current_pointer(stage)
         if ptr is None:
             return None
-        return self.verify_object(self.root / stage / _hex(ptr["digest"]), ptr["digest"])
+        return self.verify_object(self._obj(stage, ptr["digest"]), ptr["digest"])
 
     def find(self, digest: str) -> StagedModel:
         """The object ``digest`` from production if it was ever promoted, else from staging; verified."""
         for stage in ("production", "staging"):
-            obj = self.root / stage / _hex(digest)
-            if obj.is_dir():
-                return self.verify_object(obj, digest)
-        raise RegistryError(f"no model {digest[:19]}… in {self.root}", "check the digest (airlock pending, verify)")
+            if self.holds(stage, digest):
+                return self.verify_object(self._obj(stage, digest), digest)
+        raise RegistryError(f"no model {digest[:19]}… in {self.where}", "check the digest (airlock pending, verify)")
 
     def objects(self) -> list[tuple[str, str, Path]]:
         """(stage, digest, object directory) of every object the registry holds, unverified: the caller verifies."""
@@ -511,15 +515,49 @@ class Registry:
         return (self.root / stage / _hex(digest)).is_dir()
 
     def current_pointer(self, stage: str) -> dict | None:
-        name = "CURRENT" if stage == "production" else "LATEST"
-        p = self.root / stage / name
-        if not p.exists():
+        ptr = self._pointer_read(stage)
+        if ptr is None:
             return None
-        ptr = _read(p, f"the {stage} pointer {p}")
         if not isinstance(ptr, dict) or not isinstance(ptr.get("digest"), str):
-            raise RegistryError(f"{p} is unreadable", "the registry was altered: restore it from a backup")
+            raise RegistryError(
+                f"the {stage} pointer is unreadable", "the registry was altered: restore it from a backup"
+            )
         _hex(ptr["digest"])
         return ptr
+
+    # -- storage: where objects, pointers and records live (a directory here; registry/oci_registry.py: an OCI
+    #    registry). Storage decides nothing: every object it hands back is verified by the methods above.
+
+    @property
+    def where(self) -> str:
+        return str(self.root)
+
+    def _obj(self, stage: str, digest: str) -> Path:
+        """The object's directory, for verification (here: in place)."""
+        return self.root / stage / _hex(digest)
+
+    def _published(self, stage: str, digest: str, obj: Path) -> None:
+        """An object was committed to ``stage`` (here: the directory is the store)."""
+
+    def _pointer_read(self, stage: str):
+        p = self.root / stage / ("CURRENT" if stage == "production" else "LATEST")
+        return _read(p, f"the {stage} pointer {p}") if p.exists() else None
+
+    def _pointer_write(self, stage: str, record: dict) -> None:
+        (self.root / stage).mkdir(parents=True, exist_ok=True)
+        name = "CURRENT" if stage == "production" else "LATEST"
+        _write_atomic(self.root / stage / name, json.dumps(record, indent=2).encode())
+
+    def _record_read(self, kind: str, key: str, exists_only: bool = False):
+        p = self.root / "staging" / kind / f"{key}.json"
+        if not p.exists():
+            return None
+        return True if exists_only else _read(p, f"the {kind} record {p}")
+
+    def _record_write(self, kind: str, key: str, record: dict) -> None:
+        d = self.root / "staging" / kind
+        d.mkdir(parents=True, exist_ok=True)
+        _write_atomic(d / f"{key}.json", json.dumps(record, indent=2).encode())
 
     def verify_stage(self, stage: str) -> tuple[StagedModel, _approvals.Decision | None]:
         """Everything `airlock verify` checks: signature, digest, and (production) the approvals and ledger anchor."""
@@ -534,9 +572,9 @@ class Registry:
         ptr = self.current_pointer(stage)
         if ptr is None:
             raise RegistryError(
-                f"no {stage} model in {self.root}", "run the pipeline (airlock run / airlock demo) first"
+                f"no {stage} model in {self.where}", "run the pipeline (airlock run / airlock demo) first"
             )
-        model = self.verify_object(self.root / stage / _hex(ptr["digest"]), ptr["digest"])
+        model = self.verify_object(self._obj(stage, ptr["digest"]), ptr["digest"])
         if stage == "staging":
             return model, None
         approvals, recorded = self._approvals_of(model, ptr["digest"])

@@ -1,4 +1,6 @@
-"""`airlock demo`, end to end, from a separate process: its own Prefect server, two approvers, verified production."""
+"""`airlock demo`, end to end, from a separate process: its own Prefect server, two approvers, verified production,
+with a real OCI registry (Debian's docker-registry on 127.0.0.1) as the model store. The directory store runs end
+to end in the other flow tests and on the first-day page."""
 
 from __future__ import annotations
 
@@ -11,14 +13,17 @@ import pytest
 
 from airlock.ledger import Ledger
 from tests.conftest import ROOT
+from tests.test_oci import oci_server  # noqa: F401 - the module-scoped docker-registry fixture
 
 pytestmark = pytest.mark.slow
 
 
-def test_demo_end_to_end_with_approvals_from_separate_processes(tmp_path):
-    """`airlock demo` on its own local Prefect server: promoted, verified, and the evidence holds."""
+def test_demo_end_to_end_with_approvals_from_separate_processes(tmp_path, oci_server):  # noqa: F811
+    """`airlock demo --registry oci+http://...` on its own local Prefect server: promoted, verified, and the evidence
+    holds; production is in the OCI registry, and a machine with an empty working directory verifies it from there."""
+    url = f"oci+http://{oci_server['base'].removeprefix('http://')}/demo/digits"
     res = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "demo", "--workdir", str(tmp_path / "d"), "--json"],
+        [sys.executable, "-m", "flows.cli", "demo", "--workdir", str(tmp_path / "d"), "--json", "--registry", url],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -47,6 +52,27 @@ def test_demo_end_to_end_with_approvals_from_separate_processes(tmp_path):
         [sys.executable, "-m", "flows.cli", "verify", "--config", cfg], cwd=ROOT, capture_output=True, text=True
     )
     assert verify.returncode == 0 and out["model_digest"] in verify.stdout
+    # In the OCI registry: the production pointer names the model, and a fresh working directory verifies it.
+    from registry import oci
+
+    client = oci.Client(oci_server["base"])
+    hexd = out["model_digest"].removeprefix("sha256:")
+    assert client.get_manifest("demo/digits/production", f"m-{hexd}") is not None
+    fresh = tmp_path / "other-machine.toml"
+    fresh.write_text(
+        open(cfg)
+        .read()
+        .replace('path = "registry"', f'path = "{tmp_path / "empty-cache"}"')
+        .replace('path = "ledger.jsonl"', f'path = "{out["paths"]["ledger"]}"')
+    )
+    (tmp_path / "other-machine.toml").rename(tmp_path / "d" / "other-machine.toml")
+    again = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "verify", "--config", str(tmp_path / "d" / "other-machine.toml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0 and out["model_digest"] in again.stdout, again.stderr
     ledger = subprocess.run(
         [sys.executable, "-m", "flows.cli", "ledger", "verify", "--path", out["paths"]["ledger"]],
         cwd=ROOT,

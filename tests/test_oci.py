@@ -263,3 +263,39 @@ def test_promotion_by_digest_mounts_the_blobs_and_moves_the_tag_last(oci_server,
         )
     )
     assert len(links) == 2  # linked from both repositories, stored once
+
+
+# -- the registry with the OCI registry as its store: the same verification, objects fetched afresh each time -------
+
+
+def _oci_registry(oci_server, prefix: str, cache: Path, keys, ledger: Path):
+    from registry.oci_registry import OciRegistry
+
+    loc = oci.Location.parse(f"oci+http://{oci_server['base'].removeprefix('http://')}/{prefix}")
+    return OciRegistry(loc, oci.Client(loc.base), cache, Ledger(ledger), keys.model_pub, keys.approvers)
+
+
+def test_the_oci_backed_registry_stages_promotes_and_another_machine_verifies(oci_server, tmp_path, trained, keys):
+    from tests.test_affected import _approvals, _model
+
+    reg = _oci_registry(oci_server, "airlock-tests/e2e", tmp_path / "pipeline-cache", keys, tmp_path / "ledger.jsonl")
+    staged = reg.stage(*_model(tmp_path, trained, keys, RUN, {"b0001": "a" * 64}), RUN)
+    assert reg.staged_for_run(RUN).digest == staged.digest
+    reg.promote(staged.digest, _approvals(keys, RUN, staged.digest))
+    # Another machine: an empty working directory, the same ledger (for the anchor), nothing but the OCI registry.
+    other = _oci_registry(oci_server, "airlock-tests/e2e", tmp_path / "server-cache", keys, tmp_path / "ledger.jsonl")
+    model, verdict = other.verify_stage("production")
+    assert model.digest == staged.digest and verdict is not None and verdict.ok
+    assert str(tmp_path / "server-cache") in str(model.path)  # fetched afresh, not read from the pipeline's copy
+    assert other.current_pointer("production")["run_id"] == RUN
+    # Tampered at rest in the OCI registry: the next check refuses it by name.
+    body, _ = other.client.get_manifest("airlock-tests/e2e/production", f"m-{staged.digest.removeprefix('sha256:')}")
+    provenance = next(d for d in json.loads(body)["layers"] if d["annotations"][oci.FILEPATH] == "provenance.json")
+    blob = _blob_file(oci_server["data"], provenance["digest"])
+    original = blob.read_bytes()
+    blob.write_bytes(original.replace(b"b0001", b"b0009"))
+    try:
+        with pytest.raises(RegistryError, match="for provenance.json does not match its digest"):
+            other.verify_stage("production")
+    finally:
+        blob.write_bytes(original)
