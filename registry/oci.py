@@ -200,8 +200,10 @@ class Client:
         got = self.get_manifest(repo, _fallback_tag(digest), ok_missing=True)
         return list(json.loads(got[0]).get("manifests") or []) if got else []
 
-    def attach(self, repo: str, subject: dict, artifact_type: str, layers: Sequence[tuple[dict, bytes | Path]]) -> str:
-        """Push an artifact whose subject is ``subject`` and list it in the fallback index."""
+    def push_artifact(
+        self, repo: str, artifact_type: str, layers: Sequence[tuple[dict, bytes | Path]], subject: dict | None = None
+    ) -> tuple[str, bytes]:
+        """An artifact manifest (empty config, these layers, an optional subject) and its blobs, pushed by digest."""
         self.push_blob(repo, _sha(_EMPTY_BLOB), _EMPTY_BLOB)
         for desc, data in layers:
             self.push_blob(repo, desc["digest"], data)
@@ -211,10 +213,15 @@ class Client:
             "artifactType": artifact_type,
             "config": {"mediaType": EMPTY, "digest": _sha(_EMPTY_BLOB), "size": len(_EMPTY_BLOB)},
             "layers": [d for d, _ in layers],
-            "subject": subject,
         }
+        if subject is not None:
+            manifest["subject"] = subject
         body = canonical(manifest)
-        digest = self.put_manifest(repo, _sha(body), body, MANIFEST)
+        return self.put_manifest(repo, _sha(body), body, MANIFEST), body
+
+    def attach(self, repo: str, subject: dict, artifact_type: str, layers: Sequence[tuple[dict, bytes | Path]]) -> str:
+        """Push an artifact whose subject is ``subject`` and list it in the fallback index."""
+        digest, body = self.push_artifact(repo, artifact_type, layers, subject)
         entry = {"mediaType": MANIFEST, "digest": digest, "size": len(body), "artifactType": artifact_type}
         current = self.referrers(repo, subject["digest"])
         if not any(m.get("digest") == digest for m in current):

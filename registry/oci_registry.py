@@ -113,24 +113,13 @@ class OciRegistry(Registry):
     def _small_write(self, stage: str, tag: str, artifact_type: str, record: dict, subject: str | None) -> None:
         repo = self._repo(stage)
         data = oci.canonical(record)
-        digest = oci._sha(data)
-        layer = {"mediaType": artifact_type, "digest": digest, "size": len(data)}
-        empty = oci._EMPTY_BLOB
-        self.client.push_blob(repo, oci._sha(empty), empty)
-        self.client.push_blob(repo, digest, data)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": oci.MANIFEST,
-            "artifactType": artifact_type,
-            "config": {"mediaType": oci.EMPTY, "digest": oci._sha(empty), "size": len(empty)},
-            "layers": [layer],
-        }
+        layer = {"mediaType": artifact_type, "digest": oci._sha(data), "size": len(data)}
+        about = None
         if subject is not None:
             got = self.client.get_manifest(repo, subject)
             assert got is not None
-            manifest["subject"] = {"mediaType": oci.MANIFEST, "digest": subject, "size": len(got[0])}
-        body = oci.canonical(manifest)
-        self.client.put_manifest(repo, oci._sha(body), body, oci.MANIFEST)
+            about = {"mediaType": oci.MANIFEST, "digest": subject, "size": len(got[0])}
+        _, body = self.client.push_artifact(repo, artifact_type, [(layer, data)], about)
         self.client.put_manifest(repo, tag, body, oci.MANIFEST)  # the tag moves last
 
     def _pointer_read(self, stage: str):

@@ -44,9 +44,9 @@ def start_registry(root: Path, tls: tuple[Path, Path] | None = None, htpasswd: P
         cfg += f"auth:\n  htpasswd:\n    realm: airlock-tests\n    path: {htpasswd}\n"
     cfg += "log:\n  level: error\n"
     (root / "config.yml").write_text(cfg)
-    proc = subprocess.Popen(
-        [SERVER, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    # Its log to a file: a pipe nobody reads fills up (every 404 is logged as an error) and then blocks the server.
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen([SERVER, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=log)
     base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -56,7 +56,7 @@ def start_registry(root: Path, tls: tuple[Path, Path] | None = None, htpasswd: P
             time.sleep(0.05)
     else:
         proc.kill()
-        pytest.fail(f"docker-registry did not start: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
+        pytest.fail(f"docker-registry did not start: {(root / 'server.log').read_text()[-500:]}")
     return proc, base
 
 

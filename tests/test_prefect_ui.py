@@ -82,7 +82,11 @@ def test_resume_form_in_a_browser_counts_a_pasted_approval(work, ui_server, brow
         # The run's progress reached Prefect's log (the Logs tab is the page's default tab).
         _wait("the run's log", lambda: "trust roots from" in browser.find_element(By.TAG_NAME, "body").text)
         _wait("the Resume button", lambda: _button(browser, "Resume")).click()
-        form = _wait("the Resume form", lambda: browser.find_element(By.CSS_SELECTOR, ".p-modal__body article"))
+        # The modal's body exists before its markdown is rendered into it: wait for the text, not the element.
+        form = _wait(
+            "the Resume form's text",
+            lambda: (el := browser.find_element(By.CSS_SELECTOR, ".p-modal__body article")).text.strip() and el,
+        )
         text = form.text
         assert "Approve this model?" in text
         assert digest.split(":")[1][:32] in text and digest.split(":")[1][32:] in text  # the whole digest, wrapped
