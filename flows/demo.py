@@ -280,6 +280,14 @@ def wait_for_request(ledger: Ledger, timeout: float, stop: threading.Event) -> s
 
 def main(args) -> int:
     log = sys.stderr if args.json else sys.stdout
+    if getattr(args, "registry", None):  # a bad URL is a usage error, before anything is built or started
+        from airlock.errors import RegistryError, UsageError
+        from registry import oci
+
+        try:
+            oci.Location.parse(args.registry)
+        except RegistryError as e:
+            raise UsageError(f"--registry: {e.what}", e.hint) from None
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="airlock-demo-"))
     print(f"airlock demo in {workdir}", file=log, flush=True)
     t0 = time.monotonic()
@@ -310,12 +318,7 @@ def _drain_prefect() -> None:
 def _run(args, log, workdir: Path, server: _server.Server, t0: float) -> int:
     from flows._console import Printer, _prefect_env
 
-    registry_url = getattr(args, "registry", None)
-    if registry_url:
-        from registry import oci
-
-        oci.Location.parse(registry_url)  # a bad URL is a usage error before anything is built
-    paths = build(workdir, checked=True, registry_url=registry_url)
+    paths = build(workdir, checked=True, registry_url=getattr(args, "registry", None))
     print(
         f"  {'READY':8} {'setup':20} signed repo, keys for 1 committer + 2 approvers, digits data, policy "
         f"({time.monotonic() - t0:.1f} s)",

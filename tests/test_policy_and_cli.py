@@ -220,3 +220,9 @@ def test_a_path_under_an_unknown_users_home_is_a_policy_error(tmp_path):
     )
     with pytest.raises(PolicyError, match="names a home directory that does not exist here"):
         policy.load(p)
+
+
+def test_demo_with_a_registry_url_that_is_not_oci_is_a_usage_error_before_anything_starts(tmp_path):
+    res = run_cli("demo", "--workdir", str(tmp_path / "d"), "--registry", "https://registry.corp/ml")
+    assert_one_line_refusal(res, 2, "--registry", "is not an OCI registry location")
+    assert not (tmp_path / "d").exists()
