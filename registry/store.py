@@ -489,13 +489,15 @@ class Registry:
         ptr = self.current_pointer(stage)
         if ptr is None:
             return None
-        return self.verify_object(self._obj(stage, ptr["digest"]), ptr["digest"])
+        with self._logged("read", stage=stage, digest=ptr["digest"]):
+            return self.verify_object(self._obj(stage, ptr["digest"]), ptr["digest"])
 
     def find(self, digest: str) -> StagedModel:
         """The object ``digest`` from production if it was ever promoted, else from staging; verified."""
         for stage in ("production", "staging"):
             if self.holds(stage, digest):
-                return self.verify_object(self._obj(stage, digest), digest)
+                with self._logged("read", stage=stage, digest=digest):
+                    return self.verify_object(self._obj(stage, digest), digest)
         raise RegistryError(f"no model {digest[:19]}… in {self.where}", "check the digest (airlock pending, verify)")
 
     def objects(self) -> list[tuple[str, str, Path]]:

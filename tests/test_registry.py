@@ -398,6 +398,13 @@ def test_every_access_is_logged_with_who_and_from_where_refusals_included(reg, s
     assert all(d["digest"] == staged.digest and d["by"]["host"] == socket.gethostname() for d in log)
     assert "policy" in log[1]["reason"] or "role" in log[1]["reason"]
     assert log[3]["stage"] == "production"
+    # Reads through current() and find() (the flow's production reference, bom, rebuild) are logged too.
+    reg.current("production")
+    reg.find(staged.digest)
+    assert [(e["data"]["op"], e["data"]["stage"]) for e in reg.access.entries()][-2:] == [
+        ("read", "production"),
+        ("read", "production"),
+    ]
     # The log is hash-chained like the ledger: an edited line is detected.
     path = reg.root / "access.jsonl"
     path.write_text(path.read_text().replace('"op":"refused"', '"op":"read"'))
