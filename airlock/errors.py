@@ -155,3 +155,9 @@ class DemoError(AirlockError):
     """`airlock demo` cannot run (flows/demo.py)."""
 
     exit_code = 1
+
+
+class MirrorError(AirlockError):
+    """The MLflow mirror cannot be written or read (registry/mlflow_mirror.py); it never decides anything."""
+
+    exit_code = 1

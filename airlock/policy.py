@@ -282,6 +282,15 @@ class RegistryPolicy(_Strict):
     ca: Path | None = Field(default=None, description="the CA (PEM) the OCI registry's certificate is checked against")
     username_env: str = Field(default="AIRLOCK_OCI_USERNAME", pattern=r"^[A-Z_][A-Z0-9_]*$")
     password_env: str = Field(default="AIRLOCK_OCI_PASSWORD", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    encryption_key: str | None = Field(
+        default=None,
+        pattern=r"^(env:[A-Z_][A-Z0-9_]*|pkcs11:[^\s]+|[^\s:][^\n]*)$",
+        description="encrypt the stored model files (AES-256-GCM, registry/atrest.py) with this key: a key file "
+        "(airlock registry keygen), env:VARIABLE, or a pkcs11: URI of an AES key in a token; unset: stored plain",
+    )
+    encryption_pin_env: str = Field(
+        default="AIRLOCK_PKCS11_PIN", pattern=r"^[A-Z_][A-Z0-9_]*$", description="the token's PIN, for a pkcs11 key"
+    )
 
 
 class LedgerPolicy(_Strict):
@@ -299,6 +308,19 @@ class LedgerPolicy(_Strict):
         default=None,
         description="a git repository whose refs/airlock/ledger-checkpoints receives a signed checkpoint of the "
         "ledger's head after every run (airlock/checkpoints.py); push that ref somewhere protected",
+    )
+
+
+class MlflowPolicy(_Strict):
+    """An optional mirror into MLflow (registry/mlflow_mirror.py): a view of the registry, never an authority."""
+
+    tracking_uri: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="the MLflow tracking server")
+    experiment: str = Field(default="airlock", min_length=1, max_length=200)
+    model_name: str = Field(default="airlock-model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+    token_env: str = Field(
+        default="MLFLOW_TRACKING_TOKEN",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="a bearer token, if the server wants one",
     )
 
 
@@ -322,6 +344,7 @@ class Policy(_Strict):
     registry: RegistryPolicy
     ledger: LedgerPolicy
     run: RunPolicy = RunPolicy()
+    mlflow: MlflowPolicy | None = None
 
     # Set by load(): where the policy came from and its digest (recorded with every run); with trust.policy, the
     # protected copy it was read from ("<ref>@<commit>:<path>") and the digest covers both files.
@@ -362,6 +385,13 @@ def _describe(err: Mapping[str, Any]) -> str:
 
 
 _TRUST_FILES = ("allowed_signers", "approvers", "model_signing_public_key", "revoked_keys")
+
+
+def _resolve_key(spec: str | None, base: Path) -> str | None:
+    """A key named by a file is resolved like every policy path; env: and pkcs11: are kept as written."""
+    if spec is None or spec.startswith(("env:", "pkcs11:")):
+        return spec
+    return str(_resolve(Path(spec), base))
 
 
 def _resolve_trust(t: TrustPolicy, base: Path) -> TrustPolicy:
@@ -480,7 +510,11 @@ def load(path: str | Path) -> Policy:
         ),
         "training": pol.training.model_copy(update={"environments": _resolve(pol.training.environments, base)}),
         "registry": pol.registry.model_copy(
-            update={"path": _resolve(pol.registry.path, base), "ca": _resolve(pol.registry.ca, base)}
+            update={
+                "path": _resolve(pol.registry.path, base),
+                "ca": _resolve(pol.registry.ca, base),
+                "encryption_key": _resolve_key(pol.registry.encryption_key, base),
+            }
         ),
         "ledger": LedgerPolicy(
             path=_resolve(pol.ledger.path, base),

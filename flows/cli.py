@@ -374,6 +374,56 @@ def cmd_registry_repair(args) -> int:
     return EXIT_OK
 
 
+def cmd_mlflow_sync(args) -> int:
+    """Mirror the registry's verified models into MLflow and point its production alias at production's; with
+    --check, write nothing and exit 1 if MLflow differs (a model missing, the alias moved outside Airlock)."""
+    from airlock import policy
+    from airlock.ledger import Ledger
+    from registry import Registry
+    from registry.mlflow_mirror import Mirror, sync
+
+    if policy.load(args.config).mlflow is None:
+        raise UsageError("no [mlflow] section in the policy", "add [mlflow] tracking_uri = ... (docs/policy.md)")
+    pol = _trusted_policy(args.config)
+    mirror = Mirror.from_policy(pol)
+    assert mirror is not None and pol.mlflow is not None
+    ledger = Ledger.from_policy(pol)
+    report = sync(mirror, Registry.from_policy(pol, ledger), ledger, check=args.check)
+    if args.json:
+        print(json.dumps(report.__dict__, indent=2))
+    else:
+        for d in report.mirrored:
+            print(f"mirrored {d}")
+        if report.moved_outside and not args.check:
+            print(
+                f"the {pol.mlflow.model_name} production alias had been moved outside Airlock "
+                f"(to version {report.moved_outside['was']}): moved back to version {report.alias}"
+            )
+        print(
+            f"MLflow {pol.mlflow.tracking_uri}: {pol.mlflow.model_name}@production = version {report.alias or '(none)'}"
+        )
+    for line in report.problems:
+        _err(line)
+    return EXIT_REFUSED if report.problems else EXIT_OK
+
+
+def cmd_registry_keygen(args) -> int:
+    """A new registry encryption key (registry.encryption_key): 32 random bytes, base64, mode 0600."""
+    from registry import atrest
+
+    path = Path(args.path)
+    try:
+        atrest.generate_key(path)
+    except FileExistsError:
+        _err(f"{path} already exists: a registry key is never overwritten (the models sealed with it would be lost)")
+        return EXIT_REFUSED
+    except OSError as e:
+        _err(f"cannot write {path}: {e.strerror}")
+        return EXIT_REFUSED
+    print(f'wrote {path}: set registry.encryption_key = "{path}" (keep it off the training repository)')
+    return EXIT_OK
+
+
 def cmd_pending(args) -> int:
     """Runs waiting for approval: who approved, what the policy still needs, age and time left."""
     import datetime as dt
@@ -719,6 +769,17 @@ def build_parser() -> argparse.ArgumentParser:
     rr = rsub.add_parser("repair", help="finish what a crash left: stale temporaries, an unrecorded promotion")
     rr.add_argument("--config", default="airlock.toml")
     rr.set_defaults(func=cmd_registry_repair)
+    rk = rsub.add_parser("keygen", help="a new key for encryption at rest of the stored models")
+    rk.add_argument("path", help="where to write it (must not exist)")
+    rk.set_defaults(func=cmd_registry_keygen)
+
+    ml = sub.add_parser("mlflow", help="the MLflow mirror of the registry (a view; never an authority)")
+    msub = ml.add_subparsers(dest="mlflow_command", required=True, parser_class=_Parser)
+    ms = msub.add_parser("sync", help="mirror verified models, point the production alias at production's")
+    ms.add_argument("--check", action="store_true", help="write nothing; exit 1 if MLflow differs from the registry")
+    ms.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ms.add_argument("--config", default="airlock.toml")
+    ms.set_defaults(func=cmd_mlflow_sync)
 
     lg = sub.add_parser("ledger", help="the tamper-evident log")
     lsub = lg.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)

@@ -35,6 +35,7 @@ from airlock.ingest import ingest
 from airlock.ledger import Ledger
 from airlock.ledger import generate_key as generate_ledger_key
 from flows import _server
+from registry import atrest
 
 COMMITTER = "dev@airlock.demo"
 APPROVERS = ("alice@airlock.demo", "bob@airlock.demo")
@@ -89,6 +90,7 @@ def build(workdir: Path, *, checked: bool = False, registry_url: str | None = No
     (trust / "approvers").write_text("".join(lines))
     modelsign.generate_keypair(keys / "model_signing.key", trust / "model_signing.pub")
     generate_ledger_key(keys / "ledger.key", trust / "ledger.pub")  # every ledger entry is signed with it
+    atrest.generate_key(keys / "registry.key")  # the stored models are encrypted with it (registry/atrest.py)
     # Where signed checkpoints of the ledger go after every run (a real deployment pushes this ref elsewhere).
     subprocess.run(["git", "init", "-q", str(workdir / "checkpoints")], check=True, env=isolated_env())
 
@@ -225,6 +227,7 @@ mode = "pause"          # "suspend" on a deployment: the process exits at each p
 
 [registry]
 path = "registry"
+encryption_key = "keys/registry.key"   # stored model files sealed (AES-256-GCM); the sandbox never sees this key
 
 [ledger]
 path = "ledger.jsonl"

@@ -140,6 +140,8 @@ def retrain(config: str):
 
             # 5. Signing: provenance + evidence + weights signed together, then staged (the registry verifies).
             staged = sign_and_stage(pol, box, run_id, run_dir, src, model_dir, c, datasets, rec, ledger, initiator)
+            #    Mirrored into MLflow, if the policy names a server: a view of the registry, never an authority.
+            mirror_to_mlflow(pol, ledger, staged.digest)
         rec.evidence_dir = run_dir / "evidence-after-signing"  # the signed directory is never touched again
 
         # 6. Approval: pause until people in the required roles - none of whom wrote the range or started the run -
@@ -148,6 +150,8 @@ def retrain(config: str):
 
         # 7. Promotion: trust roots re-checked; the registry re-verifies everything itself and moves production.
         pointer = promote(started, pol, roots, run_dir, staged.digest, approvals, ledger)
+        #    MLflow's production alias follows the registry's production pointer, and nothing else moves it.
+        mirror_to_mlflow(pol, ledger, staged.digest)
     except (GateFailed, AirlockError) as e:
         ledger.append("run.failed", {"reason": e.one_line()}, run_id=run_id)
         publish_checkpoint(pol, ledger)
@@ -837,6 +841,24 @@ def promote(
     pointer = in_force.promote(digest, approvals)
     emit("progress", step="promote", message=f"production now {digest}")
     return pointer
+
+
+@task(name="mlflow-mirror")
+def mirror_to_mlflow(pol: Policy, ledger: Ledger, digest: str) -> None:
+    """Mirror the model (and the production alias) into MLflow. A failure is recorded and shown, and changes
+    nothing else: MLflow is a view, so it can neither block nor permit a promotion (registry/mlflow_mirror.py)."""
+    from registry import mlflow_mirror
+
+    mirror = mlflow_mirror.Mirror.from_policy(pol)
+    if mirror is None:
+        return
+    try:
+        report = mlflow_mirror.sync(mirror, _registry(pol, ledger), ledger, digests=[digest])
+    except AirlockError as e:
+        ledger.append("mlflow.mirror.failed", {"digest": digest, "reason": e.one_line()})
+        emit("progress", step="mlflow", message=f"MLflow mirror not updated ({e.one_line()}); run: airlock mlflow sync")
+        return
+    emit("progress", step="mlflow", message=f"MLflow: {mirror.model_name}@production = version {report.alias}")
 
 
 def _publish_approval_verdict(submitted: approval.Approval, result: GateResult) -> None:

@@ -19,6 +19,9 @@ Security rules:
   streams in, written under a temporary name and renamed only when its digest matches; a mismatch is refused by name.
 * Paths come from annotations, i.e. from whoever wrote the manifest: only canonical relative names inside the model
   directory are accepted (no ``..``, no absolute path, no duplicate, nothing outside the layout of airlock/modeldir.py).
+* With encryption at rest (registry/atrest.py), every layer of the model is sealed before it leaves the machine:
+  its media type ends ``+encrypted``, its digest is the sealed blob's, its ``org.airlock.plaintext.digest`` the
+  file's (the ModelPack config's ``diffIds`` are those). A plain layer where the registry encrypts is refused.
 * Storage decides nothing. A pulled object is a directory like the local registry's, and it is judged by the same
   :meth:`registry.store.Registry.verify_object` (signature, signer policy, digest, attestations) before use.
 """
@@ -50,6 +53,8 @@ APPROVALS = "application/vnd.airlock.approvals.v1+json"
 EMPTY = "application/vnd.oci.empty.v1+json"
 FILEPATH = "org.cncf.model.filepath"
 AIRLOCK_DIGEST = "org.airlock.model.digest"
+PLAINTEXT = "org.airlock.plaintext.digest"  # a sealed layer's plaintext sha256 (encryption at rest)
+SEALED = "+encrypted"  # suffix of a sealed layer's media type (as ocicrypt's layers)
 _EMPTY_BLOB = b"{}"
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_MANIFEST = 4 << 20
@@ -223,9 +228,15 @@ class Client:
         """Push an artifact whose subject is ``subject`` and list it in the fallback index."""
         digest, body = self.push_artifact(repo, artifact_type, layers, subject)
         entry = {"mediaType": MANIFEST, "digest": digest, "size": len(body), "artifactType": artifact_type}
-        current = self.referrers(repo, subject["digest"])
-        if not any(m.get("digest") == digest for m in current):
-            index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": [*current, entry]}
+        existing = self.referrers(repo, subject["digest"])
+        # A promotion again: its approvals replace the earlier ones (one approvals record per model).
+        keep = [
+            m
+            for m in existing
+            if m.get("digest") != digest and not (artifact_type == APPROVALS and m.get("artifactType") == APPROVALS)
+        ]
+        if [*keep, entry] != existing:
+            index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": [*keep, entry]}
             ib = canonical(index)
             self.put_manifest(repo, _fallback_tag(subject["digest"]), ib, INDEX)
         return digest
@@ -263,13 +274,33 @@ def _layer(rel: str, path: Path, media_type: str) -> tuple[dict, Path]:
     return {"mediaType": media_type, "digest": f"sha256:{hexd}", "size": size, "annotations": {FILEPATH: rel}}, path
 
 
-def model_manifest(obj: Path, airlock_digest: str) -> tuple[bytes, list[tuple[dict, Path]], bytes]:
-    """(manifest bytes, its layers with their files, config bytes) of the object's model directory: canonical."""
-    layers = [_layer(rel, p, _media_type(rel)) for rel, p in _files(obj / "model")]
+def _sealed_layer(rel: str, path: Path, sealer, airlock_digest: str, scratch: Path) -> tuple[dict, Path]:
+    out = scratch / f"{uuid.uuid4().hex}.sealed"
+    plain = sealer.seal(path, out, f"{airlock_digest}/{rel}")
+    desc, _ = _layer(rel, out, _media_type(rel) + SEALED)
+    desc["annotations"][PLAINTEXT] = plain
+    return desc, out
+
+
+def _plain_digest(desc: dict) -> str:
+    return str((desc.get("annotations") or {}).get(PLAINTEXT) or desc.get("digest", ""))
+
+
+def model_manifest(
+    obj: Path, airlock_digest: str, sealer=None, scratch: Path | None = None
+) -> tuple[bytes, list[tuple[dict, Path]], bytes]:
+    """(manifest bytes, its layers with their files, config bytes) of the object's model directory: canonical
+    (sealed layers are not reproducible: a model is pushed once)."""
+    if sealer is not None:
+        assert scratch is not None
+        scratch.mkdir(parents=True, exist_ok=True)
+        layers = [_sealed_layer(rel, p, sealer, airlock_digest, scratch) for rel, p in _files(obj / "model")]
+    else:
+        layers = [_layer(rel, p, _media_type(rel)) for rel, p in _files(obj / "model")]
     config = canonical(
         {
             "descriptor": {"name": "airlock-model", "version": airlock_digest},
-            "modelfs": {"type": "layers", "diffIds": [d["digest"] for d, _ in layers]},
+            "modelfs": {"type": "layers", "diffIds": [_plain_digest(d) for d, _ in layers]},
             "config": {},
         }
     )
@@ -284,12 +315,17 @@ def model_manifest(obj: Path, airlock_digest: str) -> tuple[bytes, list[tuple[di
     return canonical(manifest), layers, config
 
 
-def push_object(client: Client, repo: str, obj: Path, airlock_digest: str) -> str:
-    """Push a (verified) registry object; returns the model manifest's digest. Tag-free: tags are the caller's."""
-    body, layers, config = model_manifest(obj, airlock_digest)
+def push_object(
+    client: Client, repo: str, obj: Path, airlock_digest: str, sealer=None, scratch: Path | None = None
+) -> str:
+    """Push a (verified) registry object, its model files sealed by ``sealer`` if given (sealed copies in
+    ``scratch``, removed after the push); returns the model manifest's digest. Tag-free: tags are the caller's."""
+    body, layers, config = model_manifest(obj, airlock_digest, sealer, scratch)
     client.push_blob(repo, _sha(config), config)
     for desc, path in layers:
         client.push_blob(repo, desc["digest"], path)
+        if sealer is not None:
+            path.unlink()
     digest = client.put_manifest(repo, _sha(body), body, MANIFEST)
     subject = {"mediaType": MANIFEST, "digest": digest, "size": len(body)}
     client.attach(repo, subject, BUNDLE, [_layer("model.sig", obj / "model.sig", BUNDLE)])
@@ -347,10 +383,11 @@ def _safe(rel: object, allowed_top: tuple[str, ...]) -> str:
     return rel
 
 
-def pull_object(client: Client, repo: str, digest: str, dest: Path) -> str:
+def pull_object(client: Client, repo: str, digest: str, dest: Path, sealer=None) -> str:
     """Fetch the model artifact ``digest`` and its referrers into ``dest`` (a new directory laid out like a local
-    registry object), every byte hashed on arrival. Returns the Airlock digest the manifest claims; the caller
-    verifies the object (Registry.verify_object) before using anything in it."""
+    registry object), every byte hashed on arrival, sealed layers opened by ``sealer``. Before any model layer is
+    downloaded, its layers must be the files the signature names. Returns the Airlock digest the manifest claims;
+    the caller verifies the object (Registry.verify_object) before using anything in it."""
     got = client.get_manifest(repo, digest)
     assert got is not None
     manifest = json.loads(got[0])
@@ -362,20 +399,39 @@ def pull_object(client: Client, repo: str, digest: str, dest: Path) -> str:
     dest.mkdir(parents=True)
     seen: set[str] = set()
 
-    def fetch(desc: dict, top: tuple[str, ...], base: Path) -> None:
+    def fetch(desc: dict, top: tuple[str, ...], base: Path, opened: bool = False) -> None:
         rel = _safe((desc.get("annotations") or {}).get(FILEPATH), top)
         if rel in seen or not _DIGEST.match(str(desc.get("digest"))):
             raise RegistryError(f"the OCI artifact lists {rel} twice or without a digest", "the registry was altered")
         seen.add(rel)
         target = base / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        client.fetch_blob(repo, desc["digest"], target)
+        sealed = str(desc.get("mediaType", "")).endswith(SEALED)
+        if not opened or (sealer is None and not sealed):
+            client.fetch_blob(repo, desc["digest"], target)
+            return
+        if sealer is None:
+            raise RegistryError(
+                f"{rel} of model {claimed[:19]}… is encrypted and no registry key is configured",
+                "set registry.encryption_key to the key the models were stored with",
+            )
+        if not sealed:  # a downgrade: a plain layer where this registry encrypts
+            raise RegistryError(
+                f"{rel} of model {claimed[:19]}… is stored unencrypted in a registry that encrypts",
+                "the registry was altered",
+            )
+        tmp = target.with_name(f".{target.name}.sealed")
+        client.fetch_blob(repo, desc["digest"], tmp)
+        try:
+            sealer.open(tmp, target, f"{claimed}/{rel}")
+        finally:
+            tmp.unlink(missing_ok=True)
 
+    refs = [r for r in client.referrers(repo, digest) if r.get("artifactType") in (BUNDLE, ATTESTATIONS, APPROVALS)]
+    refs.sort(key=lambda r: r.get("artifactType") != BUNDLE)  # the signature first: checked before the model's bytes
     model = dest / "model"
     model.mkdir()
-    for desc in manifest.get("layers") or []:
-        fetch(desc, ("model.safetensors", "training.json", "provenance.json", "aibom.cdx.json", "evidence"), model)
-    for ref in client.referrers(repo, digest):
+    for ref in refs:
         kind = ref.get("artifactType")
         if kind not in (BUNDLE, ATTESTATIONS, APPROVALS):
             continue  # someone else's referrer (a scanner's report, say): not part of the object
@@ -391,6 +447,15 @@ def pull_object(client: Client, repo: str, digest: str, dest: Path) -> str:
         }
         for desc in doc.get("layers") or []:
             fetch(desc, tops[kind], dest)
+        if kind == BUNDLE and (dest / "model.sig").is_file():
+            # Layers that are not the signed files (swapped, added, dropped) are refused before a byte of them comes.
+            check_against_signature(got[0], (dest / "model.sig").read_bytes())
+    if not (dest / "model.sig").is_file():
+        raise RegistryError(f"the model artifact {digest[:23]}… in {repo} has no signature", "the registry was altered")
+    for desc in manifest.get("layers") or []:
+        fetch(
+            desc, ("model.safetensors", "training.json", "provenance.json", "aibom.cdx.json", "evidence"), model, True
+        )
     return claimed
 
 
@@ -402,7 +467,7 @@ def check_against_signature(manifest: bytes, bundle: bytes) -> None:
         payload = json.loads(base64.b64decode(json.loads(bundle)["dsseEnvelope"]["payload"]))
         signed = {r["name"]: r["digest"] for r in payload["predicate"]["resources"]}
         layers = {
-            (d.get("annotations") or {}).get(FILEPATH): str(d.get("digest", "")).removeprefix("sha256:")
+            (d.get("annotations") or {}).get(FILEPATH): _plain_digest(d).removeprefix("sha256:")
             for d in json.loads(manifest).get("layers") or []
         }
     except (ValueError, KeyError, TypeError, AttributeError):

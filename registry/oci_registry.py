@@ -57,13 +57,16 @@ class OciRegistry(Registry):
         got = self.client.get_manifest(self._repo(stage), f"m-{_hex(digest)}", ok_missing=True)
         return oci._sha(got[0]) if got else None
 
+    def _where_object(self, stage: str, digest: str) -> str:
+        return f"{self.location.base}/{self._repo(stage)}:m-{_hex(digest)}"
+
     def _obj(self, stage: str, digest: str) -> Path:
         """The object fetched afresh into a new directory (…/<stage>/<hex>, so that verification knows its stage)."""
         manifest = self._manifest_digest(stage, digest)
         if manifest is None:
             raise RegistryError(f"no model {digest[:23]}… in {stage} at {self.where}", "check the digest and the stage")
-        dest = self._pulls / uuid.uuid4().hex / stage / _hex(digest)
-        oci.pull_object(self.client, self._repo(stage), manifest, dest)
+        dest = self._pull_dir() / uuid.uuid4().hex / stage / _hex(digest)
+        oci.pull_object(self.client, self._repo(stage), manifest, dest, self.sealer)
         return dest
 
     def holds(self, stage: str, digest: str) -> bool:
@@ -80,20 +83,44 @@ class OciRegistry(Registry):
                     out.append((stage, digest, self._obj(stage, digest)))
         return out
 
-    def _published(self, stage: str, digest: str, obj: Path) -> None:
-        tag = f"m-{_hex(digest)}"
-        if stage == "staging":
-            m = oci.push_object(self.client, self._repo("staging"), obj, digest)
-            got = self.client.get_manifest(self._repo("staging"), m)
-            assert got is not None
-            self.client.put_manifest(self._repo("staging"), tag, got[0], oci.MANIFEST)
-            return
+    def _commit_staged(self, tmp: Path, digest: str) -> Path:
+        """Push the verified object (its model files sealed on the way, with encryption at rest) unless staging
+        already holds it and it verifies: a model is pushed once, so its manifest digest never changes. The local
+        copy moves into this process's pulls: nothing is kept in the working directory."""
+        if self.holds("staging", digest):
+            try:
+                found = self.verify_object(self._obj("staging", digest), digest)
+                shutil.rmtree(tmp)
+                return found.path
+            except RegistryError:
+                pass  # what staging holds under that tag does not verify: push the verified object over it
+        repo = self._repo("staging")
+        m = oci.push_object(self.client, repo, tmp, digest, self.sealer, scratch=self._pull_dir())
+        got = self.client.get_manifest(repo, m)
+        assert got is not None
+        self.client.put_manifest(repo, f"m-{_hex(digest)}", got[0], oci.MANIFEST)
+        dest = self._pull_dir() / uuid.uuid4().hex / "staging" / _hex(digest)
+        dest.parent.mkdir(parents=True)
+        os.rename(tmp, dest)
+        return dest
+
+    def _commit_promoted(self, digest: str, approvals: bytes) -> None:
+        """Promotion by digest (registry/oci.py): the staging blobs mounted, the manifest, its referrers and the
+        approvals in production, the model's tag last; then production's object is fetched and verified before
+        the caller moves the pointer."""
         source = self._manifest_digest("staging", digest)
         if source is None:
             raise RegistryError(f"{digest[:23]}… is not in staging at {self.where}", "stage it first")
-        oci.promote(
-            self.client, self._repo("staging"), self._repo("production"), source, obj / "approvals.json", tag=tag
-        )
+        self._pull_dir().mkdir(parents=True, exist_ok=True)
+        record = self._pull_dir() / f"approvals-{uuid.uuid4().hex}.json"
+        record.write_bytes(approvals)
+        try:
+            oci.promote(
+                self.client, self._repo("staging"), self._repo("production"), source, record, tag=f"m-{_hex(digest)}"
+            )
+        finally:
+            record.unlink()
+        self.verify_object(self._obj("production", digest), digest)
 
     # -- pointers and records: small JSON artifacts ------------------------------------------------------------
 
@@ -139,11 +166,21 @@ class OciRegistry(Registry):
         self._small_write("staging", f"{'run' if kind == 'runs' else kind}-{key}", RECORD, record, None)
 
 
-def from_policy(pol, ledger, public_key, approvers, revoked_keys, approval_policy, root=None) -> OciRegistry:
+def from_policy(
+    pol, ledger, public_key, approvers, revoked_keys, approval_policy, root=None, sealer=None
+) -> OciRegistry:
     r = pol.registry
     loc = oci.Location.parse(r.url)
     user, password = os.environ.get(r.username_env), os.environ.get(r.password_env)
     client = oci.Client(loc.base, auth=(user, password) if user and password else None, ca=r.ca)
     return OciRegistry(
-        loc, client, root or r.path, ledger, public_key, approvers, revoked_keys, approval_policy=approval_policy
+        loc,
+        client,
+        root or r.path,
+        ledger,
+        public_key,
+        approvers,
+        revoked_keys,
+        approval_policy=approval_policy,
+        sealer=sealer,
     )

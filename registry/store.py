@@ -37,7 +37,7 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from airlock import approvals as _approvals
@@ -46,6 +46,7 @@ from airlock.errors import AirlockError, RegistryError
 from airlock.hashing import hash_tree
 from airlock.ledger import Anchor, Ledger
 from airlock.policy import Policy
+from registry import atrest
 from registry.access import AccessLog
 
 STAGES = ("staging", "production")
@@ -56,6 +57,9 @@ class StagedModel:
     digest: str
     path: Path  # the object directory
     provenance: dict
+    # The registry it came from: a fetched or decrypted object lives in that registry's pulls, removed with it, so
+    # the model keeps its registry alive for as long as the model is used.
+    owner: object = field(default=None, compare=False, repr=False)
 
     @property
     def model_dir(self) -> Path:
@@ -107,8 +111,11 @@ class Registry:
         approvers_file: str | Path,
         revoked_keys: str | Path | None = None,
         approval_policy: _approvals.Policy = _approvals.Policy(),
+        sealer: atrest.Sealer | None = None,
     ) -> None:
         self.approval_policy = approval_policy
+        self.sealer = sealer  # encryption at rest of the model files (registry/atrest.py); None: stored plain
+        self._pulls: Path | None = None
         self.root = Path(root)
         self.ledger = ledger
         self.public_key = Path(public_key)
@@ -219,11 +226,13 @@ class Registry:
             t.revoked_keys,
             _approvals.Policy.from_policy(pol.approval),
         )
+        kek = atrest.kek_from_policy(pol.registry.encryption_key, pol.registry.encryption_pin_env)
+        sealer = atrest.Sealer(kek) if kek else None
         if pol.registry.url and root is None:
             from registry import oci_registry
 
-            return oci_registry.from_policy(pol, *args)
-        return cls(root or pol.registry.path, *args)
+            return oci_registry.from_policy(pol, *args, sealer=sealer)
+        return cls(root or pol.registry.path, *args, sealer=sealer)
 
     # -- verification ------------------------------------------------------------------------------------------
 
@@ -271,7 +280,7 @@ class Registry:
             raise RegistryError(f"model in {obj}: {e}", "sign with a valid certificate: re-run the pipeline") from None
         # Signed evidence: every statement about this digest, by an allowed signer, agreeing with the provenance.
         attest.verify(obj / attest.DIR, obj / attest.SIG, self.public_key, actual, provenance, stage)
-        return StagedModel(actual, obj, provenance)
+        return StagedModel(actual, obj, provenance, self)
 
     def check_signer_for(self, model: StagedModel, stage: str) -> None:
         """RegistryError unless the model's signer is one the signer policy allows in ``stage`` (a model may be
@@ -315,7 +324,6 @@ class Registry:
     def _stage(self, model_dir: Path, signature: Path, run_id: str, attestations: Path | None) -> StagedModel:
         att = attestations or signature.parent / attest.DIR
         digest = hash_tree(model_dir).root_digest
-        dest = self.root / "staging" / _hex(digest)
         tmp = self.root / "staging" / f".{_hex(digest)}.{uuid.uuid4().hex}.tmp"
         tmp.mkdir(parents=True)
         shutil.copytree(model_dir, tmp / "model", symlinks=True)
@@ -326,16 +334,13 @@ class Registry:
             shutil.copy2(att.with_name(attest.SIG), tmp / attest.SIG)
         _fsync_tree(tmp)
         staged = self.verify_object(tmp, digest)  # verify what was written, not what was handed in
-        if dest.exists():
-            shutil.rmtree(tmp)
-            self.verify_object(dest, digest)
-        else:
-            os.rename(tmp, dest)
-        self._published("staging", digest, dest)
+        dest = self._commit_staged(tmp, digest)
         self._record_write("runs", _safe_run(run_id), {"run_id": run_id, "digest": digest})
         self._pointer_write("staging", {"run_id": run_id, "digest": digest})
-        self.ledger.append("registry.stage", {"digest": digest, "path": str(dest)}, run_id=run_id)
-        return StagedModel(digest, dest, staged.provenance)
+        self.ledger.append(
+            "registry.stage", {"digest": digest, "path": self._where_object("staging", digest)}, run_id=run_id
+        )
+        return StagedModel(digest, dest, staged.provenance, self)
 
     def staged_for_run(self, run_id: str) -> StagedModel:
         with self._logged("read", stage="staging", run_id=run_id) as log:
@@ -449,20 +454,7 @@ class Registry:
         begin = self.ledger.append(
             "registry.promote.begin", {"digest": digest, "approvers": verdict.approvers}, run_id=run_id
         )
-        prod = self.root / "production"
-        prod.mkdir(parents=True, exist_ok=True)
-        dest = prod / _hex(digest)
-        if not dest.exists():
-            tmp = prod / f".{_hex(digest)}.{uuid.uuid4().hex}.tmp"
-            shutil.copytree(staged.path, tmp, symlinks=True)
-            (tmp / "approvals.json").write_text(record)
-            _fsync_tree(tmp)
-            self.verify_object(tmp, digest)
-            os.rename(tmp, dest)  # the object appears whole or not at all
-            _fsync_dir(prod)
-        else:
-            _write_atomic(dest / "approvals.json", record.encode())
-        self._published("production", digest, dest)
+        self._commit_promoted(digest, record.encode())
         pointer = {
             "digest": digest,
             "run_id": run_id,
@@ -507,7 +499,7 @@ class Registry:
             base = self.root / stage
             if base.is_dir():
                 out += [
-                    (stage, f"sha256:{p.name}", p)
+                    (stage, f"sha256:{p.name}", self._obj(stage, f"sha256:{p.name}"))
                     for p in sorted(base.iterdir())
                     if p.is_dir() and re.fullmatch(r"[0-9a-f]{64}", p.name)
                 ]
@@ -534,12 +526,77 @@ class Registry:
     def where(self) -> str:
         return str(self.root)
 
-    def _obj(self, stage: str, digest: str) -> Path:
-        """The object's directory, for verification (here: in place)."""
-        return self.root / stage / _hex(digest)
+    def _where_object(self, stage: str, digest: str) -> str:
+        return str(self.root / stage / _hex(digest))
 
-    def _published(self, stage: str, digest: str, obj: Path) -> None:
-        """An object was committed to ``stage`` (here: the directory is the store)."""
+    def _obj(self, stage: str, digest: str) -> Path:
+        """The object's directory, for verification: in place, or decrypted into a new directory."""
+        return self._readable(self.root / stage / _hex(digest), stage, digest)
+
+    def _pull_dir(self) -> Path:
+        """A directory of this process's for decrypted or fetched objects, removed when the registry is."""
+        if self._pulls is None:
+            import tempfile
+            import weakref
+
+            self._pulls = Path(tempfile.mkdtemp(prefix="airlock-registry-"))
+            weakref.finalize(self, shutil.rmtree, str(self._pulls), True)
+        return self._pulls
+
+    def _readable(self, stored: Path, stage: str, digest: str) -> Path:
+        """A stored object as verification reads it. Sealed model files are opened into a new directory
+        (…/<stage>/<hex>, so that verification knows the stage); everything else is copied as it is, so that
+        anything smuggled in is still seen by verify_object."""
+        weights = stored / "model" / "training.json"
+        if self.sealer is None:
+            if weights.is_file() and not weights.is_symlink() and atrest.is_sealed(weights):
+                raise RegistryError(
+                    f"the models in {self.where} are encrypted and no registry key is configured",
+                    "set registry.encryption_key to the key they were stored with",
+                )
+            return stored
+        if not (stored / "model").is_dir() or (stored / "model").is_symlink():
+            return stored  # verify_object refuses it, saying why
+        out = self._pull_dir() / uuid.uuid4().hex / stage / _hex(digest)
+        out.mkdir(parents=True)
+        for entry in sorted(stored.iterdir()):
+            if entry.name == "model":
+                self.sealer.open_tree(entry, out / "model", digest)
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, out / entry.name, symlinks=True)
+            else:
+                shutil.copy2(entry, out / entry.name, follow_symlinks=False)
+        return out
+
+    def _commit_staged(self, tmp: Path, digest: str) -> Path:
+        """Store a verified object written under ``tmp`` as staging's (sealing its model files first, with
+        encryption at rest); returns the directory it can be read from."""
+        dest = self.root / "staging" / _hex(digest)
+        if dest.exists():
+            shutil.rmtree(tmp)
+            return self.verify_object(self._obj("staging", digest), digest).path
+        if self.sealer is not None:
+            self.sealer.seal_tree(tmp / "model", digest)
+            _fsync_tree(tmp)
+        os.rename(tmp, dest)
+        return self._obj("staging", digest)
+
+    def _commit_promoted(self, digest: str, approvals: bytes) -> None:
+        """Store the staged object, with its approvals, as production's; verified before it is in place. The
+        production pointer has not moved yet: the caller switches it."""
+        prod = self.root / "production"
+        prod.mkdir(parents=True, exist_ok=True)
+        dest = prod / _hex(digest)
+        if dest.exists():
+            _write_atomic(dest / "approvals.json", approvals)
+            return
+        tmp = prod / f".{_hex(digest)}.{uuid.uuid4().hex}.tmp"
+        shutil.copytree(self.root / "staging" / _hex(digest), tmp, symlinks=True)  # as stored: sealed stays sealed
+        (tmp / "approvals.json").write_bytes(approvals)
+        _fsync_tree(tmp)
+        self.verify_object(self._readable(tmp, "production", digest), digest)
+        os.rename(tmp, dest)  # the object appears whole or not at all
+        _fsync_dir(prod)
 
     def _pointer_read(self, stage: str):
         p = self.root / stage / ("CURRENT" if stage == "production" else "LATEST")

@@ -193,6 +193,20 @@ def work(tmp_path):
     return paths
 
 
+def opened_object(work: dict, stored: Path) -> Path:
+    """A stored object of the demo's registry, its model files decrypted into a new directory (the demo encrypts
+    its registry at rest with keys/registry.key: registry/atrest.py)."""
+    import tempfile
+
+    from registry import atrest
+
+    kek = atrest.kek_from_policy(work["keys"] / "registry.key")
+    assert kek is not None
+    out = Path(tempfile.mkdtemp(prefix="airlock-test-opened-")) / stored.name
+    atrest.Sealer(kek).open_tree(stored / "model", out / "model", f"sha256:{stored.name}")
+    return out
+
+
 def sign_model(model: Path, signature: Path, key) -> None:
     """Sign a model as the flow does: the directory, then its attestations (airlock/attest.py) beside the signature,
     built from the model's provenance (signed in it)."""

@@ -24,7 +24,7 @@ from tests._flow import (
     submit_twice_at_once,
     wait_for_pause,
 )
-from tests.conftest import assert_one_line_refusal, commit, run_cli
+from tests.conftest import assert_one_line_refusal, commit, opened_object, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -175,7 +175,7 @@ def test_a_rejection_ends_the_run(work, prefect_api):
     assert json.loads(mark.read_text())["reason"] == "golden drift"
     assert "registry.reject" in kinds(work)
     assert "WARNING: team code ran without Airlock's sandbox" in res.stdout
-    staged = next((work["registry"] / "staging").glob("[0-9a-f]*"))
+    staged = opened_object(work, next((work["registry"] / "staging").glob("[0-9a-f]*")))
     prov = json.loads((staged / "model" / "provenance.json").read_text())
     assert prov["sandbox"]["mode"] == "environment" and prov["sandbox"]["isolated"] is False
     bom = json.loads((staged / "model" / "aibom.cdx.json").read_text())

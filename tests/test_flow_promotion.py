@@ -26,7 +26,7 @@ from tests._flow import (
     start_run,
     wait_for_pause,
 )
-from tests.conftest import ROOT, assert_one_line_refusal, commit, run_cli
+from tests.conftest import ROOT, assert_one_line_refusal, commit, opened_object, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -242,7 +242,7 @@ def test_a_hostile_trainer_changes_nothing_and_a_trust_copy_changed_under_the_ru
         assert not (work["registry"] / "production").exists()
         Ledger(work["ledger"]).verify()  # every entry Airlock's own, chain intact
         staged = next((work["registry"] / "staging").glob("[0-9a-f]*"))
-        model = staged / "model"
+        model = opened_object(work, staged) / "model"
         assert sorted(p.name for p in model.iterdir()) == [
             "aibom.cdx.json",
             "evidence",

@@ -220,7 +220,7 @@ def test_model_swapped_while_suspended_ends_the_run(work, worker):
     state = wait_for_state(worker, run_id, lambda s: s.is_final())
     assert state.is_failed(), state.name
     failed = [e["data"]["reason"] for e in Ledger(work["ledger"]).entries() if e["kind"] == "run.failed"]
-    assert failed and "does not verify" in failed[0], failed
+    assert failed and "model.safetensors of model" in failed[0] and "does not decrypt" in failed[0], failed
     assert not (work["registry"] / "production").exists()
     shutil.rmtree(obj)
 

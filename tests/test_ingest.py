@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,7 +222,7 @@ def test_trace_lists_every_file_of_a_registered_model_with_its_source(work, batc
     }
     (model / "provenance.json").write_text(json.dumps(prov))
     sign_model(model, tmp_path / "model.sig", work["keys"] / "model_signing.key")
-    reg = Registry(pol.registry.path, Ledger(pol.ledger.path), pol.trust.model_signing_public_key, pol.trust.approvers)
+    reg = Registry.from_policy(pol, Ledger(pol.ledger.path))  # the demo's: its models are encrypted at rest
     staged = reg.stage(model, tmp_path / "model.sig", prov["run_id"])
 
     res = run_cli("data", "trace", "--stage", "staging", "--config", str(work["policy"]))
@@ -244,6 +245,7 @@ def test_trace_lists_every_file_of_a_registered_model_with_its_source(work, batc
     }
 
     # The registered model changed after signing: trace refuses instead of answering from it.
-    (staged.path / "model" / "provenance.json").write_text(json.dumps(prov | {"run_id": "forged"}))
+    stored = Path(pol.registry.path) / "staging" / staged.digest.removeprefix("sha256:")
+    (stored / "model" / "provenance.json").write_text(json.dumps(prov | {"run_id": "forged"}))
     res = run_cli("data", "trace", "--stage", "staging", "--config", str(work["policy"]))
     assert res.returncode == 1 and res.stderr.startswith("airlock: ") and len(res.stderr.strip().splitlines()) == 1

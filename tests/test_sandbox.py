@@ -35,6 +35,7 @@ SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "aws",
     "SIGSTORE_ID_TOKEN": "jwt",
     "SOME_NEW_TOKEN_NOBODY_LISTED": "x",
+    "AIRLOCK_REGISTRY_KEY": "c2VjcmV0LXJlZ2lzdHJ5LWtleQ==",  # registry.encryption_key = "env:AIRLOCK_REGISTRY_KEY"
 }
 
 
@@ -57,6 +58,7 @@ def layout(tmp_path):
         p.mkdir()
     protected = {
         "key": tmp_path / "keys" / "model_signing.key",
+        "registry_key": tmp_path / "keys" / "registry.key",
         "approvers": tmp_path / "trust" / "approvers",
         "run_trust_copy": tmp_path / "runs" / "r1" / "trust" / "approvers",
         "policy": tmp_path / "airlock.toml",
