@@ -26,6 +26,7 @@ import datetime as _dt
 import fcntl
 import getpass
 import hashlib
+import json
 import os
 import re
 import stat
@@ -200,16 +201,37 @@ def _ingest_locked(
     # before the batch lands, so that the next version's label shift has a baseline.
     before = datastats.dataset_stats(data_dir) if current is not None and "stats" not in current else None
     root = src.parent if src.is_file() else src
-    temps: dict[str, Path] = {}
+    # Every write goes to a temporary first; they are put in place together (_Swap) and taken back if the ledger
+    # cannot record them. A full disk (or any write error) at any point leaves the dataset, its manifest and its
+    # history exactly as they were, and the refusal says so in one line.
+    swap = _Swap()
     try:
-        for rel in batch_files:
-            temps[rel] = _copy_hashed(root / rel, data_dir / rel, batch_tree.files[rel])
-        stats = datastats.dataset_stats(data_dir, overrides=temps)  # the dataset as it will be
-        for rel in batch_files:
-            os.replace(temps.pop(rel), data_dir / rel)
+        return _write_version(
+            swap, dataset, src, root, batch_tree, data_dir, manifest_path, ledger, current, before, old,
+            batch_files, replaced, parent_version, version, batch, source, note, who,
+        )  # fmt: skip
+    except OSError as e:
+        swap.rollback()
+        raise IngestRefused(
+            f"cannot write the batch into {data_dir}: {e.strerror or e}",
+            "free space there and ingest again: nothing was ingested (the dataset and its manifest are as they were)",
+        ) from None
+    except BaseException:
+        swap.rollback()
+        raise
     finally:
-        for t in temps.values():
-            t.unlink(missing_ok=True)
+        swap.done()
+
+
+def _write_version(
+    swap, dataset, src, root, batch_tree, data_dir, manifest_path, ledger, current, before, old,
+    batch_files, replaced, parent_version, version, batch, source, note, who,
+) -> Ingested:  # fmt: skip
+    temps = {
+        rel: swap.add(_copy_hashed(root / rel, data_dir / rel, batch_tree.files[rel]), data_dir / rel)
+        for rel in batch_files
+    }
+    stats = datastats.dataset_stats(data_dir, overrides=temps)  # the dataset as it will be
 
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     files = dict(old)
@@ -238,9 +260,10 @@ def _ingest_locked(
         earlier.setdefault("parent", None)
         if before is not None:
             earlier["stats"] = before
-        _manifest.write(history_path(manifest_path, dataset, parent_version), earlier)
-    _manifest.write(history, new)
-    _manifest.write(manifest_path, new)
+        swap.write(history_path(manifest_path, dataset, parent_version), earlier)
+    swap.write(history, new)
+    swap.write(manifest_path, new)
+    swap.apply()
 
     steps = [
         f"hashed {len(batch_files)} files of the batch in {src.resolve()}",
@@ -326,6 +349,56 @@ def _refuse_path_clashes(batch_files: list[str], old: dict) -> None:
                     f"batch file {rel} would need {a}, a file of the dataset, to be a directory",
                     "rename it in the batch",
                 )
+
+
+class _Swap:
+    """Files written as temporaries, put in place together, and taken back together: each replaced file is kept
+    (a hard link, no space) until the ingest is recorded."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Path, Path]] = []  # (temporary, destination)
+        self.applied: list[tuple[Path, Path | None]] = []  # (destination, the kept original or None if new)
+
+    def add(self, tmp: Path, dst: Path) -> Path:
+        self.pending.append((tmp, dst))
+        return tmp
+
+    def write(self, dst: Path, manifest: dict) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.parent / f".{dst.name}.ingest-{uuid.uuid4().hex}.tmp"
+        self.add(tmp, dst)
+        with open(tmp, "x") as f:
+            f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def apply(self) -> None:
+        while self.pending:
+            tmp, dst = self.pending[0]
+            kept = None
+            if dst.exists():
+                kept = dst.parent / f".{dst.name}.ingest-kept-{uuid.uuid4().hex}"
+                os.link(dst, kept)
+            os.replace(tmp, dst)
+            self.pending.pop(0)
+            self.applied.append((dst, kept))
+
+    def rollback(self) -> None:
+        for dst, kept in reversed(self.applied):
+            if kept is not None:
+                os.replace(kept, dst)
+            else:
+                dst.unlink(missing_ok=True)
+        self.applied.clear()
+
+    def done(self) -> None:
+        for tmp, _ in self.pending:
+            tmp.unlink(missing_ok=True)
+        for _, kept in self.applied:
+            if kept is not None:
+                kept.unlink(missing_ok=True)
+        self.pending.clear()
+        self.applied.clear()
 
 
 def _copy_hashed(src: Path, dst: Path, expected: tuple[str, int]) -> Path:

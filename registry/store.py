@@ -316,10 +316,24 @@ class Registry:
     def stage(self, model_dir: Path, signature: Path, run_id: str, attestations: Path | None = None) -> StagedModel:
         """Stage a signed model with its signed attestations (default: ``attestations/`` and ``attestations.sig``
         beside the signature, where the flow writes them)."""
-        with self._exclusive(), self._logged("stage", run_id=run_id) as log:
+        with self._exclusive(), self._logged("stage", run_id=run_id) as log, self._no_space("staged"):
             staged = self._stage(model_dir, signature, run_id, attestations)
             log["digest"] = staged.digest
             return staged
+
+    @contextlib.contextmanager
+    def _no_space(self, what: str):
+        """A write that fails (a full disk, a quota) is a one-line refusal; its partial copy is removed, and the
+        pointers, which move only after a complete, verified copy, are as they were."""
+        try:
+            yield
+        except OSError as e:
+            with contextlib.suppress(OSError, AirlockError):
+                self._sweep()
+            raise RegistryError(
+                f"cannot write to the registry {self.where}: {e.strerror or e}",
+                f"free space there and run again: nothing was {what}",
+            ) from None
 
     def _stage(self, model_dir: Path, signature: Path, run_id: str, attestations: Path | None) -> StagedModel:
         att = attestations or signature.parent / attest.DIR
@@ -410,7 +424,7 @@ class Registry:
 
     def promote(self, digest: str, approvals: list[_approvals.Approval]) -> dict:
         """Verify, then switch production to ``digest``; serialized with every other registry write."""
-        with self._exclusive(), self._logged("promote", digest=digest, stage="production"):
+        with self._exclusive(), self._logged("promote", digest=digest, stage="production"), self._no_space("promoted"):
             interrupted = self.interrupted_promotion()
             if interrupted is not None:  # a crash after the previous switch: record it before going on
                 self.ledger.append(

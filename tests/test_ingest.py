@@ -249,3 +249,46 @@ def test_trace_lists_every_file_of_a_registered_model_with_its_source(work, batc
     (stored / "model" / "provenance.json").write_text(json.dumps(prov | {"run_id": "forged"}))
     res = run_cli("data", "trace", "--stage", "staging", "--config", str(work["policy"]))
     assert res.returncode == 1 and res.stderr.startswith("airlock: ") and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["copy", "ledger"])
+def test_a_full_disk_during_ingest_is_one_line_and_leaves_the_dataset_as_it_was(work, batch2, where):
+    """RLIMIT_FSIZE cuts writes as a full file system does: while copying the batch, or at the very end, when the
+    ledger entry cannot be written (everything already in place is then taken back)."""
+    import resource
+    import signal
+
+    from airlock.errors import IngestRefused, LedgerError
+
+    ds = work["pol"].data.train
+    ledger = Ledger(work["ledger"])
+    ledger.append("test.padding", {"pad": "x" * 60000})  # a ledger longer than any file this ingest writes
+    watched = [p for p in [*ds.dir.rglob("*"), *ds.manifest.parent.rglob("*")] if p.is_file()]
+    before = {p: p.read_bytes() for p in watched}
+    entries = len(list(ledger.entries()))
+    if where == "copy":
+        (batch2 / "big.bin").write_bytes(os.urandom(1 << 20))
+        limit = 1 << 19
+    else:
+        limit = work["ledger"].stat().st_size + 40
+        assert all(p.stat().st_size < limit for p in batch2.rglob("*") if p.is_file())
+        assert ds.manifest.stat().st_size * 2 < limit, "the new manifest must still fit under the limit"
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
+        with pytest.raises((IngestRefused, LedgerError)) as e:
+            ingest_train(work, batch2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, handler)
+    line = e.value.one_line()
+    assert "File too large" in line and "\n" not in line
+    if where == "copy":
+        assert "nothing was ingested" in line
+    else:  # the batch and the manifests were in place; the ledger refused; all of it was taken back
+        assert isinstance(e.value, LedgerError) and "nothing was recorded" in line
+    now = [p for p in [*ds.dir.rglob("*"), *ds.manifest.parent.rglob("*")] if p.is_file()]
+    assert sorted(now) == sorted(watched) and all(p.read_bytes() == before[p] for p in watched)
+    assert len(list(ledger.entries())) == entries
+    assert ingest_train(work, batch2).version == 2  # with space again, the same batch goes in

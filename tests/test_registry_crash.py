@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from airlock import aibom
+from airlock.errors import RegistryError
 from airlock.ledger import Ledger
 from registry import Registry
 from tests.conftest import sign_model
@@ -116,3 +117,39 @@ def test_two_promotions_of_one_digest_at_once_both_succeed_and_production_is_who
     reg = _registry(pristine, keys)
     assert reg.verify_stage("production")[0].digest == digest and reg.interrupted_promotion() is None
     assert [e["kind"] for e in reg.ledger.entries()].count("registry.promote") == 3
+
+
+@pytest.mark.parametrize("step", ["stage", "promote"])
+def test_a_full_disk_while_staging_or_promoting_is_one_line_and_changes_nothing(tmp_path, trained, keys, step):
+    """RLIMIT_FSIZE cuts writes as a full file system does (a tmpfs would need mounts): the weights' copy fails."""
+    import resource
+    import signal
+
+    from tests.test_affected import _approvals, _model
+
+    reg = Registry(tmp_path / "registry", Ledger(tmp_path / "ledger.jsonl"), keys.model_pub, keys.approvers)
+    model, sig = _model(tmp_path, trained, keys, RUN, {"b0001": "a" * 64})
+    digest = reg.stage(model, sig, RUN).digest if step == "promote" else None
+    weights = (model / "model.safetensors").stat().st_size
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (weights // 2, old[1]))
+        with pytest.raises(RegistryError, match="cannot write to the registry .*File too large") as e:
+            if step == "stage":
+                reg.stage(model, sig, RUN)
+            else:
+                reg.promote(digest, _approvals(keys, RUN, digest))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert f"nothing was {step}d" in e.value.one_line() and "\n" not in e.value.one_line()
+    leftovers = [p for p in reg.root.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+    if step == "stage":
+        assert not reg.has_staged(RUN) and reg.current_pointer("staging") is None
+        assert reg.stage(model, sig, RUN).digest  # with space again, it goes through
+    else:
+        assert reg.current_pointer("production") is None and not reg.holds("production", digest)
+        reg.promote(digest, _approvals(keys, RUN, digest))
+        assert reg.verify_stage("production")[0].digest == digest
