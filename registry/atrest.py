@@ -13,8 +13,8 @@ Security rules:
   - a truncated, reordered or extended file fails (segment numbers are nonces, the last one is flagged, the size is
     authenticated);
   - a file sealed under another key, or not sealed at all where the registry seals (a downgrade), is refused.
-* Decryption checks the plaintext's sha256 against the authenticated one, and then the registry verifies the whole
-  object as always (signature, digest, attestations): encryption adds a refusal, it never replaces one.
+* Then the registry verifies the whole object as always (signature, every file's digest, attestations): encryption
+  adds a refusal, it never replaces one.
 * The key is the pipeline's and the serving side's, like the registry credentials; no sandbox receives it (the
   sandbox's environment is an allowlist), and it is never in the policy: the policy names a file, a variable or a
   token object.
@@ -29,7 +29,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from airlock.errors import RegistryError
 
@@ -237,20 +237,22 @@ class Sealer:
             for i in range(count):
                 chunk = f.read(SEGMENT)
                 out.write(aead.encrypt(_nonce(i), chunk, bound + struct.pack(">QB", i, i == count - 1)))
-            out.flush()
-            os.fsync(out.fileno())
-        return digest
+        return digest  # not fsynced here: the directory store fsyncs the object it commits
 
-    def open(self, src: Path, dst: Path, context: str) -> str:
-        """Write the plaintext of the sealed ``src`` to ``dst`` (new); returns its ``sha256:<hex>``. Anything
-        wrong is a RegistryError naming ``context``; ``dst`` is then removed."""
+    def open(self, src: Path | BinaryIO, dst: Path, context: str) -> str:
+        """Write the plaintext of the sealed ``src`` (a file, or a stream read once: a blob as it downloads) to
+        ``dst`` (new); returns its ``sha256:<hex>``. Anything wrong is a RegistryError naming ``context``; ``dst``
+        is then removed."""
         try:
+            if isinstance(src, Path):
+                with open(src, "rb") as f:
+                    return self._open(f, dst, context)
             return self._open(src, dst, context)
         except BaseException:
             dst.unlink(missing_ok=True)
             raise
 
-    def _open(self, src: Path, dst: Path, context: str) -> str:
+    def _open(self, f: BinaryIO, dst: Path, context: str) -> str:
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -259,55 +261,52 @@ class Sealer:
             f"{what} does not decrypt: altered at rest, swapped in from another model, or truncated",
             "the registry was altered: do not use this model",
         )
-        with open(src, "rb") as f:
-            # A downgrade: a plain file where the registry seals was not put there by this registry.
-            if f.read(len(MAGIC)) != MAGIC:
-                raise RegistryError(
-                    f"{what} is stored unencrypted in a registry that encrypts", "the registry was altered"
-                )
-            raw_len = f.read(4)
-            (n,) = struct.unpack(">I", raw_len) if len(raw_len) == 4 else (_MAX_HEADER + 1,)
-            header = f.read(n) if n <= _MAX_HEADER else b""
-            try:
-                meta = json.loads(header)
-                digest, size, key = str(meta["digest"]), int(meta["size"]), str(meta["key"])
-                wrapped = base64.b64decode(meta["wrapped"], validate=True)
-                if meta.get("v") != 1 or int(meta["segment"]) != SEGMENT or size < 0:
-                    raise ValueError
-            except (ValueError, KeyError, TypeError):
-                raise altered from None
-            # Sealed under another key: say so, rather than "altered" (key rotation, the wrong key file).
-            if key != self.kek.key_id:
-                raise RegistryError(
-                    f"{what} was encrypted with registry key {key}, not this machine's {self.kek.key_id}",
-                    "configure the registry key the models were stored with (registry.encryption_key)",
-                )
-            try:
-                dek = self.kek.unwrap(wrapped, _wrap_aad(context, digest, size))
-            except _Undecryptable:
-                raise altered from None  # another model's file, another path, or an edited header
-            bound = hashlib.sha256(MAGIC + raw_len + header).digest()
-            aead, h, written = AESGCM(dek), hashlib.sha256(), 0
-            count = max(1, -(-size // SEGMENT))
-            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            with os.fdopen(fd, "wb") as out:
-                for i in range(count):
-                    want = min(SEGMENT, size - i * SEGMENT) + _TAG
-                    sealed = f.read(want)
-                    if len(sealed) != want:
-                        raise altered
-                    try:
-                        chunk = aead.decrypt(_nonce(i), sealed, bound + struct.pack(">QB", i, i == count - 1))
-                    except InvalidTag:
-                        raise altered from None
-                    h.update(chunk)
-                    written += len(chunk)
-                    out.write(chunk)
-                if f.read(1):  # bytes after the last segment
+        # A downgrade: a plain file where the registry seals was not put there by this registry.
+        if f.read(len(MAGIC)) != MAGIC:
+            raise RegistryError(f"{what} is stored unencrypted in a registry that encrypts", "the registry was altered")
+        raw_len = f.read(4)
+        (n,) = struct.unpack(">I", raw_len) if len(raw_len) == 4 else (_MAX_HEADER + 1,)
+        header = f.read(n) if n <= _MAX_HEADER else b""
+        try:
+            meta = json.loads(header)
+            digest, size, key = str(meta["digest"]), int(meta["size"]), str(meta["key"])
+            wrapped = base64.b64decode(meta["wrapped"], validate=True)
+            if meta.get("v") != 1 or int(meta["segment"]) != SEGMENT or size < 0:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise altered from None
+        # Sealed under another key: say so, rather than "altered" (key rotation, the wrong key file).
+        if key != self.kek.key_id:
+            raise RegistryError(
+                f"{what} was encrypted with registry key {key}, not this machine's {self.kek.key_id}",
+                "configure the registry key the models were stored with (registry.encryption_key)",
+            )
+        try:
+            dek = self.kek.unwrap(wrapped, _wrap_aad(context, digest, size))
+        except _Undecryptable:
+            raise altered from None  # another model's file, another path, or an edited header
+        bound = hashlib.sha256(MAGIC + raw_len + header).digest()
+        aead, written = AESGCM(dek), 0
+        count = max(1, -(-size // SEGMENT))
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            for i in range(count):
+                want = min(SEGMENT, size - i * SEGMENT) + _TAG
+                sealed = f.read(want)
+                if len(sealed) != want:
                     raise altered
-                out.flush()
-                os.fsync(out.fileno())
-        if f"sha256:{h.hexdigest()}" != digest or written != size:
+                try:
+                    chunk = aead.decrypt(_nonce(i), sealed, bound + struct.pack(">QB", i, i == count - 1))
+                except InvalidTag:
+                    raise altered from None
+                written += len(chunk)
+                out.write(chunk)
+            if f.read(1):  # bytes after the last segment
+                raise altered
+        # Every segment's tag held, each bound to the header (digest, size, key), the header to the data key, the data
+        # key to this model and path: the plaintext is the file that was sealed as this one. (Its sha256 is
+        # recomputed by the object's verification, with every other file's.)
+        if written != size:
             raise altered
         return digest
 

@@ -28,6 +28,7 @@ Security rules:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -163,6 +164,20 @@ class Client:
             )
         os.replace(tmp, dest)
 
+    @contextlib.contextmanager
+    def blob_stream(self, repo: str, digest: str):
+        """A blob as a stream read once (a sealed layer is opened as it arrives, never written out sealed), hashed
+        as it is read: after the body, the whole blob is read to its end and refused unless it matches ``digest``."""
+        with self._req("GET", f"/v2/{repo}/blobs/{digest}", stream=True) as r:
+            reader = _HashingReader(r.iter_content(1 << 20))
+            yield reader
+            reader.drain()
+        if reader.digest() != digest:
+            raise RegistryError(
+                f"the OCI blob {digest[:19]}… does not match its digest (got {reader.digest()[:19]}…)",
+                "the registry's storage was altered: do not use this model",
+            )
+
     def blob_bytes(self, repo: str, digest: str, limit: int = MAX_SMALL_BLOB) -> bytes:
         r = self._req("GET", f"/v2/{repo}/blobs/{digest}")
         data = r.content
@@ -240,6 +255,33 @@ class Client:
             ib = canonical(index)
             self.put_manifest(repo, _fallback_tag(subject["digest"]), ib, INDEX)
         return digest
+
+
+class _HashingReader:
+    """``read(n)`` over an iterator of chunks, hashing every byte that arrives."""
+
+    def __init__(self, chunks) -> None:
+        self._chunks, self._buf, self._h = chunks, bytearray(), hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._h.update(chunk)
+            self._buf += chunk
+        if n < 0:
+            n = len(self._buf)
+        out = bytes(memoryview(self._buf)[:n])
+        del self._buf[:n]
+        return out
+
+    def drain(self) -> None:
+        for chunk in self._chunks:
+            self._h.update(chunk)
+
+    def digest(self) -> str:
+        return "sha256:" + self._h.hexdigest()
 
 
 def _fallback_tag(digest: str) -> str:
@@ -420,12 +462,12 @@ def pull_object(client: Client, repo: str, digest: str, dest: Path, sealer=None)
                 f"{rel} of model {claimed[:19]}… is stored unencrypted in a registry that encrypts",
                 "the registry was altered",
             )
-        tmp = target.with_name(f".{target.name}.sealed")
-        client.fetch_blob(repo, desc["digest"], tmp)
         try:
-            sealer.open(tmp, target, f"{claimed}/{rel}")
-        finally:
-            tmp.unlink(missing_ok=True)
+            with client.blob_stream(repo, desc["digest"]) as stream:  # opened as it arrives; then its digest
+                sealer.open(stream, target, f"{claimed}/{rel}")
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
 
     refs = [r for r in client.referrers(repo, digest) if r.get("artifactType") in (BUNDLE, ATTESTATIONS, APPROVALS)]
     refs.sort(key=lambda r: r.get("artifactType") != BUNDLE)  # the signature first: checked before the model's bytes
