@@ -182,8 +182,8 @@ def test_crash_before_pointer_switch_keeps_old_production(reg, signed_model, key
         return real(path, data)
 
     monkeypatch.setattr(store, "_write_atomic", crash)
-    with pytest.raises(OSError):
-        reg.promote(second.digest, approvals_for(keys, second.digest))
+    with pytest.raises(RegistryError, match="cannot write to the registry .*: power loss"):
+        reg.promote(second.digest, approvals_for(keys, second.digest))  # one line, not a traceback
     monkeypatch.setattr(store, "_write_atomic", real)
     model, _ = reg.verify_stage("production")
     assert model.digest == first.digest  # old model, whole and verified
@@ -196,10 +196,12 @@ def test_crash_while_copying_leaves_no_half_object(reg, signed_model, keys, monk
         raise OSError("disk full")
 
     monkeypatch.setattr(store, "_fsync_tree", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(RegistryError, match="cannot write to the registry .*: disk full") as e:
         reg.promote(staged.digest, approvals_for(keys, staged.digest))
+    assert "nothing was promoted" in e.value.one_line()
     prod = reg.root / "production"
-    assert not (prod / staged.digest[7:]).exists()  # only a temporary directory can be left behind
+    assert not (prod / staged.digest[7:]).exists()
+    assert list(prod.iterdir()) == []  # the partial copy was swept at once
     assert reg.current_pointer("production") is None
 
 
