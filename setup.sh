@@ -21,6 +21,8 @@ command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v pkcs11-tool >/dev/null || missing+=(opensc)
 # An OCI registry (distribution 2.8) the tests start on 127.0.0.1 for the OCI model store (registry/oci.py).
 command -v docker-registry >/dev/null || missing+=(docker-registry)
+# Redis, the runtime guard's shared store, started by the tests on 127.0.0.1 (serve/store.py).
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} with apt-get"

@@ -161,3 +161,9 @@ class MirrorError(AirlockError):
     """The MLflow mirror cannot be written or read (registry/mlflow_mirror.py); it never decides anything."""
 
     exit_code = 1
+
+
+class ServeError(AirlockError):
+    """The serving side cannot start or cannot serve (serve/): a model that does not verify, a bad key file."""
+
+    exit_code = 1

@@ -324,6 +324,44 @@ class MlflowPolicy(_Strict):
     )
 
 
+class ServePolicy(_Strict):
+    """The inference app and its guard (serve/): who may ask, how much, and when a client is an attacker."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    keys: Path = Field(description="the API keys file (serve/keys.py): sha256 of each key, its client, entitlements")
+    store: str = Field(
+        default="memory",
+        pattern=r"^(memory|redis://[^\s/]+(/\d+)?)$",
+        description="where the guard keeps counters, budgets and the response ladder: memory (one worker only) or "
+        "redis://HOST:PORT[/DB] (every worker sees one stream)",
+    )
+    rate_per_second: float = Field(default=20.0, gt=0, le=100000)
+    burst: int = Field(default=40, ge=1, le=1000000)
+    budget: int | None = Field(
+        default=None,
+        ge=1,
+        description="lifetime queries per client; unset: budget_fraction × the model's signed "
+        "extraction effort (queries a copycat needs for 90% agreement)",
+    )
+    budget_fraction: float = Field(default=1.0, gt=0, le=1000)
+    max_batch: int = Field(default=32, ge=1, le=4096)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 30)
+    block_prefix_v4: int = Field(default=24, ge=8, le=32)
+    block_prefix_v6: int = Field(default=64, ge=16, le=128)
+    alerts: Path | None = Field(
+        default=None, description="a file for the Falco-format alerts (JSON lines); unset: stderr"
+    )
+    prada_threshold: float = Field(default=0.945, gt=0, lt=1)
+    prada_warmup: int = Field(default=50, ge=10)
+    similar_window: int = Field(default=50, ge=10)
+    rate_window: int = Field(default=100, ge=20)
+    ood_rate: float = Field(default=0.10, gt=0, lt=1)
+    range_rate: float = Field(default=0.10, gt=0, lt=1)
+    low_margin: float = Field(default=0.2, gt=0, lt=1)
+    low_margin_rate: float = Field(default=0.30, gt=0, lt=1)
+
+
 class RunPolicy(_Strict):
     workdir: Path = Path(".airlock/runs")
 
@@ -345,6 +383,7 @@ class Policy(_Strict):
     ledger: LedgerPolicy
     run: RunPolicy = RunPolicy()
     mlflow: MlflowPolicy | None = None
+    serve: ServePolicy | None = None
 
     # Set by load(): where the policy came from and its digest (recorded with every run); with trust.policy, the
     # protected copy it was read from ("<ref>@<commit>:<path>") and the digest covers both files.
@@ -523,6 +562,10 @@ def load(path: str | Path) -> Policy:
             checkpoints=_resolve(pol.ledger.checkpoints, base),
         ),
         "run": RunPolicy(workdir=_resolve(pol.run.workdir, base)),
+        "serve": pol.serve
+        and pol.serve.model_copy(
+            update={"keys": _resolve(pol.serve.keys, base), "alerts": _resolve(pol.serve.alerts, base)}
+        ),
         "source": path.resolve(),
         "digest": _digest(raw_bytes, protected_bytes),
         "protected": protected_at,

@@ -407,6 +407,59 @@ def cmd_mlflow_sync(args) -> int:
     return EXIT_REFUSED if report.problems else EXIT_OK
 
 
+def cmd_serve(args) -> int:
+    """Serve the production model behind the guard (serve/): verified first, so a model that does not verify is a
+    one-line refusal before anything listens."""
+    import os
+
+    import uvicorn
+
+    from airlock import policy
+    from serve import app as serve_app
+    from serve.model import ServedModel
+
+    pol = policy.load(args.config)
+    if pol.serve is None:
+        raise UsageError("no [serve] section in the policy", "add [serve] keys = ... (docs/serving.md)")
+    host, port = args.host or pol.serve.host, args.port or pol.serve.port
+    if args.workers > 1 and pol.serve.store == "memory":
+        raise UsageError(
+            "several workers need a shared store: serve.store is memory",
+            'set serve.store = "redis://HOST:PORT" (each worker would otherwise keep its own budgets)',
+        )
+    model = ServedModel(pol)  # verifies (signature, approvals, anchor, evidence, AIBOM) and starts the sandbox
+    if args.workers == 1:
+        app = serve_app.build(pol, model)
+        print(f"serving {model.digest} on http://{host}:{port} (guarded: POST /v1/predict)", flush=True)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        return EXIT_OK
+    print(f"verified {model.digest}; serving on http://{host}:{port} with {args.workers} workers", flush=True)
+    model.close()
+    os.environ[serve_app.CONFIG_ENV] = str(pol.source)
+    uvicorn.run(
+        "serve.app:factory", factory=True, host=host, port=port, workers=args.workers, log_level="warning",
+        access_log=False,
+    )  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_api_key(args) -> int:
+    """A new API key for a client of the inference app: printed once; only its sha256 is kept."""
+    from airlock import policy
+    from serve.keys import add_client
+
+    pol = policy.load(args.config)
+    if pol.serve is None:
+        raise UsageError("no [serve] section in the policy", "add [serve] keys = ... (docs/serving.md)")
+    key = add_client(pol.serve.keys, args.client, scores=args.scores)
+    print(key)
+    print(
+        f"airlock: key for {args.client} added to {pol.serve.keys} (shown once; only its sha256 is stored)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def cmd_registry_keygen(args) -> int:
     """A new registry encryption key (registry.encryption_key): 32 random bytes, base64, mode 0600."""
     from registry import atrest
@@ -780,6 +833,18 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ms.add_argument("--config", default="airlock.toml")
     ms.set_defaults(func=cmd_mlflow_sync)
+
+    sv = sub.add_parser("serve", help="serve the production model behind the runtime guard (docs/serving.md)")
+    sv.add_argument("--config", default="airlock.toml")
+    sv.add_argument("--host", help="default: serve.host")
+    sv.add_argument("--port", type=int, help="default: serve.port")
+    sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (needs a redis:// store)")
+    sv.set_defaults(func=cmd_serve)
+    ak = sub.add_parser("api-key", help="a new API key for a client of the inference app")
+    ak.add_argument("client", help="the client's name (shown in alerts; never in metrics)")
+    ak.add_argument("--scores", action="store_true", help="entitled to rounded class scores, not only labels")
+    ak.add_argument("--config", default="airlock.toml")
+    ak.set_defaults(func=cmd_api_key)
 
     lg = sub.add_parser("ledger", help="the tamper-evident log")
     lsub = lg.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)

@@ -1,0 +1,504 @@
+"""The runtime guard (serve/): the demo-shaped production model served behind it, traffic replayed through the real
+app (the model answering from its sandbox) and a real Redis. Benign clients are never alarmed; noise, foreign
+images, Jacobian augmentation and boundary probing are; a natural-image copycat is stopped by its budget; a
+population drift is a drift event with no client alarmed; two workers share one budget through Redis; malformed
+requests never reach the model; a tampered production model is refused at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from airlock import aibom, manifest
+from airlock import policy as _policy
+from airlock.errors import AirlockError
+from airlock.gitutil import isolated_env
+from airlock.hashing import hash_tree
+from airlock.ledger import Ledger
+from registry import Registry
+from serve import app as serve_app
+from serve.alerts import Alerts
+from serve.keys import add_client
+from serve.model import ServedModel
+from serve.store import MemoryStore, RedisStore
+from tests.conftest import ROOT, assert_one_line_refusal, commit, run_cli, sign_model
+from tests.test_registry import RUN, approvals_for
+
+EFFORT = 400  # the signed extraction effort: queries a copycat needed for 90% agreement
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    exe = shutil.which("redis-server")
+    if exe is None:  # fail, never skip: ./setup.sh installs it
+        pytest.fail("redis-server is not installed: run ./setup.sh (Debian: redis-server)")
+    d = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    log = open(d / "redis.log", "wb")
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(d)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    import redis
+
+    r = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, keys, trained, digits):
+    """A promoted model like the demo's (signed provenance naming its training commit, the golden set it was
+    promoted against, a signed extraction effort), a policy with a [serve] section, an API keys file."""
+    d = tmp_path_factory.mktemp("serve")
+    repo = d / "repo"
+    (repo / "training").mkdir(parents=True)
+    for name in ("__init__.py", "model.py", "train.py", "config.toml"):
+        shutil.copy2(ROOT / "training" / name, repo / "training" / name)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=isolated_env())
+    sha = commit(repo, "trainer", keys.key("dev"))
+    model = d / "run" / "model"
+    shutil.copytree(trained, model)
+    golden = manifest.build(digits / "golden", "golden")
+    provenance = {
+        "run_id": RUN,
+        "commit": {"commit": sha, "signer": "dev@example.com"},
+        "gates": [
+            {"gate": "artifact", "verdict": "pass", "code": "artifact.pass", "reason": "ok", "metrics": {}},
+            {
+                "gate": "extraction_effort",
+                "verdict": "advisory",
+                "code": "extraction_effort.measured",
+                "reason": f"a copycat reaches 90% agreement after {EFFORT} queries",
+                "metrics": {"extraction_queries_to_target": float(EFFORT)},
+            },
+        ],
+        "datasets": {"golden": {"root_digest": hash_tree(digits / "golden").root_digest}},
+    }
+    (model / "provenance.json").write_text(json.dumps(provenance))
+    aibom.write(model, provenance, {"golden": golden}, {})
+    sign_model(model, d / "run" / "model.sig", keys.model_key)
+    reg = Registry(d / "registry", Ledger(d / "ledger.jsonl"), keys.model_pub, keys.approvers)
+    staged = reg.stage(model, d / "run" / "model.sig", RUN)
+    reg.promote(staged.digest, approvals_for(keys, staged.digest))
+    keys_file = d / "keys.json"
+    api = {name: add_client(keys_file, name, scores=(name == "partner")) for name in _client_names()}
+    cfg = d / "airlock.toml"
+    cfg.write_text(f"""
+[repo]
+path = "{repo}"
+[trust]
+allowed_signers = "{keys.allowed_signers}"
+approvers = "{keys.approvers}"
+model_signing_public_key = "{keys.model_pub}"
+[data.train]
+dir = "{digits / "train"}"
+manifest = "x.json"
+[data.golden]
+dir = "{digits / "golden"}"
+manifest = "y.json"
+[registry]
+path = "{d / "registry"}"
+[ledger]
+path = "{d / "ledger.jsonl"}"
+[serve]
+keys = "{keys_file}"
+rate_per_second = 100000
+burst = 100000
+alerts = "{d / "alerts.jsonl"}"
+""")
+    pol = _policy.load(cfg)
+    m = ServedModel(pol)
+    yield {"pol": pol, "model": m, "api": api, "cfg": cfg, "digest": staged.digest, "dir": d, "registry": reg}
+    m.close()
+
+
+def _client_names() -> list[str]:
+    return [f"benign-{i}" for i in range(20)] + [
+        "partner", "noise", "knockoff", "jbda", "boundary", "copycat", "pgd", "malformed", "w1", "w2",
+    ]  # fmt: skip
+
+
+def _pool(digits: Path) -> tuple[np.ndarray, np.ndarray]:
+    x = np.load(digits / "train" / "train_x.npy")
+    y = np.load(digits / "train" / "train_y.npy")
+    return x.astype(np.float32), y
+
+
+def _app(served, store=None):
+    alerts = Alerts(served["dir"] / f"alerts-{time.monotonic_ns()}.jsonl")
+    return serve_app.build(served["pol"], served["model"], store=store or MemoryStore(), alerts=alerts), alerts
+
+
+class Traffic:
+    """Clients sending through the real app, each from its own address."""
+
+    def __init__(self, guard, api: dict[str, str]) -> None:
+        self.guard, self.api = guard, api
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def _client(self, name: str, ip: str) -> httpx.AsyncClient:
+        if name not in self._clients:
+            transport = httpx.ASGITransport(app=self.guard, client=(ip, 40000))
+            self._clients[name] = httpx.AsyncClient(transport=transport, base_url="http://airlock")
+        return self._clients[name]
+
+    async def send(self, name: str, x: np.ndarray, ip: str | None = None, key: str | None = None) -> httpx.Response:
+        ip = ip or f"10.{hash(name) % 200}.{hash(name) % 97}.7"
+        c = self._client(name, ip)
+        return await c.post(
+            "/v1/predict",
+            json={"inputs": np.asarray(x, dtype=float).round(4).tolist()},
+            headers={"authorization": f"Bearer {key or self.api[name]}"},
+        )
+
+
+def _alarmed(alerts: Alerts, rule_part: str = "extraction or probing") -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for e in alerts.sent:
+        if rule_part in e["rule"]:
+            out.setdefault(e["output_fields"]["airlock.client"], []).append(e["output_fields"]["airlock.detector"])
+    return out
+
+
+def _jbda(pool: np.ndarray, answer, steps: int, lam: float = 0.1, seed: int = 0):
+    """Jacobian-based dataset augmentation with a linear substitute trained on the victim's answers."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    xs = pool[rng.choice(len(pool), size=20, replace=False)].reshape(20, -1)
+    ys = list(answer(xs))
+    while len(xs) < steps:
+        sub = LogisticRegression(max_iter=200).fit(xs, ys) if len(set(ys)) > 1 else None
+        new = []
+        for x, y in zip(xs[-20:], ys[-20:]):
+            if sub is None:
+                g = rng.standard_normal(x.shape)
+            else:
+                p = sub.predict_proba(x[None])[0]
+                w = sub.coef_
+                cls = list(sub.classes_).index(y) if y in sub.classes_ else 0
+                g = w[cls] - p @ w if w.shape[0] > 1 else w[0]
+            new.append(np.clip(x + lam * np.sign(g), 0, 1))
+        new = np.asarray(new)
+        xs = np.concatenate([xs, new])
+        ys += list(answer(new))
+    return xs[:steps]
+
+
+def test_benign_clients_are_never_alarmed_and_attackers_are_within_their_detectors_warm_up(served, digits):
+    guard, alerts = _app(served)
+    x_pool, _ = _pool(digits)
+    rng = np.random.default_rng(1)
+    t = Traffic(guard, served["api"])
+    sent: dict[str, int] = {}
+
+    async def run():
+        async def benign(i: int):
+            for _ in range(150):
+                x = x_pool[rng.integers(len(x_pool))]
+                x = np.clip(x + rng.normal(0, 0.02, x.shape), 0, 1)  # jittered natural digits
+                r = await t.send(f"benign-{i}", x[None])
+                assert r.status_code == 200, r.text
+                assert set(r.json()) == {"labels", "model"}  # label-only for everyone not entitled to scores
+
+        async def attacker(name: str, queries):
+            n = 0
+            for q in queries:
+                r = await t.send(name, q[None])
+                n += 1
+                if r.status_code != 200:
+                    break
+            sent[name] = n
+
+        noise = rng.uniform(0, 1, size=(300, 1, 8, 8))
+        from sklearn.datasets import load_sample_images
+
+        imgs = [im.mean(2) / 255.0 for im in load_sample_images().images]
+        patches = np.asarray(
+            [
+                imgs[k % 2][r0 : r0 + 64 : 8, c0 : c0 + 64 : 8]
+                for k, (r0, c0) in enumerate(rng.integers(0, 350, size=(300, 2)))
+            ]
+        )[:, None]
+        answer = lambda xs: [int(np.argmax(p)) for p in served["model"].probabilities(xs.reshape(-1, 1, 8, 8))]  # noqa: E731
+        jbda = _jbda(x_pool, answer, 300).reshape(-1, 1, 8, 8)
+        a, b = x_pool[:150], x_pool[150:300]
+        boundary = []
+        for xa, xb in zip(a, b):  # a walk towards the boundary between two digits, then around it
+            for s in (0.5, 0.45, 0.55):
+                boundary.append(np.clip((1 - s) * xa + s * xb + rng.normal(0, 0.01, xa.shape), 0, 1))
+        boundary = np.asarray(boundary[:300])
+        await asyncio.gather(
+            *[benign(i) for i in range(20)],
+            attacker("noise", noise),
+            attacker("knockoff", patches),
+            attacker("jbda", jbda),
+            attacker("boundary", boundary),
+        )
+
+    asyncio.run(run())
+    alarmed = _alarmed(alerts)
+    assert not [c for c in alarmed if c.startswith("benign")], alarmed
+    assert {"noise", "knockoff", "jbda", "boundary"} <= set(alarmed), alarmed
+    assert {"ood", "out_of_range"} & set(alarmed["noise"]) and "ood" in alarmed["knockoff"]
+    assert {"too_similar", "prada"} & set(alarmed["jbda"])
+    assert {"too_similar", "low_margin"} & set(alarmed["boundary"])
+    # Within the warm-up: at most the rate window's 100 queries (the too-similar window: 50) to the first alarm.
+    first: dict[str, int] = {}
+    for e in alerts.sent:
+        f = e["output_fields"]
+        if "airlock.queries_seen" in f:
+            first.setdefault(f["airlock.client"], f["airlock.queries_seen"])
+    assert all(first[c] <= 100 for c in ("noise", "knockoff", "jbda", "boundary")), first
+    # A persistent attacker climbs the ladder to blocked, each step an alert; the block is a 403.
+    rungs = [
+        e["output_fields"]["airlock.rung"] for e in alerts.sent if e["output_fields"].get("airlock.client") == "noise"
+    ]
+    assert rungs[:3] == [1, 2, 3] and sent["noise"] < 300
+    # Falco's output format: what Falcosidekick routes.
+    e = alerts.sent[0]
+    assert {"output", "priority", "rule", "time", "source", "tags", "hostname", "output_fields"} <= set(e)
+    assert e["source"] == "airlock" and e["time"].endswith("Z")
+    # Metrics: counters by detector and outcome, and no client id in any label value.
+    metrics = asyncio.run(_get(guard, "/metrics")).text
+    assert "airlock_guard_alarms_total" in metrics and "airlock_guard_seconds_bucket" in metrics
+    import re
+
+    labels = set(re.findall(r'="([^"]*)"', metrics))
+    assert not [v for v in labels if v in served["api"] or re.match(r"\d+\.\d+\.\d+\.", v)], labels
+
+
+async def _get(guard, path):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://airlock") as c:
+        return await c.get(path)
+
+
+def test_a_natural_image_copycat_is_stopped_by_its_budget_and_milestones_alert(served, digits):
+    guard, alerts = _app(served)
+    x_pool, _ = _pool(digits)
+    t = Traffic(guard, served["api"])
+
+    async def run():
+        codes = []
+        for i in range(0, EFFORT + 20, 10):
+            r = await t.send("copycat", x_pool[i : i + 10])
+            codes.append(r.status_code)
+        return codes
+
+    codes = asyncio.run(run())
+    assert codes[: EFFORT // 10] == [200] * (EFFORT // 10) and set(codes[EFFORT // 10 :]) == {429}
+    assert not _alarmed(alerts)  # statistically benign: no detector fired
+    milestones = [e["output_fields"]["airlock.queries"] for e in alerts.sent if "milestone" in e["rule"]]
+    assert milestones == [EFFORT // 2, 3 * EFFORT // 4, EFFORT]
+
+
+def test_a_population_drift_is_a_drift_event_and_one_client_flooding_is_a_client_alarm(served, digits):
+    guard, alerts = _app(served)
+    x_pool, _ = _pool(digits)
+    rng = np.random.default_rng(3)
+    t = Traffic(guard, served["api"])
+
+    async def drift():
+        async def client(i):
+            for _ in range(40):
+                x = x_pool[rng.integers(len(x_pool))]
+                x = np.clip(np.rot90(x, 1, axes=(1, 2)) * 0.8 + 0.1, 0, 1)  # the camera changed for everyone
+                assert (await t.send(f"benign-{i}", x[None])).status_code == 200
+
+        await asyncio.gather(*[client(i) for i in range(20)])
+
+    asyncio.run(drift())
+    kinds = [e["rule"] for e in alerts.sent]
+    assert "Airlock production drift" in kinds, kinds
+    assert not _alarmed(alerts) and not any("probing in production" in k for k in kinds), kinds
+
+    guard, alerts = _app(served)
+    t = Traffic(guard, served["api"])
+
+    async def flood():
+        async def benign(i):
+            for _ in range(30):
+                x = np.clip(x_pool[rng.integers(len(x_pool))] + rng.normal(0, 0.02, (1, 8, 8)), 0, 1)
+                assert (await t.send(f"benign-{i}", x[None])).status_code == 200
+
+        async def pgd():  # 10% of traffic: perturbed digits at the edge of the input range
+            for _ in range(70):
+                x = x_pool[rng.integers(len(x_pool))]
+                x = np.clip(x + 0.3 * np.sign(rng.standard_normal(x.shape)), 0, 1)
+                if (await t.send("pgd", x[None])).status_code != 200:
+                    return
+
+        await asyncio.gather(*[benign(i) for i in range(20)], pgd())
+
+    asyncio.run(flood())
+    alarmed = _alarmed(alerts)
+    assert "pgd" in alarmed and not [c for c in alarmed if c != "pgd"], alarmed
+    assert "Airlock production drift" not in [e["rule"] for e in alerts.sent]
+
+
+def test_malformed_requests_are_4xx_and_never_reach_the_model(served):
+    guard, alerts = _app(served)
+    calls = []
+    model = served["model"]
+    real = model.probabilities
+    model.probabilities = lambda x: calls.append(x) or real(x)  # counts calls; the real model still answers
+    try:
+        t = Traffic(guard, served["api"])
+        key = served["api"]["malformed"]
+
+        async def run():
+            c = t._client("malformed", "10.9.9.9")
+            h = {"authorization": f"Bearer {key}"}
+            out = {
+                "wrong shape": await c.post("/v1/predict", json={"inputs": [[0.1] * 64]}, headers=h),
+                "NaN": await c.post("/v1/predict", content=b'{"inputs": [[[NaN]]]}', headers=h),
+                "out of range": await c.post("/v1/predict", json={"inputs": [[[2.0] * 8] * 8]}, headers=h),
+                "huge": await c.post("/v1/predict", content=b'{"inputs": [' + b"0," * (1 << 20) + b"0]}", headers=h),
+                "not json": await c.post("/v1/predict", content=b"\xff\xfe", headers=h),
+                "too many": await c.post("/v1/predict", json={"inputs": [[[0.0] * 8] * 8] * 33}, headers=h),
+                "extra key": await c.post("/v1/predict", json={"inputs": [], "admin": True}, headers=h),
+                "no key": await c.post("/v1/predict", json={"inputs": [[[0.0] * 8] * 8]}),
+                "wrong key": await c.post(
+                    "/v1/predict", json={"inputs": [[[0.0] * 8] * 8]}, headers={"authorization": "Bearer nope"}
+                ),
+            }
+            before = len(calls)
+            ok = await c.post("/v1/predict", json={"inputs": [[[[0.0] * 8] * 8]]}, headers=h)
+            return out, ok, before
+
+        out, ok, before = asyncio.run(run())
+    finally:
+        model.probabilities = real
+    codes = {k: r.status_code for k, r in out.items()}
+    assert codes == {
+        "wrong shape": 422, "NaN": 400, "out of range": 422, "huge": 413, "not json": 400, "too many": 400,
+        "extra key": 400, "no key": 401, "wrong key": 401,
+    }, codes  # fmt: skip
+    assert all(set(r.json()) == {"error", "detail"} for r in out.values())
+    assert before == 0  # none of them reached the model
+    assert ok.status_code == 200 and len(calls) == 1, ok.text  # the well-formed one did
+
+
+def test_an_entitled_client_gets_rounded_scores_until_it_is_alarmed(served, digits):
+    guard, _ = _app(served)
+    x_pool, _ = _pool(digits)
+    t = Traffic(guard, served["api"])
+    r = asyncio.run(t.send("partner", x_pool[:2]))
+    body = r.json()
+    assert r.status_code == 200 and len(body["scores"]) == 2
+    assert all(abs(sum(row) - 1) < 0.05 and all(v == round(v, 2) for v in row) for row in body["scores"])
+
+    async def probe():
+        noise = np.random.default_rng(0).uniform(0, 1, size=(80, 1, 8, 8))
+        last = None
+        for q in noise:
+            last = await t.send("partner", q[None])
+        return last
+
+    last = asyncio.run(probe())
+    assert last.status_code in (200, 403) and "scores" not in last.json()  # alarmed: label-only, then blocked
+
+
+def test_two_workers_share_one_clients_budget_through_redis(served, redis_url, tmp_path, digits):
+    """`airlock serve --workers 2`: each worker its own app and sandboxed model; one budget between them."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    cfg = tmp_path / "airlock.toml"
+    text = served["cfg"].read_text().replace("[serve]\n", f'[serve]\nstore = "{redis_url}"\nbudget = 60\n')
+    cfg.write_text(text)
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--config", str(cfg), "--port", str(port), "--workers", "2"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        pids = set()
+        for _ in range(40):  # a new connection each time: the kernel spreads them over both workers
+            with httpx.Client() as c:
+                pids.add(c.get(f"{base}/healthz").json()["worker"])
+            if len(pids) == 2:
+                break
+        codes = []
+        x_pool, _ = _pool(digits)
+        key = served["api"]["w1"]
+        for i in range(70):
+            with httpx.Client() as c:
+                r = c.post(
+                    f"{base}/v1/predict",
+                    json={"inputs": x_pool[i : i + 1].round(4).tolist()},  # natural digits: no detector fires
+                    headers={"authorization": f"Bearer {key}"},
+                )
+                codes.append(r.status_code)
+        assert len(pids) == 2, pids
+        assert codes[:60] == [200] * 60 and codes[60:] == [429] * 10, codes
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+        log.close()
+
+
+def test_a_tampered_production_model_is_refused_at_start_up(served, tmp_path):
+    reg = served["registry"]
+    weights = reg.root / "production" / served["digest"].removeprefix("sha256:") / "model" / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        data = bytearray(original)
+        data[-1] ^= 1
+        weights.write_bytes(bytes(data))
+        with pytest.raises(AirlockError, match="does not verify|digest"):
+            ServedModel(served["pol"])
+        res = run_cli("serve", "--config", str(served["cfg"]), "--port", str(_free_port()))
+        assert_one_line_refusal(res, 1, "production")
+    finally:
+        weights.write_bytes(original)
+
+
+def test_redis_store_is_atomic_across_connections(redis_url):
+    async def run():
+        a, b = RedisStore(redis_url, prefix="t:atomic:"), RedisStore(redis_url, prefix="t:atomic:")
+        results = await asyncio.gather(*[s.admit("c", "b", 1000, 10, 1, 0.25) for s in (a, b) * 10])
+        await a.close()
+        await b.close()
+        return results
+
+    results = asyncio.run(run())
+    assert sum(r.status == 0 for r in results) == 10  # a burst of 10: exactly 10 of 20 concurrent requests pass
+    assert sorted(r.count for r in results if r.status == 0) == list(range(1, 11))
