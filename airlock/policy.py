@@ -362,6 +362,14 @@ class ServePolicy(_Strict):
     low_margin_rate: float = Field(default=0.30, gt=0, lt=1)
 
 
+class WatchPolicy(_Strict):
+    """`airlock watch` (serve/watch.py): production re-verified and re-evaluated on a schedule."""
+
+    max_golden_drop: float = Field(
+        default=0.02, ge=0, le=1, description="alert when golden accuracy falls this far below the signed one"
+    )
+
+
 class RunPolicy(_Strict):
     workdir: Path = Path(".airlock/runs")
 
@@ -384,6 +392,7 @@ class Policy(_Strict):
     run: RunPolicy = RunPolicy()
     mlflow: MlflowPolicy | None = None
     serve: ServePolicy | None = None
+    watch: WatchPolicy = WatchPolicy()
 
     # Set by load(): where the policy came from and its digest (recorded with every run); with trust.policy, the
     # protected copy it was read from ("<ref>@<commit>:<path>") and the digest covers both files.

@@ -443,6 +443,24 @@ def cmd_serve(args) -> int:
     return EXIT_OK
 
 
+def cmd_watch(args) -> int:
+    """Production re-verified (signature, approvals now, ledger anchor and checkpoints) and re-evaluated on the golden
+    set as it is now; any failure is an alert (Falco format) and exit 1. The scheduled deployment runs the same."""
+    from airlock import policy
+    from serve.watch import check
+
+    report = check(policy.load(args.config))
+    if args.json:
+        print(json.dumps(report.__dict__ | {"ok": report.ok}, indent=2))
+    else:
+        for c in report.checks:
+            print(f"{'ok    ' if c['ok'] else 'FAILED'}  {c['check']:<8} {c['detail']}")
+    if not report.ok:
+        _err("production watch failed: " + "; ".join(c["check"] for c in report.checks if not c["ok"]))
+        return EXIT_REFUSED
+    return EXIT_OK
+
+
 def cmd_api_key(args) -> int:
     """A new API key for a client of the inference app: printed once; only its sha256 is kept."""
     from airlock import policy
@@ -840,6 +858,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, help="default: serve.port")
     sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (needs a redis:// store)")
     sv.set_defaults(func=cmd_serve)
+    wa = sub.add_parser("watch", help="re-verify production and re-evaluate it on the golden set (exit 1: alert)")
+    wa.add_argument("--config", default="airlock.toml")
+    wa.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    wa.set_defaults(func=cmd_watch)
     ak = sub.add_parser("api-key", help="a new API key for a client of the inference app")
     ak.add_argument("client", help="the client's name (shown in alerts; never in metrics)")
     ak.add_argument("--scores", action="store_true", help="entitled to rounded class scores, not only labels")

@@ -36,6 +36,7 @@ from airlock.ledger import Ledger
 from airlock.ledger import generate_key as generate_ledger_key
 from flows import _server
 from registry import atrest
+from serve.keys import add_client
 
 COMMITTER = "dev@airlock.demo"
 APPROVERS = ("alice@airlock.demo", "bob@airlock.demo")
@@ -91,6 +92,8 @@ def build(workdir: Path, *, checked: bool = False, registry_url: str | None = No
     modelsign.generate_keypair(keys / "model_signing.key", trust / "model_signing.pub")
     generate_ledger_key(keys / "ledger.key", trust / "ledger.pub")  # every ledger entry is signed with it
     atrest.generate_key(keys / "registry.key")  # the stored models are encrypted with it (registry/atrest.py)
+    # An API key for `airlock serve` (only its sha256 is in serve-keys.json).
+    (keys / "demo-client.apikey").write_text(add_client(workdir / "serve-keys.json", "demo-client") + "\n")
     # Where signed checkpoints of the ledger go after every run (a real deployment pushes this ref elsewhere).
     subprocess.run(["git", "init", "-q", str(workdir / "checkpoints")], check=True, env=isolated_env())
 
@@ -237,6 +240,11 @@ checkpoints = "checkpoints"        # signed checkpoints of the ledger's head, af
 
 [run]
 workdir = "runs"
+
+[serve]                 # airlock serve: production behind the runtime guard (docs/serving.md)
+keys = "serve-keys.json"           # sha256 of each API key; keys/demo-client.apikey holds the demo client's key
+store = "memory"                   # one worker; redis://HOST:PORT for several
+alerts = "alerts.jsonl"            # Falco-format alerts
 """
 
 
@@ -400,7 +408,9 @@ def _run(args, log, workdir: Path, server: _server.Server, t0: float) -> int:
         print(
             f"\n{'promoted and verified' if ok else 'NOT promoted'} in {result['seconds']} s. Try:\n"
             f"  airlock verify --config {paths['policy']}\n"
-            f"  airlock ledger verify --config {paths['policy']}",
+            f"  airlock ledger verify --config {paths['policy']}\n"
+            f'  airlock serve --config {paths["policy"]}   # then: curl -H "Authorization: Bearer $(cat '
+            f'{paths["keys"]}/demo-client.apikey)" -d @digit.json http://127.0.0.1:8080/v1/predict',
             file=log,
         )
     return 0 if ok and verified else 1

@@ -84,3 +84,46 @@ def test_demo_end_to_end_with_approvals_from_separate_processes(tmp_path, oci_se
     approvers = [e["data"]["evidence"]["approver"] for e in entries if e["kind"] == "approval.received"]
     assert approvers == ["alice@airlock.demo", "bob@airlock.demo"]
     assert [e["kind"] for e in entries][-2:] == ["registry.promote", "run.promoted"]
+
+    # `airlock serve` serves the demo's production model (fetched from the OCI registry, decrypted, verified)
+    # behind the guard; its budget is the model's signed extraction effort.
+    import socket
+    import time
+
+    import httpx
+    import numpy as np
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "serve.log", "wb")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--config", cfg, "--port", str(port)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.5)
+        described = httpx.get(f"{base}/v1/model").json()
+        assert described["digest"] == out["model_digest"] and described["budget"] > 0
+        key = (tmp_path / "d" / "keys" / "demo-client.apikey").read_text().strip()
+        golden = np.load(tmp_path / "d" / "data" / "golden" / "golden_x.npy")[:5]
+        labels = np.load(tmp_path / "d" / "data" / "golden" / "golden_y.npy")[:5]
+        r = httpx.post(
+            f"{base}/v1/predict", json={"inputs": golden.tolist()}, headers={"authorization": f"Bearer {key}"}
+        )
+        assert r.status_code == 200 and set(r.json()) == {"labels", "model"}, r.text
+        assert np.mean(np.asarray(r.json()["labels"]) == labels) >= 0.8
+        assert httpx.post(f"{base}/v1/predict", json={"inputs": golden.tolist()}).status_code == 401
+    finally:
+        os.killpg(serve.pid, 15)
+        serve.wait(30)
+        log.close()

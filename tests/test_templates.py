@@ -407,20 +407,23 @@ def _base_job_template() -> dict:
     return json.loads((PREFECT / "k8s-base-job-template.json").read_text())
 
 
-def test_prefect_yaml_has_a_process_and_a_kubernetes_deployment():
+def test_prefect_yaml_has_a_process_and_a_kubernetes_deployment_and_a_scheduled_watch():
     deps = {d["name"]: d for d in _prefect_yaml()["deployments"]}
-    pools = {d["work_pool"]["name"] for d in deps.values()}
+    retrain = {n: d for n, d in deps.items() if n.startswith("retrain-")}
+    pools = {d["work_pool"]["name"] for d in retrain.values()}
     assert pools == {"airlock-process", "airlock-kubernetes"}
-    for d in deps.values():
+    for d in retrain.values():
         assert d["entrypoint"] == deps["retrain-process"]["entrypoint"], "both deployments run the same flow"
         assert d.get("concurrency_limit") == 1
         assert not d.get("schedules") and not d.get("schedule"), "GitHub's workflow is the only trigger"
+    watch = deps["watch-production"]
+    assert watch["entrypoint"] == "flows/watch.py:watch" and watch["schedules"][0]["cron"]
 
 
 def test_prefect_yaml_is_accepted_by_prefect():
     models = pytest.importorskip("prefect.cli.deploy._models")
     model = models.PrefectYamlModel.model_validate(_prefect_yaml())
-    assert len(model.deployments) == 2
+    assert len(model.deployments) == 3
     import inspect
 
     import prefect.deployments.steps as steps
@@ -434,17 +437,17 @@ def test_prefect_yaml_is_accepted_by_prefect():
 
 
 def test_prefect_entrypoint_names_the_flow():
-    """The deployments must name the real flow and its parameters."""
-    entry = _prefect_yaml()["deployments"][0]["entrypoint"]
-    path, func = entry.split(":")
-    flows = [p for p in (ROOT / "flows").glob("*.py") if "@flow" in p.read_text()]
-    assert (ROOT / path).exists(), f"prefect.yaml entrypoint {entry}: no file {path}; flows are in {flows}"
-    tree = ast.parse((ROOT / path).read_text())
-    fns = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    assert func in fns, f"prefect.yaml entrypoint {entry}: no function {func} in {path}"
-    args = fns[func].args
-    names = {a.arg for a in args.args + args.kwonlyargs}
+    """The deployments must name the real flows and their parameters."""
     for d in _prefect_yaml()["deployments"]:
+        entry = d["entrypoint"]
+        path, func = entry.split(":")
+        flows = [p for p in (ROOT / "flows").glob("*.py") if "@flow" in p.read_text()]
+        assert (ROOT / path).exists(), f"prefect.yaml entrypoint {entry}: no file {path}; flows are in {flows}"
+        tree = ast.parse((ROOT / path).read_text())
+        fns = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        assert func in fns, f"prefect.yaml entrypoint {entry}: no function {func} in {path}"
+        args = fns[func].args
+        names = {a.arg for a in args.args + args.kwonlyargs}
         assert set(d.get("parameters", {})) <= names, f"{d['name']}: parameters {set(d['parameters'])} vs {names}"
 
 
