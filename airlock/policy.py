@@ -329,7 +329,9 @@ class ServePolicy(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
-    keys: Path = Field(description="the API keys file (serve/keys.py): sha256 of each key, its client, entitlements")
+    api_keys: Path = Field(
+        description="the API keys file (serve/keys.py): sha256 of each key, its client, entitlements"
+    )
     store: str = Field(
         default="memory",
         pattern=r"^(memory|redis://[^\s/]+(/\d+)?)$",
@@ -573,7 +575,7 @@ def load(path: str | Path) -> Policy:
         "run": RunPolicy(workdir=_resolve(pol.run.workdir, base)),
         "serve": pol.serve
         and pol.serve.model_copy(
-            update={"keys": _resolve(pol.serve.keys, base), "alerts": _resolve(pol.serve.alerts, base)}
+            update={"api_keys": _resolve(pol.serve.api_keys, base), "alerts": _resolve(pol.serve.alerts, base)}
         ),
         "source": path.resolve(),
         "digest": _digest(raw_bytes, protected_bytes),

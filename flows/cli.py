@@ -420,7 +420,7 @@ def cmd_serve(args) -> int:
 
     pol = policy.load(args.config)
     if pol.serve is None:
-        raise UsageError("no [serve] section in the policy", "add [serve] keys = ... (docs/serving.md)")
+        raise UsageError("no [serve] section in the policy", "add [serve] api_keys = ... (docs/serving.md)")
     host, port = args.host or pol.serve.host, args.port or pol.serve.port
     if args.workers > 1 and pol.serve.store == "memory":
         raise UsageError(
@@ -468,11 +468,11 @@ def cmd_api_key(args) -> int:
 
     pol = policy.load(args.config)
     if pol.serve is None:
-        raise UsageError("no [serve] section in the policy", "add [serve] keys = ... (docs/serving.md)")
-    key = add_client(pol.serve.keys, args.client, scores=args.scores)
+        raise UsageError("no [serve] section in the policy", "add [serve] api_keys = ... (docs/serving.md)")
+    key = add_client(pol.serve.api_keys, args.client, scores=args.scores)
     print(key)
     print(
-        f"airlock: key for {args.client} added to {pol.serve.keys} (shown once; only its sha256 is stored)",
+        f"airlock: key for {args.client} added to {pol.serve.api_keys} (shown once; only its sha256 is stored)",
         file=sys.stderr,
     )
     return EXIT_OK

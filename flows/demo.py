@@ -242,7 +242,7 @@ checkpoints = "checkpoints"        # signed checkpoints of the ledger's head, af
 workdir = "runs"
 
 [serve]                 # airlock serve: production behind the runtime guard (docs/serving.md)
-keys = "serve-keys.json"           # sha256 of each API key; keys/demo-client.apikey holds the demo client's key
+api_keys = "serve-keys.json"         # sha256 of each API key; keys/demo-client.apikey holds the demo client's key
 store = "memory"                   # one worker; redis://HOST:PORT for several
 alerts = "alerts.jsonl"            # Falco-format alerts
 """

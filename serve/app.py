@@ -44,7 +44,7 @@ def build(pol, model, store=None, alerts: Alerts | None = None) -> Any:
 
     cfg = pol.serve
     if cfg is None:
-        raise ServeError("no [serve] section in the policy", "add [serve] keys = ... (docs/serving.md)")
+        raise ServeError("no [serve] section in the policy", "add [serve] api_keys = ... (docs/serving.md)")
     contract = InputContract.from_metadata(model.metadata, cfg.max_batch, cfg.max_body_bytes)
     x_ref = model.reference(pol)
     ref = Reference.build(x_ref, model.probabilities(x_ref), cfg.similar_window, cfg.low_margin)
@@ -99,7 +99,7 @@ def build(pol, model, store=None, alerts: Alerts | None = None) -> Any:
 
     guard = Guard(
         app,
-        keys=Keys.load(cfg.keys),
+        keys=Keys.load(cfg.api_keys),
         store=the_store,
         contract=contract,
         reference=ref,

@@ -117,6 +117,7 @@ class Guard:
         self.cfg, self.alerts, self.metrics = config, alerts, metrics or Metrics()
         self.model_digest = model_digest
         self.budget = config.budget
+        self.timings: list[float] | None = None  # each request's guard time, when a benchmark asks for it
         self.effort: int | None = None  # the signed extraction effort the budget came from (serve/app.py)
         self.clients: dict[str, ClientDetectors] = {}
         self.window = Window(reference, config.window)
@@ -191,7 +192,10 @@ class Guard:
         # 5. What it was: detectors and the window, after the answer (the client does not wait on them).
         if probs is not None:
             await self._observe(client.name, block, x, np.asarray(probs))
-        self.metrics.overhead.observe(guard_time + (time.perf_counter() - after))
+        overhead = guard_time + (time.perf_counter() - after)
+        self.metrics.overhead.observe(overhead)
+        if self.timings is not None:
+            self.timings.append(overhead)
 
     # -- after the answer ------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """API keys: the file holds only each key's sha256, the client it names and what that client may see.
 
-``serve.keys`` (JSON)::
+``serve.api_keys`` (JSON)::
 
     {"clients": [{"client": "fraud-team", "sha256": "<hex of sha256(key)>", "scores": false}]}
 
@@ -40,7 +40,7 @@ class Keys:
         try:
             doc = untrusted.loads(path.read_bytes(), f"the API keys file {path}")
         except OSError as e:
-            raise ServeError(f"cannot read the API keys file {path}: {e.strerror}", "check serve.keys") from None
+            raise ServeError(f"cannot read the API keys file {path}: {e.strerror}", "check serve.api_keys") from None
         except AirlockError as e:
             raise ServeError(e.what, "fix the API keys file (serve/keys.py)") from None
         rows = doc.get("clients") if isinstance(doc, dict) else None

@@ -32,6 +32,7 @@ from serve.alerts import Alerts
 from serve.keys import add_client
 from serve.model import ServedModel
 from serve.store import MemoryStore, RedisStore
+from tests import guard_traffic as gt
 from tests.conftest import ROOT, assert_one_line_refusal, commit, run_cli, sign_model
 from tests.test_registry import RUN, approvals_for
 
@@ -136,7 +137,7 @@ path = "{d / "registry"}"
 [ledger]
 path = "{d / "ledger.jsonl"}"
 [serve]
-keys = "{keys_file}"
+api_keys = "{keys_file}"
 rate_per_second = 100000
 burst = 100000
 alerts = "{d / "alerts.jsonl"}"
@@ -164,29 +165,6 @@ def _app(served, store=None):
     return serve_app.build(served["pol"], served["model"], store=store or MemoryStore(), alerts=alerts), alerts
 
 
-class Traffic:
-    """Clients sending through the real app, each from its own address."""
-
-    def __init__(self, guard, api: dict[str, str]) -> None:
-        self.guard, self.api = guard, api
-        self._clients: dict[str, httpx.AsyncClient] = {}
-
-    def _client(self, name: str, ip: str) -> httpx.AsyncClient:
-        if name not in self._clients:
-            transport = httpx.ASGITransport(app=self.guard, client=(ip, 40000))
-            self._clients[name] = httpx.AsyncClient(transport=transport, base_url="http://airlock")
-        return self._clients[name]
-
-    async def send(self, name: str, x: np.ndarray, ip: str | None = None, key: str | None = None) -> httpx.Response:
-        ip = ip or f"10.{hash(name) % 200}.{hash(name) % 97}.7"
-        c = self._client(name, ip)
-        return await c.post(
-            "/v1/predict",
-            json={"inputs": np.asarray(x, dtype=float).round(4).tolist()},
-            headers={"authorization": f"Bearer {key or self.api[name]}"},
-        )
-
-
 def _alarmed(alerts: Alerts, rule_part: str = "extraction or probing") -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for e in alerts.sent:
@@ -195,36 +173,11 @@ def _alarmed(alerts: Alerts, rule_part: str = "extraction or probing") -> dict[s
     return out
 
 
-def _jbda(pool: np.ndarray, answer, steps: int, lam: float = 0.1, seed: int = 0):
-    """Jacobian-based dataset augmentation with a linear substitute trained on the victim's answers."""
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(seed)
-    xs = pool[rng.choice(len(pool), size=20, replace=False)].reshape(20, -1)
-    ys = list(answer(xs))
-    while len(xs) < steps:
-        sub = LogisticRegression(max_iter=200).fit(xs, ys) if len(set(ys)) > 1 else None
-        new = []
-        for x, y in zip(xs[-20:], ys[-20:]):
-            if sub is None:
-                g = rng.standard_normal(x.shape)
-            else:
-                p = sub.predict_proba(x[None])[0]
-                w = sub.coef_
-                cls = list(sub.classes_).index(y) if y in sub.classes_ else 0
-                g = w[cls] - p @ w if w.shape[0] > 1 else w[0]
-            new.append(np.clip(x + lam * np.sign(g), 0, 1))
-        new = np.asarray(new)
-        xs = np.concatenate([xs, new])
-        ys += list(answer(new))
-    return xs[:steps]
-
-
 def test_benign_clients_are_never_alarmed_and_attackers_are_within_their_detectors_warm_up(served, digits):
     guard, alerts = _app(served)
     x_pool, _ = _pool(digits)
     rng = np.random.default_rng(1)
-    t = Traffic(guard, served["api"])
+    t = gt.Traffic(guard, served["api"])
     sent: dict[str, int] = {}
 
     async def run():
@@ -245,24 +198,11 @@ def test_benign_clients_are_never_alarmed_and_attackers_are_within_their_detecto
                     break
             sent[name] = n
 
-        noise = rng.uniform(0, 1, size=(300, 1, 8, 8))
-        from sklearn.datasets import load_sample_images
-
-        imgs = [im.mean(2) / 255.0 for im in load_sample_images().images]
-        patches = np.asarray(
-            [
-                imgs[k % 2][r0 : r0 + 64 : 8, c0 : c0 + 64 : 8]
-                for k, (r0, c0) in enumerate(rng.integers(0, 350, size=(300, 2)))
-            ]
-        )[:, None]
-        answer = lambda xs: [int(np.argmax(p)) for p in served["model"].probabilities(xs.reshape(-1, 1, 8, 8))]  # noqa: E731
-        jbda = _jbda(x_pool, answer, 300).reshape(-1, 1, 8, 8)
-        a, b = x_pool[:150], x_pool[150:300]
-        boundary = []
-        for xa, xb in zip(a, b):  # a walk towards the boundary between two digits, then around it
-            for s in (0.5, 0.45, 0.55):
-                boundary.append(np.clip((1 - s) * xa + s * xb + rng.normal(0, 0.01, xa.shape), 0, 1))
-        boundary = np.asarray(boundary[:300])
+        answer = lambda xs: served["model"].probabilities(xs).argmax(1)  # noqa: E731
+        noise = gt.noise(300, rng)
+        patches = gt.knockoff(300, rng)
+        jbda = gt.jbda(x_pool, answer, 300, rng)
+        boundary = gt.boundary(x_pool, 300, rng)
         await asyncio.gather(
             *[benign(i) for i in range(20)],
             attacker("noise", noise),
@@ -311,7 +251,7 @@ async def _get(guard, path):
 def test_a_natural_image_copycat_is_stopped_by_its_budget_and_milestones_alert(served, digits):
     guard, alerts = _app(served)
     x_pool, _ = _pool(digits)
-    t = Traffic(guard, served["api"])
+    t = gt.Traffic(guard, served["api"])
 
     async def run():
         codes = []
@@ -331,7 +271,7 @@ def test_a_population_drift_is_a_drift_event_and_one_client_flooding_is_a_client
     guard, alerts = _app(served)
     x_pool, _ = _pool(digits)
     rng = np.random.default_rng(3)
-    t = Traffic(guard, served["api"])
+    t = gt.Traffic(guard, served["api"])
 
     async def drift():
         async def client(i):
@@ -348,7 +288,7 @@ def test_a_population_drift_is_a_drift_event_and_one_client_flooding_is_a_client
     assert not _alarmed(alerts) and not any("probing in production" in k for k in kinds), kinds
 
     guard, alerts = _app(served)
-    t = Traffic(guard, served["api"])
+    t = gt.Traffic(guard, served["api"])
 
     async def flood():
         async def benign(i):
@@ -378,11 +318,11 @@ def test_malformed_requests_are_4xx_and_never_reach_the_model(served):
     real = model.probabilities
     model.probabilities = lambda x: calls.append(x) or real(x)  # counts calls; the real model still answers
     try:
-        t = Traffic(guard, served["api"])
+        t = gt.Traffic(guard, served["api"])
         key = served["api"]["malformed"]
 
         async def run():
-            c = t._client("malformed", "10.9.9.9")
+            c = t.client("malformed", "10.9.9.9")
             h = {"authorization": f"Bearer {key}"}
             out = {
                 "wrong shape": await c.post("/v1/predict", json={"inputs": [[0.1] * 64]}, headers=h),
@@ -417,7 +357,7 @@ def test_malformed_requests_are_4xx_and_never_reach_the_model(served):
 def test_an_entitled_client_gets_rounded_scores_until_it_is_alarmed(served, digits):
     guard, _ = _app(served)
     x_pool, _ = _pool(digits)
-    t = Traffic(guard, served["api"])
+    t = gt.Traffic(guard, served["api"])
     r = asyncio.run(t.send("partner", x_pool[:2]))
     body = r.json()
     assert r.status_code == 200 and len(body["scores"]) == 2
