@@ -66,7 +66,7 @@ def _agreement(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, victim: np.ndar
     return float((clf.predict(x_test.reshape(len(x_test), -1)) == victim).mean())
 
 
-async def _run_type(kind, pol, model, api, pool, x_test, victim, clients, queries, seed, tmp):
+async def _run_type(kind, pol, model, api, pool, x_test, victim, clients, queries, seed, tmp, budget=True):
     from serve import app as serve_app
     from serve.alerts import Alerts
     from serve.store import MemoryStore
@@ -74,6 +74,9 @@ async def _run_type(kind, pol, model, api, pool, x_test, victim, clients, querie
 
     alerts = Alerts(tmp / f"alerts-{kind}.jsonl")
     guard = serve_app.build(pol, model, store=MemoryStore(), alerts=alerts)
+    signed_budget = guard.budget
+    if not budget:  # the detectors alone: the budget would otherwise stop every client first
+        guard.cfg.budget = 10**9
     t = Traffic(guard, api)
     rng = np.random.default_rng(seed)
 
@@ -120,6 +123,7 @@ async def _run_type(kind, pol, model, api, pool, x_test, victim, clients, querie
                 "queries_before_alarm": first.get(n),
                 "refused_at": stopped[n],
                 "agreement_at_alarm": _agreement(x_seen, y_seen, x_test, victim) if n in first else None,
+                "agreement_when_refused": _agreement(x_seen, y_seen, x_test, victim) if stopped[n] else None,
                 "agreement_unstopped": _agreement(made[n], answer(made[n]), x_test, victim),
             }
         )
@@ -136,11 +140,12 @@ async def _run_type(kind, pol, model, api, pool, x_test, victim, clients, querie
         "median_queries_before_alarm": med("queries_before_alarm"),
         "median_refused_at": med("refused_at"),
         "median_agreement_at_alarm": med("agreement_at_alarm"),
+        "median_agreement_when_refused": med("agreement_when_refused"),
         "median_agreement_unstopped": med("agreement_unstopped"),
         "detectors": detectors,
         "rules": rules,
         "background_alarmed": bg_alarmed,
-        "budget": guard.budget,
+        "budget": signed_budget if budget else None,
         "clients": rows,
     }
 
@@ -218,9 +223,18 @@ def main() -> int:
     results = []
     try:
         for i, kind in enumerate(TYPES):
-            r = asyncio.run(_run_type(kind, pol, model, api, pool, x_test, victim, args.clients, args.queries, i, tmp))
+            r = asyncio.run(
+                _run_type(kind, pol, model, api, pool, x_test, victim, args.clients, args.queries, i, tmp, False)
+            )
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "clients"}), flush=True)
+        # As served: the budget (the signed extraction effort) in force; the copycat is what it is for.
+        r = asyncio.run(
+            _run_type("copycat", pol, model, api, pool, x_test, victim, args.clients, args.queries, 99, tmp)
+        )
+        r["type"] = "copycat (budget in force)"
+        results.append(r)
+        print(json.dumps({k: v for k, v in r.items() if k != "clients"}), flush=True)
         latency = {"memory": asyncio.run(_latency(pol, model, api, pool, MemoryStore(), args.latency_requests))}
         proc, url = _redis()
         try:
@@ -234,7 +248,7 @@ def main() -> int:
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "model": model.digest,
-        "budget": results[0]["budget"],
+        "budget": results[-1]["budget"],
         "types": results,
         "latency": latency,
         "target": {"guard_ms_p99": 0.5},
