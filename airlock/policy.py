@@ -355,13 +355,18 @@ class ServePolicy(_Strict):
         default=None, description="a file for the Falco-format alerts (JSON lines); unset: stderr"
     )
     prada_threshold: float = Field(default=0.945, gt=0, lt=1)
-    prada_warmup: int = Field(default=50, ge=10)
+    prada_warmup: int = Field(default=100, ge=10)
     similar_window: int = Field(default=50, ge=10)
     rate_window: int = Field(default=100, ge=20)
     ood_rate: float = Field(default=0.10, gt=0, lt=1)
     range_rate: float = Field(default=0.10, gt=0, lt=1)
     low_margin: float = Field(default=0.2, gt=0, lt=1)
     low_margin_rate: float = Field(default=0.30, gt=0, lt=1)
+    retrain_deployment: str | None = Field(
+        default=None,
+        pattern=r"^[^/\s]+/[^/\s]+$",
+        description="FLOW/DEPLOYMENT to run on a drift event (at most once an hour), e.g. airlock-retrain/retrain-process",
+    )
 
 
 class WatchPolicy(_Strict):

@@ -117,7 +117,9 @@ class Guard:
         self.cfg, self.alerts, self.metrics = config, alerts, metrics or Metrics()
         self.model_digest = model_digest
         self.budget = config.budget
-        self.timings: list[float] | None = None  # each request's guard time, when a benchmark asks for it
+        # Each request's guard time before the answer (what the client waits for) and after it (the detectors and
+        # the window: the response is already sent), when a benchmark asks for it.
+        self.timings: list[tuple[float, float]] | None = None
         self.effort: int | None = None  # the signed extraction effort the budget came from (serve/app.py)
         self.clients: dict[str, ClientDetectors] = {}
         self.window = Window(reference, config.window)
@@ -192,10 +194,10 @@ class Guard:
         # 5. What it was: detectors and the window, after the answer (the client does not wait on them).
         if probs is not None:
             await self._observe(client.name, block, x, np.asarray(probs))
-        overhead = guard_time + (time.perf_counter() - after)
-        self.metrics.overhead.observe(overhead)
+        post = time.perf_counter() - after
+        self.metrics.overhead.observe(guard_time + post)
         if self.timings is not None:
-            self.timings.append(overhead)
+            self.timings.append((guard_time, post))
 
     # -- after the answer ------------------------------------------------------------------------------------
 
@@ -228,15 +230,23 @@ class Guard:
                 await self._window(result)
 
     def _everyone(self, client: str, detector: str, det: ClientDetectors) -> bool:
-        """Drift, not an attack: the other clients are flagged by this detector at least half as often."""
+        """Drift, not an attack: most other recent clients are flagged by this detector at least half as often as
+        this one (a population shift). Fifteen clients sending noise among twenty are not "most clients"."""
         mine = next(d for d in det.all if d.name == detector)
         rate = getattr(mine, "flags", None)
         if not rate:
             return False  # a shape detector (PRADA, too-similar): drift does not make natural queries look synthetic
-        others = [f for who, f in self.population.get(detector, ()) if who != client]
-        if len(others) < 100:
+        own = sum(rate) / len(rate)
+        seen: dict[str, list[int]] = {}
+        for who, f in self.population.get(detector, ()):
+            if who != client:
+                c = seen.setdefault(who, [0, 0])
+                c[0] += int(f)
+                c[1] += 1
+        others = [flags / n for flags, n in seen.values() if n >= 5]
+        if len(others) < 5:
             return False
-        return sum(others) / len(others) >= 0.5 * (sum(rate) / len(rate))
+        return sum(r >= 0.5 * own for r in others) / len(others) > 0.5
 
     async def _climb(self, client: str, block: str, detector: str, reason: str) -> None:
         current = await self.store.raise_level(f"level:c:{client}", 0)
@@ -259,6 +269,20 @@ class Guard:
             },
             ["ml", "extraction", "mitre_collection"],
         )
+
+    async def _retrain(self) -> str | None:
+        """On a drift event: start the retraining deployment, at most once an hour (across workers). A failure to
+        start it is said in the alert; serving goes on."""
+        name = getattr(self.cfg.thresholds, "retrain_deployment", None)
+        if not name or not await self.store.once(f"retrain:{int(time.time() // 3600)}"):
+            return None
+        try:
+            run_id = await _run_deployment(name)
+        except Exception as e:  # noqa: BLE001 - any Prefect failure: reported, never fatal to serving
+            self.metrics.actions.labels("retrain not started").inc()
+            return f"retraining {name} could not be started ({type(e).__name__})"
+        self.metrics.actions.labels("retrain started").inc()
+        return f"started retraining: {name} run {run_id}"
 
     async def _milestones(self, client: str, block: str, count: int, cost: int) -> None:
         before = count - cost
@@ -304,21 +328,30 @@ class Guard:
             )
         elif r.drift:
             self.metrics.windows.labels("drift").inc()
+            retrain = await self._retrain()
             self.alerts.emit(
                 "Airlock production drift",
                 "Notice",
                 f"Production inputs drifted for {r.clients} clients (tests {tests}); no client holds the flags: "
-                "retrain (airlock run), nobody is blocked",
+                f"{retrain or 'retrain (airlock run)'}; nobody is blocked",
                 {
                     "airlock.tests": tests,
                     "airlock.clients": r.clients,
                     "airlock.flags": r.flags,
                     "airlock.model": self.model_digest,
-                },  # fmt: skip
+                    "airlock.retrain": retrain,
+                },
                 ["ml", "drift"],
             )
         else:
             self.metrics.windows.labels("quiet").inc()
+
+
+async def _run_deployment(name: str) -> str:
+    from prefect.deployments.flow_runs import arun_deployment
+
+    run = await arun_deployment(name, timeout=0, tags=["airlock", "drift"])
+    return str(run.id)
 
 
 def _reject(status: int, code: str, reason: str, headers: dict | None = None) -> Rejected:

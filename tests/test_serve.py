@@ -519,3 +519,47 @@ def test_the_scheduled_watch_flow_publishes_its_report_and_fails_on_a_failed_che
     )
     state = watch(str(broken), return_state=True)
     assert state.is_failed() and "cannot read manifest" in state.message
+
+
+def test_a_drift_event_starts_the_retraining_deployment_once(served, digits, prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async def deployment():
+        async with get_client() as c:
+            flow_id = await c.create_flow_from_name("airlock-retrain")
+            return await c.create_deployment(flow_id=flow_id, name="retrain-on-drift")
+
+    dep_id = asyncio.run(deployment())
+    cfg = tmp_path / "airlock.toml"
+    cfg.write_text(
+        served["cfg"]
+        .read_text()
+        .replace("[serve]\n", '[serve]\nretrain_deployment = "airlock-retrain/retrain-on-drift"\n')
+    )
+    pol = _policy.load(cfg)
+    alerts = Alerts(tmp_path / "alerts.jsonl")
+    guard = serve_app.build(pol, served["model"], store=MemoryStore(), alerts=alerts)
+    x_pool, _ = _pool(digits)
+    rng = np.random.default_rng(5)
+    t = gt.Traffic(guard, served["api"])
+
+    async def drift():
+        async def client(i):
+            for _ in range(40):
+                x = np.clip(np.rot90(x_pool[rng.integers(len(x_pool))], 1, axes=(1, 2)) * 0.8 + 0.1, 0, 1)
+                assert (await t.send(f"benign-{i}", x[None])).status_code == 200
+
+        await asyncio.gather(*[client(i) for i in range(20)])
+
+    asyncio.run(drift())
+    events = [e for e in alerts.sent if e["rule"] == "Airlock production drift"]
+    assert events and "started retraining: airlock-retrain/retrain-on-drift" in events[0]["output"]
+    assert all("started retraining" not in e["output"] for e in events[1:])  # once an hour, not once a window
+
+    async def runs():
+        async with get_client() as c:
+            return await c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])))
+
+    started = asyncio.run(runs())
+    assert len(started) == 1 and "drift" in started[0].tags
