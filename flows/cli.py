@@ -416,9 +416,13 @@ def cmd_serve(args) -> int:
 
     from airlock import policy
     from serve import app as serve_app
-    from serve.model import ServedModel
+    from serve.model import ServedModel, prepare
 
     pol = policy.load(args.config)
+    if args.prepare:  # the init container's step (templates/k8s/serving.yaml): verify, write what the server needs
+        dest = prepare(pol, Path(args.prepare))
+        print(f"prepared the verified production model in {dest}")
+        return EXIT_OK
     if pol.serve is None:
         raise UsageError("no [serve] section in the policy", "add [serve] api_keys = ... (docs/serving.md)")
     host, port = args.host or pol.serve.host, args.port or pol.serve.port
@@ -427,7 +431,9 @@ def cmd_serve(args) -> int:
             "several workers need a shared store: serve.store is memory",
             'set serve.store = "redis://HOST:PORT" (each worker would otherwise keep its own budgets)',
         )
-    model = ServedModel(pol)  # verifies (signature, approvals, anchor, evidence, AIBOM) and starts the sandbox
+    # Verifies (signature, approvals, anchor, evidence, AIBOM) - or reads what the init container verified - and
+    # starts the model's sandbox.
+    model = ServedModel(pol, prepared=Path(args.from_dir) if args.from_dir else None)
     if args.workers == 1:
         app = serve_app.build(pol, model)
         print(f"serving {model.digest} on http://{host}:{port} (guarded: POST /v1/predict)", flush=True)
@@ -436,6 +442,8 @@ def cmd_serve(args) -> int:
     print(f"verified {model.digest}; serving on http://{host}:{port} with {args.workers} workers", flush=True)
     model.close()
     os.environ[serve_app.CONFIG_ENV] = str(pol.source)
+    if args.from_dir:
+        os.environ[serve_app.PREPARED_ENV] = str(Path(args.from_dir).resolve())
     uvicorn.run(
         "serve.app:factory", factory=True, host=host, port=port, workers=args.workers, log_level="warning",
         access_log=False,
@@ -857,6 +865,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", help="default: serve.host")
     sv.add_argument("--port", type=int, help="default: serve.port")
     sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (needs a redis:// store)")
+    sv.add_argument("--prepare", metavar="DIR", help="verify production and write what the server needs into DIR, "
+                    "then exit (a Kubernetes init container)")  # fmt: skip
+    sv.add_argument("--from", dest="from_dir", metavar="DIR", help="serve what --prepare wrote (no registry needed)")
     sv.set_defaults(func=cmd_serve)
     wa = sub.add_parser("watch", help="re-verify production and re-evaluate it on the golden set (exit 1: alert)")
     wa.add_argument("--config", default="airlock.toml")

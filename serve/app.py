@@ -121,12 +121,16 @@ def build(pol, model, store=None, alerts: Alerts | None = None) -> Any:
 
 
 CONFIG_ENV = "AIRLOCK_SERVE_CONFIG"
+PREPARED_ENV = "AIRLOCK_SERVE_PREPARED"
 
 
 def factory():
     """For uvicorn's workers (``airlock serve --workers N``): each builds its own verified model and guard."""
+    from pathlib import Path
+
     from airlock import policy
     from serve.model import ServedModel
 
     pol = policy.load(os.environ[CONFIG_ENV])
-    return build(pol, ServedModel(pol))
+    prepared = os.environ.get(PREPARED_ENV)
+    return build(pol, ServedModel(pol, prepared=Path(prepared) if prepared else None))

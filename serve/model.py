@@ -21,28 +21,89 @@ import numpy as np
 
 from airlock.errors import AirlockError, ServeError
 
+PREPARED = "served.json"
+
+
+def prepare(pol, dest: Path, registry: str | Path | None = None, golden: bool = True) -> Path:
+    """Everything the server needs, verified, in the new directory ``dest`` (the init container's step on
+    Kubernetes: templates/k8s/serving.yaml): the verified model files, its training commit's code, the golden set
+    it was promoted against (digest checked against the signed provenance), and ``served.json``. The server then
+    runs from it (``airlock serve --from``) with no registry, no registry key and no repository."""
+    import json
+    import shutil
+
+    from airlock import gitutil
+    from registry.loading import load
+
+    if dest.exists() and any(dest.iterdir()):
+        raise ServeError(f"{dest} is not empty", "prepare into a new (or empty) directory")
+    v = load("production", config=pol.source, registry=registry)
+    dest.mkdir(parents=True, exist_ok=True)
+    v.export(dest / "model")
+    commit = (v.provenance.get("commit") or {}).get("commit")
+    if not isinstance(commit, str):
+        raise ServeError("the production model's provenance names no training commit", "re-run the pipeline")
+    try:
+        gitutil.export_commit(pol.repo.path, commit, dest / "src")
+    except AirlockError as e:
+        raise ServeError(f"cannot export the model's code (commit {commit[:12]}): {e.what}", e.hint) from None
+    if golden:  # the guard's reference (airlock watch evaluates on the golden set as it is now instead)
+        _check_golden(v.provenance, pol.data.golden.dir)
+        shutil.copytree(pol.data.golden.dir, dest / "golden")
+    (dest / PREPARED).write_text(
+        json.dumps({"digest": v.digest, "approvers": list(v.approvers), "stage": v.stage}, indent=2) + "\n"
+    )
+    return dest
+
+
+def _check_golden(provenance: dict, golden_dir: Path) -> None:
+    from airlock.hashing import hash_tree
+
+    want = ((provenance.get("datasets") or {}).get("golden") or {}).get("root_digest")
+    have = hash_tree(golden_dir).root_digest
+    if want != have:
+        raise ServeError(
+            f"the golden set in {golden_dir} is not the one the model was promoted against "
+            f"({have[:19]}… ≠ {str(want)[:19]}…)",
+            "restore the golden set (the guard calibrates its detectors on it)",
+        )
+
+
+def _from_prepared(prepared: Path):
+    """The model a trusted init container prepared (``prepare``): its files read once, their digest the one it
+    recorded."""
+    from airlock import untrusted
+    from registry.loading import VerifiedModel, _json, read_verified
+
+    try:
+        meta = untrusted.loads((prepared / PREPARED).read_bytes(), f"{prepared / PREPARED}")
+        digest, approvers = str(meta["digest"]), tuple(str(a) for a in meta["approvers"])
+    except (OSError, KeyError, TypeError, AirlockError) as e:
+        raise ServeError(f"{prepared} is not a prepared model ({e})", "run airlock serve --prepare DIR first") from None
+    files = read_verified(prepared / "model", digest)
+    return VerifiedModel(
+        "production", digest, files, _json(files, "training.json"), _json(files, "provenance.json"), approvers
+    )
+
 
 class ServedModel:
-    def __init__(self, pol, registry: str | Path | None = None) -> None:
-        from airlock import gitutil
+    def __init__(
+        self, pol, registry: str | Path | None = None, prepared: Path | None = None, golden: bool = True
+    ) -> None:
+        """Production, verified now (``prepared`` None), or as an init container prepared and verified it."""
         from airlock.oracle import Oracle
         from airlock.sandbox import Sandbox
-        from registry.loading import load
 
-        self.verified = load("production", config=pol.source, registry=registry)
+        self._tmp = tempfile.TemporaryDirectory(prefix="airlock-serve-")
+        if prepared is None:
+            work = prepare(pol, Path(self._tmp.name) / "prepared", registry, golden)
+        else:
+            work = Path(prepared)
+        self.verified = _from_prepared(work)
         self.digest = self.verified.digest
         self.metadata = self.verified.metadata
-        self._tmp = tempfile.TemporaryDirectory(prefix="airlock-serve-")
-        work = Path(self._tmp.name)
-        model_dir = self.verified.export(work / "model")
-        commit = (self.verified.provenance.get("commit") or {}).get("commit")
-        if not isinstance(commit, str):
-            raise ServeError("the production model's provenance names no training commit", "re-run the pipeline")
-        src = work / "src"
-        try:
-            gitutil.export_commit(pol.repo.path, commit, src)
-        except AirlockError as e:
-            raise ServeError(f"cannot export the model's code (commit {commit[:12]}): {e.what}", e.hint) from None
+        self.golden_dir = work / "golden"
+        model_dir, src = work / "model", work / "src"
         box = Sandbox.from_policy(pol)
         env = self._environment(pol, src)
         if env:
@@ -78,19 +139,11 @@ class ServedModel:
         return (e / e.sum(1, keepdims=True)).astype(np.float64)
 
     def reference(self, pol) -> np.ndarray:
-        """The golden set's inputs, after checking its digest against the signed provenance."""
+        """The golden set's inputs (the one the model was promoted against: its digest is checked again)."""
         from airlock.datasets import load_split
-        from airlock.hashing import hash_tree
 
-        want = ((self.verified.provenance.get("datasets") or {}).get("golden") or {}).get("root_digest")
-        have = hash_tree(pol.data.golden.dir).root_digest
-        if want != have:
-            raise ServeError(
-                f"the golden set in {pol.data.golden.dir} is not the one the model was promoted against "
-                f"({have[:19]}… ≠ {str(want)[:19]}…)",
-                "restore the golden set (the guard calibrates its detectors on it)",
-            )
-        x, _ = load_split(pol.data.golden.dir, "golden")
+        _check_golden(self.verified.provenance, self.golden_dir)
+        x, _ = load_split(self.golden_dir, "golden")
         return x
 
     def close(self) -> None:

@@ -86,3 +86,61 @@ def boundary(pool: np.ndarray, n: int, rng) -> np.ndarray:
         for s in (0.5, 0.45, 0.55):
             out.append(np.clip((1 - s) * xa + s * xb + rng.normal(0, 0.01, xa.shape), 0, 1))
     return np.asarray(out[:n])
+
+
+def drifted(pool: np.ndarray, rng) -> np.ndarray:
+    """One natural digit as a changed camera would show it to everyone: rotated, contrast reduced."""
+    x = pool[rng.integers(len(pool))]
+    return np.clip(np.rot90(x, 1, axes=(1, 2)) * 0.8 + 0.1, 0, 1)
+
+
+async def population_drift(t: Traffic, pool: np.ndarray, rng, clients: int = 20, each: int = 40) -> None:
+    """Every benign client's data changes at once."""
+    import asyncio
+
+    async def client(i: int):
+        for _ in range(each):
+            r = await t.send(f"benign-{i}", drifted(pool, rng)[None])
+            assert r.status_code == 200, r.text
+
+    await asyncio.gather(*[client(i) for i in range(clients)])
+
+
+class Serving:
+    """`airlock serve` in its own process group, until the with block ends; ``base`` once /healthz answers."""
+
+    def __init__(self, cfg, port: int, log, *extra: str, timeout: float = 180) -> None:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[1]
+        self.log_path, self.base, self.timeout = log, f"http://127.0.0.1:{port}", timeout
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve", "--config", str(cfg), "--port", str(port), *extra],
+            cwd=root, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def __enter__(self) -> Serving:
+        import time
+
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise AssertionError(f"airlock serve did not start: {open(self.log_path).read()[-3000:]}")
+            time.sleep(0.5)
+
+    def __exit__(self, *exc) -> None:
+        import os
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+        self.proc.wait(30)
+        self._log.close()

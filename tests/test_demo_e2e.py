@@ -88,30 +88,17 @@ def test_demo_end_to_end_with_approvals_from_separate_processes(tmp_path, oci_se
     # `airlock serve` serves the demo's production model (fetched from the OCI registry, decrypted, verified)
     # behind the guard; its budget is the model's signed extraction effort.
     import socket
-    import time
 
     import httpx
     import numpy as np
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp_path / "serve.log", "wb")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--config", cfg, "--port", str(port)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.5)
+    from tests.guard_traffic import Serving
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with Serving(cfg, port, tmp_path / "serve.log", timeout=120) as srv:
+        base = srv.base
         described = httpx.get(f"{base}/v1/model").json()
         assert described["digest"] == out["model_digest"] and described["budget"] > 0
         key = (tmp_path / "d" / "keys" / "demo-client.apikey").read_text().strip()
@@ -123,7 +110,3 @@ def test_demo_end_to_end_with_approvals_from_separate_processes(tmp_path, oci_se
         assert r.status_code == 200 and set(r.json()) == {"labels", "model"}, r.text
         assert np.mean(np.asarray(r.json()["labels"]) == labels) >= 0.8
         assert httpx.post(f"{base}/v1/predict", json={"inputs": golden.tolist()}).status_code == 401
-    finally:
-        os.killpg(serve.pid, 15)
-        serve.wait(30)
-        log.close()

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -273,16 +271,7 @@ def test_a_population_drift_is_a_drift_event_and_one_client_flooding_is_a_client
     rng = np.random.default_rng(3)
     t = gt.Traffic(guard, served["api"])
 
-    async def drift():
-        async def client(i):
-            for _ in range(40):
-                x = x_pool[rng.integers(len(x_pool))]
-                x = np.clip(np.rot90(x, 1, axes=(1, 2)) * 0.8 + 0.1, 0, 1)  # the camera changed for everyone
-                assert (await t.send(f"benign-{i}", x[None])).status_code == 200
-
-        await asyncio.gather(*[client(i) for i in range(20)])
-
-    asyncio.run(drift())
+    asyncio.run(gt.population_drift(t, x_pool, rng))  # the camera changed for everyone
     kinds = [e["rule"] for e in alerts.sent]
     assert "Airlock production drift" in kinds, kinds
     assert not _alarmed(alerts) and not any("probing in production" in k for k in kinds), kinds
@@ -382,23 +371,8 @@ def test_two_workers_share_one_clients_budget_through_redis(served, redis_url, t
     cfg = tmp_path / "airlock.toml"
     text = served["cfg"].read_text().replace("[serve]\n", f'[serve]\nstore = "{redis_url}"\nbudget = 60\n')
     cfg.write_text(text)
-    port = _free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--config", str(cfg), "--port", str(port), "--workers", "2"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
+    with gt.Serving(cfg, _free_port(), tmp_path / "serve.log", "--workers", "2") as srv:
+        base = srv.base
         pids = set()
         for _ in range(40):  # a new connection each time: the kernel spreads them over both workers
             with httpx.Client() as c:
@@ -418,10 +392,6 @@ def test_two_workers_share_one_clients_budget_through_redis(served, redis_url, t
                 codes.append(r.status_code)
         assert len(pids) == 2, pids
         assert codes[:60] == [200] * 60 and codes[60:] == [429] * 10, codes
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
-        log.close()
 
 
 def test_a_tampered_production_model_is_refused_at_start_up(served, tmp_path):
@@ -544,15 +514,7 @@ def test_a_drift_event_starts_the_retraining_deployment_once(served, digits, pre
     rng = np.random.default_rng(5)
     t = gt.Traffic(guard, served["api"])
 
-    async def drift():
-        async def client(i):
-            for _ in range(40):
-                x = np.clip(np.rot90(x_pool[rng.integers(len(x_pool))], 1, axes=(1, 2)) * 0.8 + 0.1, 0, 1)
-                assert (await t.send(f"benign-{i}", x[None])).status_code == 200
-
-        await asyncio.gather(*[client(i) for i in range(20)])
-
-    asyncio.run(drift())
+    asyncio.run(gt.population_drift(t, x_pool, rng))
     events = [e for e in alerts.sent if e["rule"] == "Airlock production drift"]
     assert events and "started retraining: airlock-retrain/retrain-on-drift" in events[0]["output"]
     assert all("started retraining" not in e["output"] for e in events[1:])  # once an hour, not once a window
@@ -563,3 +525,30 @@ def test_a_drift_event_starts_the_retraining_deployment_once(served, digits, pre
 
     started = asyncio.run(runs())
     assert len(started) == 1 and "drift" in started[0].tags
+
+
+def test_an_init_container_prepares_and_the_server_serves_from_it_alone(served, tmp_path, digits):
+    """`airlock serve --prepare DIR` (verify, export model, code and golden set) then `airlock serve --from DIR`: the
+    Kubernetes split (templates/k8s/serving.yaml). What was prepared and then altered is refused."""
+    prepared = tmp_path / "prepared" / "current"
+    res = run_cli("serve", "--prepare", str(prepared), "--config", str(served["cfg"]))
+    assert res.returncode == 0, res.stderr
+    assert {p.name for p in prepared.iterdir()} == {"model", "src", "golden", "served.json"}
+    assert json.loads((prepared / "served.json").read_text())["digest"] == served["digest"]
+    again = run_cli("serve", "--prepare", str(prepared), "--config", str(served["cfg"]))
+    assert_one_line_refusal(again, 1, "is not empty")
+    x_pool, _ = _pool(digits)
+    with gt.Serving(served["cfg"], _free_port(), tmp_path / "serve.log", "--from", str(prepared)) as srv:
+        r = httpx.post(
+            f"{srv.base}/v1/predict",
+            json={"inputs": x_pool[:3].tolist()},
+            headers={"authorization": f"Bearer {served['api']['w2']}"},
+        )
+        assert r.status_code == 200 and r.json()["model"] == served["digest"], r.text
+    tampered = tmp_path / "tampered"
+    shutil.copytree(prepared, tampered)
+    weights = tampered / "model" / "model.safetensors"
+    weights.chmod(0o644)
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(AirlockError, match="changed between its verification and its read"):
+        ServedModel(served["pol"], prepared=tampered)

@@ -765,3 +765,31 @@ def test_the_approval_notification_automation_is_one_prefect_accepts():
     assert auto.trigger.match_related["prefect.resource.name"] == [retrain.name]
     (action,) = auto.actions
     assert action.type == "send-notification" and "airlock approve {{ flow_run.id }}" in action.body
+
+
+def test_the_guarded_server_runs_team_code_with_no_key_and_reads_only_what_its_init_container_prepared():
+    """templates/k8s/serving.yaml: `airlock serve --prepare` in the init container (registry, key, repository), the
+    server `airlock serve --from` the prepared emptyDir, read-only, with none of them."""
+    docs = [d for d in yaml.safe_load_all((K8S / "serving.yaml").read_text()) if d]
+    [dep] = [d for d in docs if d["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    [init] = pod["initContainers"]
+    assert init["args"][:2] == ["serve", "--prepare"]
+    prepared = init["args"][2]
+    init_mounts = {m["name"] for m in init["volumeMounts"]}
+    assert {"registry", "registry-key", "training-repo", "prepared"} <= init_mounts
+    [server] = pod["containers"]
+    assert server["args"][:3] == ["serve", "--from", prepared]
+    mounts = {m["name"]: m for m in server["volumeMounts"]}
+    assert mounts["prepared"]["readOnly"] is True
+    assert not {"registry", "registry-key", "training-repo", "policy"} & set(mounts), "the server holds no key"
+    for c in (init, server):
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"]
+    ingress = [d for d in docs if d["kind"] == "NetworkPolicy" and "Ingress" in d["spec"]["policyTypes"]]
+    sources = {
+        s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for s in ingress[0]["spec"]["ingress"][0]["from"]
+    }
+    assert sources == {"api-gateway", "monitoring"}
