@@ -27,7 +27,7 @@ import ipaddress
 import json
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -87,7 +87,6 @@ class GuardConfig:
     window: int = 300
     rate_window: int = 100
     thresholds: object = None  # the ServePolicy (detector thresholds)
-    extra: dict = field(default_factory=dict)
 
 
 def source_block(host: str | None, v4: int, v6: int) -> str:
