@@ -23,6 +23,7 @@ Alerts are Falco-format JSON lines (serve/alerts.py); metrics are Prometheus cou
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import time
@@ -124,6 +125,7 @@ class Guard:
         self.window = Window(reference, config.window)
         self.alarmed_at: dict[tuple[str, str], int] = {}  # (client, detector) -> queries seen at its last alarm
         self.seen: dict[str, int] = {}
+        self.refused: dict[str, tuple[float, Rejected]] = {}  # client -> (until, the refusal) seen by this worker
         # Every client's flags, by detector, over the last queries: a rate detector's alarm is drift, not an attack,
         # when everyone else is flagged about as often.
         self.population: dict[str, deque[tuple[str, bool]]] = {}
@@ -163,30 +165,43 @@ class Guard:
             raise _reject(405, "method", "POST a JSON body to /v1/predict")
         body = await _read_body(receive, headers, self.contract.max_body_bytes)
         x = self.contract.parse(body)
-        # 3. How much: the shared store decides atomically, for every worker.
-        adm = await self.store.admit(client.name, block, self.cfg.rate_per_second, self.cfg.burst, len(x), TIGHT)
-        if adm.status == BLOCKED:
-            raise _reject(403, "guard.blocked", "this client is blocked (the response ladder's last rung)")
-        if adm.status == RATE_LIMITED:
-            raise _reject(429, "guard.rate", "too many requests", {"retry-after": "1"})
-        await self._milestones(client.name, block, adm.count, len(x))
-        if adm.count > self.cfg.budget:
-            raise _reject(429, "guard.budget", f"this client's query budget ({self.cfg.budget}) is spent")
+        # 3. How much: the shared store decides atomically, for every worker. A refusal this worker has already
+        #    seen (blocked, budget spent, rate for a moment) is repeated without asking. For a label-only client the
+        #    model answers while the store decides; nothing is sent until it admits, and a refused answer is dropped.
+        known = self.refused.get(client.name)
+        if known is not None and known[0] > time.monotonic():
+            raise known[1]
+        pending = asyncio.ensure_future(
+            self.store.admit(client.name, block, self.cfg.rate_per_second, self.cfg.burst, len(x), TIGHT)
+        )
+        overlap = not client.scores
+        level = 0 if overlap else (await self._admitted(pending, client.name, block, len(x))).level
         # 4. What it sees: labels only unless entitled and in good standing.
         state = dict(scope.get("state") or {})
-        state.update(airlock_inputs=x, airlock_label_only=(not client.scores) or adm.level >= 1)
+        state.update(airlock_inputs=x, airlock_label_only=overlap or level >= 1)
         inner = dict(scope, state=state)
         guard_time = time.perf_counter() - started
         t_model = time.perf_counter()
         status: list[int] = []
+        held: list[dict] = []
 
-        async def send_wrapper(message):
+        async def hold(message):
             if message["type"] == "http.response.start":
                 status.append(message["status"])
-            await send(message)
+            held.append(message)
 
-        await self.app(inner, _replay(body), send_wrapper)
+        try:
+            await self.app(inner, _replay(body), hold)
+        except BaseException:
+            pending.cancel()
+            raise
         self.metrics.model.observe(time.perf_counter() - t_model)
+        if overlap:
+            waited = time.perf_counter()
+            await self._admitted(pending, client.name, block, len(x))
+            guard_time += time.perf_counter() - waited  # the store's decision, if it came after the model's answer
+        for message in held:
+            await send(message)
         after = time.perf_counter()
         probs = state.get("airlock_probs")
         self.metrics.requests.labels("answered" if status and status[0] < 400 else "error").inc()
@@ -197,6 +212,28 @@ class Guard:
         self.metrics.overhead.observe(guard_time + post)
         if self.timings is not None:
             self.timings.append((guard_time, post))
+
+    async def _admitted(self, pending, client: str, block: str, cost: int):
+        """The store's decision: a refusal raised (and remembered), an admission returned. A store that cannot
+        answer is a refusal (fail closed)."""
+        try:
+            adm = await pending
+        except Exception as e:  # noqa: BLE001 - Redis down, a timeout: refuse, say so in one line
+            raise _reject(503, "guard.store", f"the guard's store cannot be reached ({type(e).__name__})") from None
+        if adm.status == BLOCKED:
+            r = _reject(403, "guard.blocked", "this client is blocked (the response ladder's last rung)")
+            self.refused[client] = (float("inf"), r)
+            raise r
+        if adm.status == RATE_LIMITED:
+            r = _reject(429, "guard.rate", "too many requests", {"retry-after": "1"})
+            self.refused[client] = (time.monotonic() + min(1.0, 1.0 / self.cfg.rate_per_second), r)
+            raise r
+        await self._milestones(client, block, adm.count, cost)
+        if adm.count > self.cfg.budget:
+            r = _reject(429, "guard.budget", f"this client's query budget ({self.cfg.budget}) is spent")
+            self.refused[client] = (float("inf"), r)
+            raise r
+        return adm
 
     # -- after the answer ------------------------------------------------------------------------------------
 

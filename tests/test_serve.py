@@ -552,3 +552,19 @@ def test_an_init_container_prepares_and_the_server_serves_from_it_alone(served, 
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(AirlockError, match="changed between its verification and its read"):
         ServedModel(served["pol"], prepared=tampered)
+
+
+def test_a_store_that_cannot_answer_is_a_refusal_and_the_computed_answer_is_dropped(served, digits):
+    """The model answers while the store decides; when the store cannot decide (Redis down), nothing is sent."""
+    guard, _ = _app(served, store=RedisStore(f"redis://127.0.0.1:{_free_port()}/0"))
+    x_pool, _ = _pool(digits)
+    calls = []
+    model = served["model"]
+    real = model.probabilities
+    model.probabilities = lambda x: calls.append(len(x)) or real(x)
+    try:
+        r = asyncio.run(gt.Traffic(guard, served["api"]).send("w2", x_pool[:1]))
+    finally:
+        model.probabilities = real
+    assert r.status_code == 503 and r.json()["error"] == "guard.store" and "labels" not in r.json()
+    assert calls == [1]  # it was computed (overlapping the store's call), and not sent
