@@ -11,6 +11,8 @@ Per request to ``/v1/predict``, in this order (each step names the attack it blo
    token bucket 429 with ``Retry-After`` (tighter on the ladder's second rung); beyond the lifetime budget 429. The
    budget defaults to the model's signed extraction effort (queries a copycat needs for 90% agreement): the one
    limit a copycat with natural images, statistically benign, runs into. Volume milestones (50/75/100% of it) alert.
+   For a label-only client the model answers while the store decides; nothing is sent before it admits, a refused
+   answer is dropped, and a store that cannot answer is a 503 (fail closed).
 4. **What it sees.** Labels only, unless the client is entitled to (rounded) scores and not on the ladder.
 5. **What it was.** After the answer, each query goes through the client's detectors (serve/detectors.py) and the
    drift window (serve/drift.py). An alarm climbs the response ladder: 1 label-only, 2 a quarter of the rate, 3
