@@ -20,6 +20,7 @@ returning ``(flagged, alarm reason or None)``, added to ``DETECTORS``.
 
 from __future__ import annotations
 
+import abc
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -154,7 +155,7 @@ class TooSimilar:
         return flagged, None
 
 
-class _Rate:
+class _Rate(abc.ABC):
     """A flag per query; alarm when the rate over the last ``window`` exceeds ``limit``."""
 
     name = attack = ""
@@ -164,8 +165,9 @@ class _Rate:
         self.flags: deque[bool] = deque(maxlen=window)
         self.window, self.limit = window, limit
 
+    @abc.abstractmethod
     def flag(self, x: np.ndarray, p: np.ndarray) -> bool:
-        raise NotImplementedError
+        """Whether this one query counts against the client."""
 
     def observe(self, x: np.ndarray, p: np.ndarray) -> tuple[bool, str | None]:
         f = self.flag(x, p)
