@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import cast
 
-from airlock.errors import EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, AirlockError, UsageError
+from airlock.errors import EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, AirlockError, ServeError, UsageError
 from airlock.policy import Policy
 from flows._console import Printer, _prefect_env
 
@@ -426,6 +426,16 @@ def cmd_serve(args) -> int:
     if pol.serve is None:
         raise UsageError("no [serve] section in the policy", "add [serve] api_keys = ... (docs/serving.md)")
     host, port = args.host or pol.serve.host, args.port or pol.serve.port
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # before the model's start-up
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ServeError(
+                f"cannot listen on {host}:{port}: {e.strerror}", "choose another --port (or serve.port)"
+            ) from None
     if args.workers > 1 and pol.serve.store == "memory":
         raise UsageError(
             "several workers need a shared store: serve.store is memory",

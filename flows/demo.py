@@ -124,6 +124,11 @@ def build(workdir: Path, *, checked: bool = False, registry_url: str | None = No
             note=note,
             source=f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__}, bundled)",
         ).root_digest
+    # One golden digit as a request body for `airlock serve` (the command the demo prints at the end).
+    import numpy as np
+
+    one = np.load(workdir / "data" / "golden" / "golden_x.npy")[:1]
+    (workdir / "digit.json").write_text(json.dumps({"inputs": one.round(4).tolist()}) + "\n")
     shutil.rmtree(incoming)
     (repo / ".gitignore").write_text("__pycache__/\n")
     (repo / "README.md").write_text(
@@ -410,7 +415,7 @@ def _run(args, log, workdir: Path, server: _server.Server, t0: float) -> int:
             f"  airlock verify --config {paths['policy']}\n"
             f"  airlock ledger verify --config {paths['policy']}\n"
             f'  airlock serve --config {paths["policy"]}   # then: curl -H "Authorization: Bearer $(cat '
-            f'{paths["keys"]}/demo-client.apikey)" -d @digit.json http://127.0.0.1:8080/v1/predict',
+            f'{paths["keys"]}/demo-client.apikey)" -d @{paths["workdir"]}/digit.json http://127.0.0.1:8080/v1/predict',
             file=log,
         )
     return 0 if ok and verified else 1

@@ -568,3 +568,11 @@ def test_a_store_that_cannot_answer_is_a_refusal_and_the_computed_answer_is_drop
         model.probabilities = real
     assert r.status_code == 503 and r.json()["error"] == "guard.store" and "labels" not in r.json()
     assert calls == [1]  # it was computed (overlapping the store's call), and not sent
+
+
+def test_a_port_in_use_is_one_line_before_the_model_starts(served):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        res = run_cli("serve", "--config", str(served["cfg"]), "--port", str(busy.getsockname()[1]))
+    assert_one_line_refusal(res, 1, "cannot listen on 127.0.0.1", "choose another --port")
