@@ -92,8 +92,13 @@ class OciRegistry(Registry):
                 found = self.verify_object(self._obj("staging", digest), digest)
                 shutil.rmtree(tmp)
                 return found.path
-            except RegistryError:
-                pass  # what staging holds under that tag does not verify: push the verified object over it
+            except RegistryError as e:
+                # What staging holds under that tag does not verify (altered at rest): the verified object is pushed
+                # over it, and what was found is recorded first, so the evidence of the tampering is not lost.
+                self.ledger.append(
+                    "registry.restaged",
+                    {"digest": digest, "found": e.what, "reason": "staging held an object that does not verify"},
+                )
         repo = self._repo("staging")
         m = oci.push_object(self.client, repo, tmp, digest, self.sealer, scratch=self._pull_dir())
         got = self.client.get_manifest(repo, m)

@@ -299,3 +299,25 @@ def test_the_oci_backed_registry_stages_promotes_and_another_machine_verifies(oc
             other.verify_stage("production")
     finally:
         blob.write_bytes(original)
+
+
+def test_staging_again_over_an_object_altered_at_rest_records_what_was_found(oci_server, tmp_path, trained, keys):
+    """A model is pushed once; if what staging holds under its tag no longer verifies, the verified object is pushed
+    over it and the tampering is recorded (registry.restaged), not silently repaired."""
+    from tests.test_affected import _model
+
+    reg = _oci_registry(oci_server, "airlock-tests/restage", tmp_path / "cache", keys, tmp_path / "ledger.jsonl")
+    model, sig = _model(tmp_path, trained, keys, RUN, {"b0001": "a" * 64})
+    digest = reg.stage(model, sig, RUN).digest
+    body, _ = reg.client.get_manifest("airlock-tests/restage/staging", f"m-{digest.removeprefix('sha256:')}")
+    layer = next(d for d in json.loads(body)["layers"] if d["annotations"][oci.FILEPATH] == "provenance.json")
+    blob = _blob_file(oci_server["data"], layer["digest"])
+    original = blob.read_bytes()
+    blob.write_bytes(original.replace(b"b0001", b"b0009"))
+    try:
+        assert reg.stage(model, sig, RUN).digest == digest
+    finally:
+        blob.write_bytes(original)
+    (entry,) = [e for e in reg.ledger.entries() if e["kind"] == "registry.restaged"]
+    assert entry["data"]["digest"] == digest and "provenance.json does not match its digest" in entry["data"]["found"]
+    assert reg.staged_for_run(RUN).digest == digest
