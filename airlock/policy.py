@@ -223,8 +223,8 @@ class RobustnessPolicy(_Strict):
 
 
 class BackdoorPolicy(_Strict):
-    ratio: float = Field(default=0.76, gt=0.0, le=1.0)
-    ratio_no_production: float = Field(default=0.71, gt=0.0, le=1.0)
+    ratio: float = Field(default=0.75, gt=0.0, le=1.0)
+    ratio_no_production: float = Field(default=0.70, gt=0.0, le=1.0)
     stand_in_models: int = Field(default=5, ge=1, le=50)
     images: int = Field(default=200, ge=10)
     steps: int = Field(default=150, ge=1, le=10000)

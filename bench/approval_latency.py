@@ -47,7 +47,7 @@ def main() -> int:
         text = paths["policy"].read_text()
         for old, new in (
             ("stand_in_models = 5", "stand_in_models = 1\nimages = 100\nsteps = 60"),
-            ("ratio_no_production = 0.71", "ratio_no_production = 0.5"),
+            ("ratio_no_production = 0.70", "ratio_no_production = 0.5"),
             ("max_attempts = 20", f"max_attempts = {args.samples + 6}"),
         ):
             text = text.replace(old, new)

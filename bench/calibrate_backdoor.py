@@ -23,6 +23,7 @@ success rate on the test split, then the block counts at the chosen thresholds a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -52,9 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--json", default="")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a BackdoorParams field (e.g. --set batch_size=32) to calibrate other settings",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     params = B.BackdoorParams()
+    for item in args.set:
+        field, _, value = item.partition("=")
+        if not hasattr(params, field) or not value:
+            ap.error(f"--set {item}: expected FIELD=VALUE with a BackdoorParams field")
+        params = dataclasses.replace(params, **{field: type(getattr(params, field))(value)})
     gx, gy = F.digits()["golden"]
     tx, ty = F.digits()["test"]
     t0 = time.perf_counter()

@@ -62,8 +62,8 @@ min_robust_accuracy = 0.70
 samples = 360
 
 [backdoor]         # recalibrate for your model: bench/calibrate_backdoor.py
-ratio = 0.76
-ratio_no_production = 0.71
+ratio = 0.75
+ratio_no_production = 0.70
 stand_in_models = 5
 
 [golden_regression]

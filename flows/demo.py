@@ -213,8 +213,8 @@ min_robust_accuracy = 0.70
 samples = 360
 
 [backdoor]               # Neural Cleanse trigger sizes against production (or a golden-set stand-in)
-ratio = 0.76
-ratio_no_production = 0.71
+ratio = 0.75
+ratio_no_production = 0.70
 stand_in_models = 5
 
 [golden_regression]      # McNemar, candidate vs production on the golden set

@@ -48,12 +48,12 @@ GATE = "backdoor"
 @dataclass(frozen=True)
 class BackdoorParams:
     # Fail when some class's (median-normalised) trigger norm falls below ``ratio`` x the reference's. Calibrated
-    # (BENCHMARKS.md, 10 seeds each): clean retrains' smallest ratio 0.830-0.915, 1%-poisoned 0.396-0.688 ->
-    # the middle of the gap.
-    ratio: float = 0.76
-    # Same, when the reference is the golden-set stand-in (no production model yet): clean 0.753-0.865,
-    # 1%-poisoned 0.336-0.672 -> the middle of the gap.
-    ratio_no_production: float = 0.71
+    # (BENCHMARKS.md, 10 seeds each, 32 images per class per step): clean retrains' smallest ratio 0.823-0.927,
+    # 1%-poisoned 0.411-0.680 -> the middle of the gap.
+    ratio: float = 0.75
+    # Same, when the reference is the golden-set stand-in (no production model yet): clean 0.751-0.847,
+    # 1%-poisoned 0.343-0.641 -> the middle of the gap.
+    ratio_no_production: float = 0.70
     # The stand-in averages the norms of this many golden-set models (trainer seeds config.seed, +1, ...): one
     # 300-sample model is a noisy reference (calibration: clean/poisoned gap 0.03-0.09 with one, 0.10 with five).
     stand_in_models: int = 5
@@ -61,7 +61,10 @@ class BackdoorParams:
     # images: :func:`check` refuses to compare otherwise.
     images: int = 200
     steps: int = 150
-    batch_size: int = 64  # images per class per step
+    # Images per class per step. 32 costs half of 64 and separated clean from poisoned retrains as well in the same
+    # calibration run (gap at 1%: 0.680-0.823 vs 0.688-0.830 against production, 0.641-0.751 vs 0.672-0.753 against
+    # the stand-in); a success of 0.99 still means every image of the batch flipped.
+    batch_size: int = 32
     learning_rate: float = 0.1
     init_cost: float = 1e-3
     cost_multiplier: float = 1.5

@@ -175,7 +175,7 @@ def work(tmp_path):
     text = paths["policy"].read_text()
     for old, new in (
         ("stand_in_models = 5", "stand_in_models = 1\nimages = 100\nsteps = 60"),
-        ("ratio_no_production = 0.71", "ratio_no_production = 0.5"),
+        ("ratio_no_production = 0.70", "ratio_no_production = 0.5"),
         (
             "[advisory]               # membership inference, extraction effort, spectral signatures: "
             "reported, never blocking\nenabled = true",
