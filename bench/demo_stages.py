@@ -61,7 +61,7 @@ def main() -> int:
         ("process start, demo setup, Prefect start-up", start, first("run.start")),
         ("commit gate", first("run.start"), first("gate.verdict", "commit")),
         (
-            "data gates (hash + snapshot + re-verify)",
+            "environment + data gates (hash + snapshot + re-verify)",
             first("gate.verdict", "commit"),
             first("gate.verdict", "data:golden"),
         ),
