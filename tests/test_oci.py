@@ -5,6 +5,7 @@ local object. Tampering at rest, in the manifest or against the signature is ref
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -132,6 +133,20 @@ def promoted(tmp_path, trained, keys):
 def _blob_file(data_dir: Path, digest: str) -> Path:
     hexd = digest.removeprefix("sha256:")
     return data_dir / "docker" / "registry" / "v2" / "blobs" / "sha256" / hexd[:2] / hexd / "data"
+
+
+@contextlib.contextmanager
+def _provenance_altered_at_rest(reg: Registry, oci_server, repo: str, digest: str):
+    """Inside: the model's provenance.json layer, as the OCI registry stores it on disk, says b0009 for b0001."""
+    body, _ = reg.client.get_manifest(repo, f"m-{digest.removeprefix('sha256:')}")
+    layer = next(d for d in json.loads(body)["layers"] if d["annotations"][oci.FILEPATH] == "provenance.json")
+    blob = _blob_file(oci_server["data"], layer["digest"])
+    original = blob.read_bytes()
+    blob.write_bytes(original.replace(b"b0001", b"b0009"))
+    try:
+        yield
+    finally:
+        blob.write_bytes(original)
 
 
 def test_an_object_goes_up_as_a_modelpack_artifact_and_comes_back_verified(oci_server, promoted, tmp_path):
@@ -289,16 +304,9 @@ def test_the_oci_backed_registry_stages_promotes_and_another_machine_verifies(oc
     assert str(tmp_path / "server-cache") in str(model.path)  # fetched afresh, not read from the pipeline's copy
     assert other.current_pointer("production")["run_id"] == RUN
     # Tampered at rest in the OCI registry: the next check refuses it by name.
-    body, _ = other.client.get_manifest("airlock-tests/e2e/production", f"m-{staged.digest.removeprefix('sha256:')}")
-    provenance = next(d for d in json.loads(body)["layers"] if d["annotations"][oci.FILEPATH] == "provenance.json")
-    blob = _blob_file(oci_server["data"], provenance["digest"])
-    original = blob.read_bytes()
-    blob.write_bytes(original.replace(b"b0001", b"b0009"))
-    try:
+    with _provenance_altered_at_rest(other, oci_server, "airlock-tests/e2e/production", staged.digest):
         with pytest.raises(RegistryError, match="for provenance.json does not match its digest"):
             other.verify_stage("production")
-    finally:
-        blob.write_bytes(original)
 
 
 def test_staging_again_over_an_object_altered_at_rest_records_what_was_found(oci_server, tmp_path, trained, keys):
@@ -309,15 +317,8 @@ def test_staging_again_over_an_object_altered_at_rest_records_what_was_found(oci
     reg = _oci_registry(oci_server, "airlock-tests/restage", tmp_path / "cache", keys, tmp_path / "ledger.jsonl")
     model, sig = _model(tmp_path, trained, keys, RUN, {"b0001": "a" * 64})
     digest = reg.stage(model, sig, RUN).digest
-    body, _ = reg.client.get_manifest("airlock-tests/restage/staging", f"m-{digest.removeprefix('sha256:')}")
-    layer = next(d for d in json.loads(body)["layers"] if d["annotations"][oci.FILEPATH] == "provenance.json")
-    blob = _blob_file(oci_server["data"], layer["digest"])
-    original = blob.read_bytes()
-    blob.write_bytes(original.replace(b"b0001", b"b0009"))
-    try:
+    with _provenance_altered_at_rest(reg, oci_server, "airlock-tests/restage/staging", digest):
         assert reg.stage(model, sig, RUN).digest == digest
-    finally:
-        blob.write_bytes(original)
     (entry,) = [e for e in reg.ledger.entries() if e["kind"] == "registry.restaged"]
     assert entry["data"]["digest"] == digest and "provenance.json does not match its digest" in entry["data"]["found"]
     assert reg.staged_for_run(RUN).digest == digest
