@@ -55,7 +55,7 @@ class BackdoorParams:
     # 1%-poisoned 0.343-0.641 -> the middle of the gap.
     ratio_no_production: float = 0.70
     # The stand-in averages the norms of this many golden-set models (trainer seeds config.seed, +1, ...): one
-    # 300-sample model is a noisy reference (calibration: clean/poisoned gap 0.03-0.09 with one, 0.10 with five).
+    # 300-sample model is a noisy reference (calibration: clean/poisoned gap 0.03-0.09 with one, 0.08-0.11 with five).
     stand_in_models: int = 5
     # Neural Cleanse optimisation. Norms are comparable only between runs with the same values here and the same
     # images: :func:`check` refuses to compare otherwise.
