@@ -451,32 +451,41 @@ def stand_in_reference(
     :func:`reverse_engineer` on the golden set, :func:`combine`. Use the result as ``reference`` with
     ``reference_kind="golden-stand-in"``.
 
-    Each model is trained, loaded and reverse-engineered by one of ``parallel`` workers, so one worker's Neural
-    Cleanse runs while another's trainer works (``loader`` is called from the worker threads). The result is the
-    same as one model after the other: each norm depends on its model alone, combined in seed order. ``stop()``
-    true abandons the work between steps (the caller has failed already)."""
-    from concurrent.futures import ThreadPoolExecutor
+    Up to ``parallel`` trainers run at once, and as each model is trained one of ``parallel`` other workers loads
+    and reverse-engineers it (``loader`` is called from those threads), so the trainings never wait behind Neural
+    Cleanse and the last model's is the only step left alone at the end. The result is the same as one model after
+    the other: each norm depends on its model alone, combined in seed order. ``stop()`` true abandons the work
+    between steps (the caller has failed already)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     run, jobs = _stand_in_jobs(
         golden_x, golden_y, workdir, config, params.stand_in_models, "training.train", 600.0, trainer
     )
 
-    def one(job: tuple[Path, Path, Path]) -> dict[str, Any]:
+    def train(job: tuple[Path, Path, Path]) -> Path:
         if stop():
             raise RuntimeError("stand-in abandoned")
         run(*job)
+        return job[1]
+
+    def judge(trained: Future[Path]) -> dict[str, Any]:
+        out = trained.result()
         if stop():
             raise RuntimeError("stand-in abandoned")
-        model, meta = loader(job[1])
+        model, meta = loader(out)
         return reverse_engineer(model, meta, golden_x, golden_y, params)
 
-    with ThreadPoolExecutor(max_workers=max(1, int(parallel))) as pool:
-        futures = [pool.submit(one, j) for j in jobs]
+    workers = max(1, int(parallel))
+    with ThreadPoolExecutor(max_workers=workers) as trainers, ThreadPoolExecutor(max_workers=workers) as judges:
+        trained = [trainers.submit(train, j) for j in jobs]
+        futures = [judges.submit(judge, t) for t in trained]
         try:
             results = [f.result() for f in futures]
         finally:
-            for f in futures:
-                f.cancel()
+            for pending in futures:
+                pending.cancel()
+            for waiting in trained:
+                waiting.cancel()
     ref = combine(results)
     ref["kind"] = "golden-stand-in"
     return ref
