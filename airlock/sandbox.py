@@ -336,19 +336,33 @@ class Job:
         proc.airlock_home = keep  # type: ignore[attr-defined]  # removed with the process object
         return proc
 
-    def run(self, cmd: list[str], on_line: Callable[[str], None] | None = None) -> float:
+    def run(
+        self,
+        cmd: list[str],
+        on_line: Callable[[str], None] | None = None,
+        stdin: int | None = None,
+        on_start: Callable[[subprocess.Popen], None] | None = None,
+    ) -> float:
         """Run cmd to completion; stream its output to on_line. Raises SandboxError on a non-zero exit, a timeout,
-        or a broken cap. Returns the seconds it took."""
+        or a broken cap. Returns the seconds it took. ``stdin`` is a file descriptor to read from (default: none);
+        ``on_start`` is given the process as soon as it runs (to end it from elsewhere)."""
         for d in self.rw.values():
             Path(d).mkdir(parents=True, exist_ok=True)
         home, keep = self._home()
         try:
-            return self._run(cmd, home, on_line)
+            return self._run(cmd, home, on_line, stdin, on_start)
         finally:
             if keep is not None:
                 keep.cleanup()
 
-    def _run(self, cmd: list[str], home: str, on_line: Callable[[str], None] | None) -> float:
+    def _run(
+        self,
+        cmd: list[str],
+        home: str,
+        on_line: Callable[[str], None] | None,
+        stdin: int | None = None,
+        on_start: Callable[[subprocess.Popen], None] | None = None,
+    ) -> float:
         start = time.monotonic()
         tail: deque[str] = deque(maxlen=20)
         try:
@@ -358,7 +372,7 @@ class Job:
                 env=self._env(home),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if stdin is None else stdin,
                 text=True,
                 errors="replace",
                 start_new_session=True,
@@ -368,6 +382,8 @@ class Job:
                 f"cannot start the {self.what} ({cmd[0]}): {e.strerror}",
                 "check training.command and sandbox.bubblewrap in airlock.toml",
             ) from None
+        if on_start is not None:
+            on_start(proc)
         stopped: list[str] = []
 
         def kill(why: str) -> None:
@@ -481,7 +497,107 @@ def run_trusted(
 ) -> float:
     """Run Airlock's own code (never team code) in a child with the same allowlisted environment and caps but no
     namespace: the trusted evaluator, which starts its own sandboxes for the team's model."""
+    return _trusted_job(what, cwd, home, timeout, threads).run(cmd, on_line)
+
+
+def _trusted_job(what: str, cwd: Path, home: Path, timeout: float, threads: int) -> Job:
     job = Sandbox(mode="environment").job(what, rw={"home": home}, timeout=timeout, threads=threads)
     job.host_cwd = cwd
     job.env_extra = {"HOME": str(home), "TMPDIR": str(home)}
-    return job.run(cmd, on_line)
+    return job
+
+
+class TrustedProcess:
+    """:func:`run_trusted`, started now and waited for later: Airlock's own code (never team code) working beside
+    the caller, which hands it one line on its standard input when what it waits for is ready (the model-gate
+    evaluator, started beside the training, is given the candidate once it is built).
+
+    Leaving the ``with`` block without :meth:`wait` (the caller failed first) closes that input unsent, which tells
+    the process to end, and kills its process group if it has not within ``grace`` seconds: nothing it started
+    outlives the run. Its output lines go to ``on_line`` from a thread of this class's own, in the context (Prefect's
+    run included) of the code that started it."""
+
+    def __init__(
+        self,
+        cmd: list[str],
+        cwd: Path,
+        home: Path,
+        timeout: float,
+        what: str,
+        threads: int = 1,
+        on_line: Callable[[str], None] | None = None,
+        grace: float = 10.0,
+    ) -> None:
+        import contextvars
+
+        self.what, self.grace = what, grace
+        job = _trusted_job(what, cwd, home, timeout, threads)
+        self._proc: subprocess.Popen | None = None
+        self._error: BaseException | None = None
+        self._seconds = 0.0
+        read, write = os.pipe()
+        self._write: int | None = write
+        self._read: int | None = read
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._main, job, cmd, on_line), name=what, daemon=True
+        )
+        self._thread.start()
+
+    def _main(self, job: Job, cmd: list[str], on_line: Callable[[str], None] | None) -> None:
+        try:
+            self._seconds = job.run(cmd, on_line, stdin=self._read, on_start=self._started)
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits (wait() raises it)
+            self._error = e
+        finally:
+            self._close_read()
+
+    def _started(self, proc: subprocess.Popen) -> None:
+        self._proc = proc
+        self._close_read()  # the child holds its own copy: its input ends when ours is closed
+
+    def _close_read(self) -> None:
+        if self._read is not None:
+            os.close(self._read)
+            self._read = None
+
+    def send(self, line: str) -> None:
+        """Give the process its one line (then its input ends)."""
+        if self._write is None:
+            raise SandboxError(f"the {self.what} was already given its input", "this is a bug in Airlock")
+        try:
+            os.write(self._write, (line.rstrip("\n") + "\n").encode())
+        except BrokenPipeError:
+            pass  # it ended already: wait() says why
+        finally:
+            self._close_write()
+
+    def _close_write(self) -> None:
+        if self._write is not None:
+            os.close(self._write)
+            self._write = None
+
+    def wait(self) -> float:
+        """Wait for the end; raises what :meth:`Job.run` would (non-zero exit, timeout, broken cap)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._seconds
+
+    def abandon(self) -> None:
+        """End it without its input: it is told (its input closes), then killed if it lingers."""
+        self._close_write()
+        self._thread.join(self.grace)
+        if self._thread.is_alive() and self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._thread.join()
+
+    def __enter__(self) -> TrustedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self.abandon()

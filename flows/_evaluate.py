@@ -1,10 +1,15 @@
 """The trusted model-gate evaluator: ``python -P -m flows._evaluate REQUEST.json OUT.json``.
 
 It never imports or runs the team's code. Each model is built in a sandboxed oracle (:mod:`airlock.oracle`): one
-for the candidate's commit export (which also serves the golden stand-ins its trainer makes), one for production's
-training commit, so two versions of the team's package never share a process. Here, in Airlock's own process, the
-gates judge the oracles' answers: accuracy, robustness (ART), backdoor (Neural Cleanse), golden regression and the
-advisories. Model code that patches ``gates.*`` or ``sys.modules`` patches only its oracle.
+for the candidate's commit export, one per stand-in worker for the golden stand-ins its trainer makes, one for
+production's training commit, so two versions of the team's package never share a process. Here, in Airlock's own
+process, the gates judge the oracles' answers: accuracy, robustness (ART), backdoor (Neural Cleanse), golden
+regression and the advisories. Model code that patches ``gates.*`` or ``sys.modules`` patches only its oracle.
+
+The flow starts it beside the training (``"candidate": "stdin"`` in the request): it imports, starts production's
+oracle and, with nothing in production, trains the golden stand-in meanwhile, then reads one line from its standard
+input, ``{"model": DIR}``, once the candidate is built, through the artifact gate and its data re-checked. No line
+(the run failed first) and it ends at once, having judged nothing.
 
 This process holds no secret either (it is started with the sandbox's allowlisted environment); it runs outside
 the sandbox only because it starts sandboxes. Results come back as JSON: a list of GateResults and plot paths.
@@ -14,30 +19,29 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
+import os
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# Airlock's own code, from the installed package; ART before anything configures logging.
-import art  # noqa: F401
-
-import gates.advisory as advisory
+# Airlock's own code, from the installed package. Only what the golden stand-in's trainings need is imported here:
+# they start first, and ART and torch (seconds to import) are imported while they run (see run()).
 import gates.artifact as artifact
 import gates.backdoor as backdoor
 import gates.evaluation as evaluation
-import gates.golden_regression as golden_regression
-import gates.robustness as robustness
 from airlock import modeldir
 from airlock.datasets import load_split
 from airlock.errors import AirlockError
-from airlock.oracle import Oracle, RemoteModel
 from airlock.sandbox import Sandbox
 from gates import model_gates
 from gates._result import GateResult, Verdict
+
+if TYPE_CHECKING:
+    from airlock.oracle import Oracle, RemoteModel
 
 
 def _params(section: str, req: dict) -> Any:
@@ -58,6 +62,8 @@ def _progress(prefix: str):
 
 
 def _oracle(sb: Sandbox, req: dict, what: str, ro: dict[str, Path], stack: contextlib.ExitStack) -> Oracle:
+    from airlock.oracle import Oracle
+
     job = sb.job(what, ro=ro, threads=int(req["threads"]), timeout=float(req["timeout"]))
     return stack.enter_context(Oracle(job, timeout=float(req["timeout"]), on_line=_progress(what)))
 
@@ -74,7 +80,11 @@ ORDER = (
 )
 
 
-def run(req: dict) -> dict:
+def run(req: dict, candidate: Callable[[], dict] | None = None) -> dict:
+    """Judge the candidate ``req["model"]``. With ``candidate`` (the flow's evaluator, started beside the training),
+    everything that needs nothing of the candidate starts first - Airlock's imports, production's oracle, and with
+    nothing in production the golden stand-in - and ``candidate()`` then blocks until the flow hands over the built
+    candidate (``{"model": DIR}``, after the artifact gate and the data re-check)."""
     import numpy as np
     import torch
 
@@ -87,7 +97,7 @@ def run(req: dict) -> dict:
     wanted = tuple(req.get("gates") or model_gates.SECTIONS)
     out: dict = {"results": [], "plots": {}}
     p = req["params"]
-    src, model_dir = Path(req["src"]), Path(req["model"])
+    src = Path(req["src"])
     standin = work / "stand-in"
     standin.mkdir(parents=True, exist_ok=True)
 
@@ -100,9 +110,23 @@ def run(req: dict) -> dict:
     # The stack closes first (oracles, then ``failed`` set), then the background thread is waited for.
     with ThreadPoolExecutor(max_workers=1) as background, contextlib.ExitStack() as stack:
         stack.callback(failed.set)  # on the way out (an error included), abandon the stand-in between models
-        meta = _meta(model_dir)
-        cand_oracle = _oracle(sb, req, "candidate model", {"src": src, "model": model_dir}, stack)
-        cand = cand_oracle.load("candidate", cand_oracle.job.path("model"), meta)
+        # The golden snapshot, read once the data gate has verified it: no sandbox is ever given it to write.
+        x_go, y_go = load_split(Path(req["golden_dir"]), "golden")
+
+        # Nothing in production: the backdoor gate's reference is a golden-set stand-in (models trained by the same
+        # trainer on the known-clean golden set). It needs nothing of the candidate, so it is made in the background
+        # from the start, with sandboxed oracles of its own, while the candidate trains and the gates below judge it.
+        stand_in: Future | None = None
+        if "backdoor" in wanted and not req.get("prod_model"):
+            stand_in = background.submit(_stand_in, req, sb, x_go, y_go, standin, stop=failed.is_set)
+
+        # ART first (`import art` runs logging.config.dictConfig), then the gates that use it; torch with them.
+        import art  # noqa: F401
+
+        import gates.advisory as advisory
+        import gates.golden_regression as golden_regression
+        import gates.robustness as robustness
+
         prod = prod_meta = None
         if req.get("prod_model"):
             prod_meta = _meta(Path(req["prod_model"]))
@@ -110,19 +134,14 @@ def run(req: dict) -> dict:
                 sb, req, "production model", {"src": Path(req["prod_src"]), "model": Path(req["prod_model"])}, stack
             )
             prod = prod_oracle.load("production", prod_oracle.job.path("model"), prod_meta)
+
+        # The candidate: built, through the artifact gate, its data re-checked (the flow says when).
+        model_dir = Path(candidate()["model"] if candidate is not None else req["model"])
+        meta = _meta(model_dir)
+        cand_oracle = _oracle(sb, req, "candidate model", {"src": src, "model": model_dir}, stack)
+        cand = cand_oracle.load("candidate", cand_oracle.job.path("model"), meta)
         x_tr, y_tr = load_split(Path(req["train_dir"]), "train")
         x_te, y_te = load_split(Path(req["train_dir"]), "test")
-        x_go, y_go = load_split(Path(req["golden_dir"]), "golden")
-
-        # Nothing in production: the backdoor gate's reference is a golden-set stand-in (models trained by the same
-        # trainer on the known-clean golden set). It needs nothing of the candidate, so it is made in the background
-        # from the start, with its own sandboxed oracle, while the gates below judge the candidate.
-        stand_in: Future | None = None
-        if "backdoor" in wanted and prod is None:
-            oracles: queue.SimpleQueue[Oracle] = queue.SimpleQueue()
-            for i in range(max(1, int(req.get("parallel", 1)))):  # one per stand-in worker: a pipe serves one thread
-                oracles.put(_oracle(sb, req, f"stand-in models {i + 1}", {"src": src, "standin": standin}, stack))
-            stand_in = background.submit(_stand_in, req, sb, x_go, y_go, oracles, standin, stop=failed.is_set)
 
         # Accuracy on the test split and the golden set.
         if "evaluation" in wanted:
@@ -166,7 +185,7 @@ def run(req: dict) -> dict:
     return out
 
 
-def _stand_in(req, sb: Sandbox, x_go, y_go, oracles: queue.SimpleQueue[Oracle], standin: Path, stop) -> dict:
+def _stand_in(req, sb: Sandbox, x_go, y_go, standin: Path, stop) -> dict:
     """The golden stand-in's reference (:func:`gates.backdoor.stand_in_reference`), in the sandbox throughout."""
     bp = _params("backdoor", req)
     print(
@@ -181,27 +200,35 @@ def _stand_in(req, sb: Sandbox, x_go, y_go, oracles: queue.SimpleQueue[Oracle], 
     )
 
     mine = threading.local()
+    lock = threading.Lock()
+    started = 0
 
-    def load(d: Path) -> tuple[RemoteModel, dict]:
-        # Like the candidate's: a new directory with the trainer's two files alone, judged by the artifact gate.
-        model = modeldir.assemble(d, d.with_name(f"{d.name}.model"))
-        m = _meta(model)
-        if not hasattr(mine, "oracle"):
-            mine.oracle = oracles.get_nowait()  # each worker thread keeps one oracle for all its models
-        oracle: Oracle = mine.oracle
-        return oracle.load(f"stand-in-{d.name}", f"{oracle.job.path('standin')}/{model.name}", m), m
+    with contextlib.ExitStack() as oracles:  # closed as soon as the stand-in is made (or abandoned)
 
-    return backdoor.stand_in_reference(
-        x_go,
-        y_go,
-        standin,
-        bp,
-        config=src / "training" / "config.toml",
-        loader=load,
-        trainer=train,
-        parallel=int(req.get("parallel", 1)),
-        stop=stop,
-    )
+        def load(d: Path) -> tuple[RemoteModel, dict]:
+            nonlocal started
+            # Like the candidate's: a new directory with the trainer's two files alone, judged by the artifact gate.
+            model = modeldir.assemble(d, d.with_name(f"{d.name}.model"))
+            m = _meta(model)
+            if not hasattr(mine, "oracle"):  # each worker thread keeps one oracle (a pipe serves one thread)
+                with lock:
+                    started += 1
+                    what = f"stand-in models {started}"
+                    mine.oracle = _oracle(sb, req, what, {"src": src, "standin": standin}, oracles)
+            oracle: Oracle = mine.oracle
+            return oracle.load(f"stand-in-{d.name}", f"{oracle.job.path('standin')}/{model.name}", m), m
+
+        return backdoor.stand_in_reference(
+            x_go,
+            y_go,
+            standin,
+            bp,
+            config=src / "training" / "config.toml",
+            loader=load,
+            trainer=train,
+            parallel=int(req.get("parallel", 1)),
+            stop=stop,
+        )
 
 
 def _backdoor(req, cand: RemoteModel, meta, prod, prod_meta, x_go, y_go, stand_in: Future | None) -> GateResult:
@@ -223,11 +250,26 @@ def _compatible(cached: dict, fresh: dict) -> bool:
     return cached.get("images_sha256") == fresh.get("images_sha256") and cached.get("params") == fresh.get("params")
 
 
+def _candidate_from_stdin() -> dict:
+    """The flow's one line, ``{"model": DIR}``, once the candidate is ready. No line (the flow failed or gave up
+    first): nothing will be judged, so end at once - the stand-in's and production's sandboxes die with this
+    process (``--die-with-parent``), and no result file is written."""
+    line = sys.stdin.readline()
+    if not line.strip():
+        print("no candidate came (the run stopped before the model gates): nothing judged", flush=True)
+        sys.stderr.flush()
+        os._exit(0)
+    got = json.loads(line)
+    if not isinstance(got, dict) or not isinstance(got.get("model"), str):
+        raise AirlockError('the flow sent the evaluator something other than {"model": DIR}')
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     req = json.loads(Path(argv[0]).read_text())
     try:
-        out = run(req)
+        out = run(req, _candidate_from_stdin if req.get("candidate") == "stdin" else None)
     except Exception as e:  # noqa: BLE001 - the team's model can fail any way: that is a refusal, not a crash
         if not isinstance(e, AirlockError):
             traceback.print_exc()  # a bug of Airlock's own: the run's log keeps where it happened
@@ -249,4 +291,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # The results are written: end without the interpreter's shutdown, which takes seconds with torch and ART
+    # loaded and decides nothing.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,14 @@ def install_log_filter() -> None:
 LISTENERS: list[Callable[[str, dict[str, Any]], None]] = []
 
 
+# Lines come from the flow's thread and from the evaluator's (started beside the training): one at a time.
+_EMITTING = threading.RLock()
+
+
 def emit(event: str, **data: Any) -> None:
-    for listener in list(LISTENERS):
-        listener(event, data)
+    with _EMITTING:
+        for listener in list(LISTENERS):
+            listener(event, data)
 
 
 class PrefectLog:

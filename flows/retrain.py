@@ -126,17 +126,21 @@ def retrain(config: str):
             # 2. Data gate: each dataset matches the manifest committed in the verified commit, then is snapshotted.
             datasets = {name: rec.record(data_gate(pol, name, src, run_dir)) for name in ("train", "golden")}
 
-            # 3. Training: the team's code, from the verified snapshot, in the sandbox. Airlock then builds a new
-            #    model directory from its weights and metadata alone, and the artifact gate judges that directory.
-            model_dir = collect_model(train(pol, box, src, run_dir), run_dir)
-            rec.record(artifact.check(model_dir))
+            #    The model-gate evaluator (step 4) starts now, beside the training: it needs nothing of the candidate
+            #    to get ready, nor, with nothing in production, to train the golden stand-in. It is handed the
+            #    candidate below; a refusal before that ends it with nothing judged.
+            with start_model_gates(pol, box, src, run_dir, ledger) as evaluator:
+                # 3. Training: the team's code, from the verified snapshot, in the sandbox. Airlock then builds a
+                #    new model directory from its weights and metadata alone; the artifact gate judges that directory.
+                model_dir = collect_model(train(pol, box, src, run_dir), run_dir)
+                rec.record(artifact.check(model_dir))
 
-            # 4. Model gates on data verified again: accuracy (test + golden), robustness (ART PGD sweep + APGD,
-            #    Wilson lower bound, regression vs production), backdoor (Neural Cleanse vs production or a
-            #    golden-set stand-in), golden-set regression (McNemar); advisories recorded, never blocking. The
-            #    team's model answers from its sandbox; every verdict is computed outside it.
-            recheck_data(datasets, src, run_dir)
-            rec.record_all(model_gates(pol, box, src, model_dir, run_dir, ledger))
+                # 4. Model gates on data verified again: accuracy (test + golden), robustness (ART PGD sweep + APGD,
+                #    Wilson lower bound, regression vs production), backdoor (Neural Cleanse vs production or a
+                #    golden-set stand-in), golden-set regression (McNemar); advisories recorded, never blocking. The
+                #    team's model answers from its sandbox; every verdict is computed outside it.
+                recheck_data(datasets, src, run_dir)
+                rec.record_all(model_gates(pol, evaluator, src, model_dir, run_dir))
 
             # 5. Signing: provenance + evidence + weights signed together, then staged (the registry verifies).
             staged = sign_and_stage(pol, box, run_id, run_dir, src, model_dir, c, datasets, rec, ledger, initiator)
@@ -381,17 +385,16 @@ def recheck_data(datasets: dict[str, GateResult], src: Path, run_dir: Path) -> N
             raise GateFailed(f"dataset '{name}' changed after the data gate: {again.reason}")
 
 
-@task(name="model-gates")
-def model_gates(
-    pol, box: sandbox.Sandbox, src: Path, model_dir: Path, run_dir: Path, ledger: Ledger
-) -> list[GateResult]:
-    """Accuracy, robustness, backdoor, golden regression and advisories, computed by Airlock's evaluator; the
-    team's model answers from its sandbox."""
+@task(name="model-gates-start")
+def start_model_gates(pol, box: sandbox.Sandbox, src: Path, run_dir: Path, ledger: Ledger) -> sandbox.TrustedProcess:
+    """Airlock's evaluator, started before the training: it imports, starts production's oracle and, with nothing in
+    production, trains the golden stand-in meanwhile; :func:`model_gates` hands it the candidate."""
     work = _fresh(run_dir / "model-gates")
     work.mkdir(parents=True)
+    model_dir = run_dir / "model"  # where collect_model builds the candidate
     req = {
         "src": str(src),
-        "model": str(model_dir),
+        "candidate": "stdin",
         "workdir": str(work),
         "train_dir": str(run_dir / "data" / "train"),
         "golden_dir": str(run_dir / "data" / "golden"),
@@ -408,24 +411,41 @@ def model_gates(
         req.update(prod)
     # The evaluator's sandboxes see the exports, the model directories and its own work directory: nothing protected.
     box.refuse_exposure("model code", [src, model_dir, work], protected_paths(pol))
-    request, result_file = work / "request.json", work / "results.json"
+    request = work / "request.json"
     request.write_text(json.dumps(req, indent=2))
-    against = f"production {prod['prod_digest'][:19]}…" if prod else "a golden-set stand-in (nothing in production)"
+    if not prod:
+        emit("progress", step="model-gates", message="evaluator started beside the training (golden stand-in first)")
+    return sandbox.TrustedProcess(
+        ["{python}", "-P", "-m", "flows._evaluate", str(request), str(work / "results.json")],
+        cwd=run_dir,
+        home=run_dir / "home-eval",
+        # It waits through the training, then evaluates: each bounded by the training timeout.
+        timeout=2 * pol.training.timeout_seconds,
+        what="model-gate evaluator",
+        threads=pol.training.threads,
+        on_line=lambda line: emit("progress", step="model-gates", message=f"  evaluator | {line}"),
+    )
+
+
+@task(name="model-gates")
+def model_gates(pol, evaluator: sandbox.TrustedProcess, src: Path, model_dir: Path, run_dir: Path) -> list[GateResult]:
+    """Accuracy, robustness, backdoor, golden regression and advisories, computed by Airlock's evaluator; the
+    team's model answers from its sandbox."""
+    work = run_dir / "model-gates"
+    req = json.loads((work / "request.json").read_text())
+    prod = req.get("prod_digest")
+    against = f"production {prod[:19]}…" if prod else "a golden-set stand-in (nothing in production)"
     emit(
         "progress",
         step="model-gates",
         message=f"accuracy, robustness, backdoor, golden regression against {against} "
         "(the model answers from its sandbox)",
     )
-    sandbox.run_trusted(
-        ["{python}", "-P", "-m", "flows._evaluate", str(request), str(result_file)],
-        cwd=run_dir,
-        home=run_dir / "home-eval",
-        timeout=pol.training.timeout_seconds,
-        what="model-gate evaluator",
-        threads=pol.training.threads,
-        on_line=lambda line: emit("progress", step="model-gates", message=f"  evaluator | {line}"),
-    )
+    evaluator.send(json.dumps({"model": str(model_dir)}))
+    evaluator.wait()
+    result_file = work / "results.json"
+    if not result_file.is_file():
+        raise GateFailed("the model-gate evaluator ended without results — see the run's log above")
     out_json = json.loads(result_file.read_text())
     results = [GateResult.from_dict(d) for d in out_json["results"]]
     curve = out_json.get("plots", {}).get("robustness")

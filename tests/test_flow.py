@@ -8,6 +8,7 @@ separate processes against it, exactly as a deployment and its approvers would.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,40 @@ def test_golden_set_swapped_with_its_manifest_in_a_signed_commit_stops_the_run(w
     assert res.returncode == 1, res.stdout + res.stderr
     assert "data:golden gate refused" in res.stdout and f"has root digest {new}, not the pinned" in res.stdout
     assert nothing_staged_or_promoted(work)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+def test_a_failed_training_ends_the_evaluator_started_beside_it(work, prefect_api):
+    """The model-gate evaluator starts beside the training (and, with nothing in production, trains the golden
+    stand-in meanwhile). When the candidate's training fails, the run fails with the trainer's reason, and the
+    evaluator and every sandbox it started are gone: here the stand-in's trainings would sleep a minute."""
+    crash = (
+        "import sys, time; time.sleep(12); "  # long enough for the evaluator to have started the stand-in
+        "sys.exit('trainer crashed on purpose') if '--config' not in sys.argv else time.sleep(60)"
+    )
+    set_policy(work, "training", "command", json.dumps(["{python}", "-c", crash]))
+    res = run_to_end(work, prefect_api)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "trainer crashed on purpose" in res.stdout, res.stdout
+    assert "Traceback" not in res.stdout + res.stderr
+    assert nothing_staged_or_promoted(work)
+    assert kinds(work)[-1] == "run.failed"
+    runs = work["workdir"] / "runs"
+    (run_dir,) = list(runs.iterdir())
+    assert (run_dir / "model-gates" / "stand-in" / "seed-1234").is_dir()  # the stand-in was training ...
+    assert not (run_dir / "model-gates" / "results.json").exists()  # ... and nothing was judged
+    assert _processes_mentioning(str(run_dir)) == []
 
 
 def test_model_below_threshold_is_never_signed(work, prefect_api):

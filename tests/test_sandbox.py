@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -361,3 +362,59 @@ def test_without_prlimit_the_sandbox_refuses_to_start(monkeypatch, tmp_path):
     for mode in ("bubblewrap", "environment"):
         with pytest.raises(SandboxError, match=r"prlimit \(util-linux\) is not installed"):
             Sandbox(mode=mode).check()
+
+
+def _trusted(tmp_path: Path, code: str, lines: list[str], grace: float = 10.0) -> sandbox.TrustedProcess:
+    return sandbox.TrustedProcess(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        home=tmp_path / "home",
+        timeout=60,
+        what="test helper",
+        on_line=lines.append,
+        grace=grace,
+    )
+
+
+def test_a_trusted_process_started_early_gets_its_one_line_or_is_ended(tmp_path):
+    """The model-gate evaluator's way of running beside the training (sandbox.TrustedProcess)."""
+    lines: list[str] = []
+    # Given its line, it goes on; its output comes back line by line.
+    with _trusted(
+        tmp_path, "import sys; print('ready', flush=True); print('got', sys.stdin.readline().strip())", lines
+    ) as p:
+        p.send('{"model": "m"}')
+        assert p.wait() > 0
+    assert lines == ["ready", 'got {"model": "m"}']
+
+    # Left without its line (the caller failed first): its input ends, and one that reads it ends by itself ...
+    lines.clear()
+    with _trusted(tmp_path, "import sys; print('eof' if not sys.stdin.readline() else 'line', flush=True)", lines):
+        pass
+    assert lines == ["eof"]
+
+    # ... and one that does not listen is killed after the grace period, with whatever it started.
+    marker = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); open({str(marker)!r}, 'w').write(str(c.pid)); "
+        "print('started', flush=True); time.sleep(60)"
+    )
+    with _trusted(tmp_path, code, lines, grace=0.5) as p:
+        while not marker.exists() or not marker.read_text():
+            time.sleep(0.05)
+    child = int(marker.read_text())
+    for _ in range(50):  # the kill is SIGKILL to the group: reaped by init a moment later
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the helper's child outlived it")
+    with pytest.raises(SandboxError, match="exited with code -9"):
+        p.wait()
+
+    # A failure is raised where it is waited for, as Job.run would raise it.
+    with _trusted(tmp_path, "import sys; print('bad'); sys.exit(4)", []) as p:
+        p.send("x")
+        with pytest.raises(SandboxError, match="exited with code 4: bad"):
+            p.wait()
