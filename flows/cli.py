@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -733,7 +734,13 @@ def cmd_audit(args) -> int:
 def cmd_demo(args) -> int:
     from flows import demo
 
-    return demo.main(args)
+    code = demo.main(args)
+    # The demo has drained Prefect's logs and events and stopped its server: all the interpreter's shutdown would
+    # still do is seconds of tearing down torch, ART and Prefect. Only the demo ends this way: `airlock run` leaves
+    # Prefect's exit handlers their work.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # -- parser ----------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
@@ -273,10 +274,14 @@ def approver_process(paths: dict[str, Path], run_id: str, who: str, log, extra: 
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL
     )
     assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.strip():
-            print(f"           {who:5} | {line.rstrip()}", file=log, flush=True)
+    # Each approver's lines together (two approve at once): what they saw, then what they submitted.
+    seen = [f"           {who:5} | {line.rstrip()}\n" for line in proc.stdout if line.strip()]
+    with _PRINTING:
+        print("".join(seen), end="", file=log, flush=True)
     return proc.wait(timeout=600)
+
+
+_PRINTING = threading.Lock()
 
 
 def wait_for_request(ledger: Ledger, timeout: float, stop: threading.Event) -> str | None:
@@ -367,8 +372,14 @@ def _run(args, log, workdir: Path, server: _server.Server, t0: float) -> int:
             run_id = wait_for_request(Ledger(paths["ledger"], public_key=paths["trust"] / "ledger.pub"), 1800, stop)
             if run_id is None:
                 return
-            for who in ("alice", "bob"):
-                codes[who] = approver_process(paths, run_id, who, log)
+            # Both at once, as two people would: the second's submission waits while the first is judged
+            # (`airlock approve` resubmits at the next pause), and neither waits for the other to read the report.
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                futures = {who: pool.submit(approver_process, paths, run_id, who, log) for who in ("alice", "bob")}
+                # Meanwhile, the import the last step (loading production's weights) would wait seconds for.
+                import safetensors.torch  # noqa: F401
+
+                codes.update({who: f.result() for who, f in futures.items()})
         except Exception as e:  # noqa: BLE001 - said, not swallowed: the flow then waits out its approval timeout
             print(f"  {'ERROR':8} {'demo approvers':20} {type(e).__name__}: {e}", file=log, flush=True)
 
