@@ -14,8 +14,8 @@ Speed and memory (numbers in BENCHMARKS.md, "Data-gate hashing"):
 * many files: per-file Python work would serialise threads on the GIL, so files up to 1 MiB are shared, in chunks,
   between the calling thread and one helper process per other core (airlock/_hashworker.py in ``python -I -S``,
   started while the listing goes on); larger files come back and are streamed in threads;
-* a file up to 1 MiB is read with one ``read`` call; a larger one streams through a 1 MiB buffer per thread, so
-  memory stays constant whatever the file or dataset size (it grows only with the number of file names).
+* a file up to 1 MiB is read with one ``read`` call; a larger one streams in 1 MiB reads, so memory stays
+  constant whatever the file or dataset size (it grows only with the number of file names).
 
 Every file is opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat`` on the open descriptor: a file
 swapped for a symlink or a FIFO between the listing and the read is reported as such and never read.
@@ -42,11 +42,9 @@ def sha256_file(path: str | Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as f:
-        buf = bytearray(BLOCK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            size += n
+        while data := f.read(BLOCK):  # a new buffer per read: see _hashworker.hash_one
+            h.update(data)
+            size += len(data)
     return h.hexdigest(), size
 
 
@@ -228,15 +226,13 @@ def _hash_in_threads(root: Path, rels: list[str], workers: int) -> list:
     errors: list[tuple[str, OSError]] = []
 
     def work() -> None:
-        buf = bytearray(BLOCK)  # one buffer per thread, reused for every large file
-        view = memoryview(buf)
         while not errors:
             with lock:
                 i = next(indices, None)
             if i is None:
                 return
             try:
-                results[i] = _w.hash_one(dir_fd, rels[i], buf, view)
+                results[i] = _w.hash_one(dir_fd, rels[i])
             except OSError as e:
                 errors.append((rels[i], e))
 
@@ -349,12 +345,10 @@ def _hash_small_with_helpers(root: Path, rels: list[str], procs: list, meanwhile
                 failed.append("stopped: meanwhile() failed")  # the drivers send nothing more
                 raise
         # This thread works too (it has no start-up to wait for), from the same shared index.
-        buf = bytearray(BLOCK)
-        view = memoryview(buf)
         while (start := take()) is not None:
             for i in range(start, min(start + chunk, len(rels))):
                 try:
-                    results[i] = _w.hash_one(dir_fd, rels[i], buf, view, max_size=_w.SMALL)
+                    results[i] = _w.hash_one(dir_fd, rels[i], max_size=_w.SMALL)
                 except OSError as e:
                     errors.append((rels[i], e))
     finally:

@@ -132,8 +132,7 @@ def _hash_batch(src: Path) -> Tree:
     if stat.S_ISREG(st.st_mode):
         dir_fd = os.open(src.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            buf = bytearray(BLOCK)
-            res = _w.hash_one(dir_fd, src.name, buf, memoryview(buf))
+            res = _w.hash_one(dir_fd, src.name)
         finally:
             os.close(dir_fd)
         if not isinstance(res, tuple):  # swapped for a link or a FIFO, or removed, since the lstat above
