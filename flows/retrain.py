@@ -15,6 +15,7 @@
 4. Model gates     - the data is verified again; accuracy, robustness (statistical), backdoor and golden regression
                      vs production are computed by Airlock's own evaluator, which asks the team's model (in its
                      sandbox) for answers and never imports its code; advisory privacy/extraction metrics recorded.
+                     The evaluator starts beside the training and is handed the candidate only once it is built.
 5. Signing         - the model directory (weights, metadata, provenance, AIBOM, evidence) is checked against its
                      layout and signed; staged (the registry verifies).
 6. Approval        - the run pauses until signed statements, bound to this run and this model digest and not
