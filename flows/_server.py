@@ -6,9 +6,9 @@ from an empty database (116 migrations, ~8 s). The demo instead starts one serve
 it builds its keys and repository, and hands its URL to the flow and to the approvers' processes.
 
 A migrated empty database is kept per Prefect version in the user's cache (``./setup.sh`` runs ``--prepare``; else
-the first demo leaves it) and copied into each new ``PREFECT_HOME`` with SQLite's backup API. Prefect still runs its
-migrations on start: a no-op at head, the missing ones after an upgrade. The database holds orchestration state
-only; no verdict rests on it (approvals are verified cryptographically by the flow, promotions by the registry).
+the first demo leaves it) and copied into each new ``PREFECT_HOME`` with SQLite's backup API. A copy is at head for
+this Prefect version (another version has another template), so the server then skips its migration check; without
+a copy it migrates from scratch. The database holds orchestration state only; no verdict rests on it (approvals are verified cryptographically by the flow, promotions by the registry).
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ class Server:
             **({} if self.full else {"PREFECT__SERVER_EPHEMERAL": "1"}),  # (Prefect then serves no UI)
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_LOGGING_LEVEL": "ERROR",
+            # Copied from the template this Prefect version migrated (its path names the version): already at head,
+            # so the start skips the migration check (~1.3 s on 2 cores). From scratch, the migrations run.
+            **({"PREFECT_API_DATABASE_MIGRATE_ON_START": "false"} if self.seeded else {}),
         }
         env.pop("PREFECT_API_URL", None)
         with open(self.log, "ab") as out:
