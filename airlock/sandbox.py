@@ -486,31 +486,11 @@ def _python_dirs() -> list[str]:
     return dirs
 
 
-def run_trusted(
-    cmd: list[str],
-    cwd: Path,
-    home: Path,
-    timeout: float,
-    what: str,
-    threads: int = 1,
-    on_line: Callable[[str], None] | None = None,
-) -> float:
-    """Run Airlock's own code (never team code) in a child with the same allowlisted environment and caps but no
-    namespace: the trusted evaluator, which starts its own sandboxes for the team's model."""
-    return _trusted_job(what, cwd, home, timeout, threads).run(cmd, on_line)
-
-
-def _trusted_job(what: str, cwd: Path, home: Path, timeout: float, threads: int) -> Job:
-    job = Sandbox(mode="environment").job(what, rw={"home": home}, timeout=timeout, threads=threads)
-    job.host_cwd = cwd
-    job.env_extra = {"HOME": str(home), "TMPDIR": str(home)}
-    return job
-
-
 class TrustedProcess:
-    """:func:`run_trusted`, started now and waited for later: Airlock's own code (never team code) working beside
-    the caller, which hands it one line on its standard input when what it waits for is ready (the model-gate
-    evaluator, started beside the training, is given the candidate once it is built).
+    """Airlock's own code (never team code) in a child with the sandbox's allowlisted environment and caps but no
+    namespace - the model-gate evaluator, which starts its own sandboxes for the team's model - started now and
+    waited for later. It works beside the caller, which hands it one line on its standard input when what it waits
+    for is ready (the evaluator, started beside the training, is given the candidate once it is built).
 
     Leaving the ``with`` block without :meth:`wait` (the caller failed first) closes that input unsent, which tells
     the process to end, and kills its process group if it has not within ``grace`` seconds: nothing it started
@@ -531,7 +511,9 @@ class TrustedProcess:
         import contextvars
 
         self.what, self.grace = what, grace
-        job = _trusted_job(what, cwd, home, timeout, threads)
+        job = Sandbox(mode="environment").job(what, rw={"home": home}, timeout=timeout, threads=threads)
+        job.host_cwd = cwd
+        job.env_extra = {"HOME": str(home), "TMPDIR": str(home)}
         self._proc: subprocess.Popen | None = None
         self._error: BaseException | None = None
         self._seconds = 0.0
