@@ -25,20 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from airlock.ledger import Ledger  # noqa: E402
+from bench._machine import processor  # noqa: E402
 
 
 def t(entry: dict) -> float:
     return dt.datetime.fromisoformat(entry["time"]).timestamp()
-
-
-def _processor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> int:
@@ -116,7 +107,7 @@ def main() -> int:
         "command": "python3 bench/demo_stages.py",
         "machine": {
             "cpus": os.cpu_count(),
-            "processor": _processor(),
+            "processor": processor(),
             "python": platform.python_version(),
             "platform": platform.platform(),
         },

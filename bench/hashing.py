@@ -331,14 +331,9 @@ def main() -> int:
     def first_line(cmd: list[str]) -> str:
         return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0].strip()
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    from bench._machine import processor
+
+    cpu = processor()
     result = {
         "command": "python3 bench/hashing.py --write",
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._machine import processor  # noqa: E402
+
 _FIRST_LOAD = """
 import sys, time, json
 t0 = time.perf_counter()
@@ -159,7 +161,7 @@ def main() -> int:
     result = {
         "command": "python3 -m bench.load_and_sign",
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": _cpu()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": processor()},
         "load": {
             "first_call_seconds_with_imports": round(load["first"], 4),
             "warm_median_seconds": round(warm, 4),
@@ -179,16 +181,6 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
