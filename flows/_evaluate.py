@@ -85,13 +85,6 @@ def run(req: dict, candidate: Callable[[], dict] | None = None) -> dict:
     everything that needs nothing of the candidate starts first - Airlock's imports, production's oracle, and with
     nothing in production the golden stand-in - and ``candidate()`` then blocks until the flow hands over the built
     candidate (``{"model": DIR}``, after the artifact gate and the data re-check)."""
-    import numpy as np
-    import torch
-
-    threads, seed = int(req["threads"]), int(req["seed"])
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
     sb = Sandbox(**req["sandbox"])
     work = Path(req["workdir"])
     wanted = tuple(req.get("gates") or model_gates.SECTIONS)
@@ -120,7 +113,15 @@ def run(req: dict, candidate: Callable[[], dict] | None = None) -> dict:
         if "backdoor" in wanted and not req.get("prod_model"):
             stand_in = background.submit(_stand_in, req, sb, x_go, y_go, standin, stop=failed.is_set)
 
-        # ART first (`import art` runs logging.config.dictConfig), then the gates that use it; torch with them.
+        # Then torch, seeded for the gates below (the stand-in's Neural Cleanse draws from its own generators), and
+        # ART (`import art` runs logging.config.dictConfig) before the gates that use it.
+        import numpy as np
+        import torch
+
+        threads, seed = int(req["threads"]), int(req["seed"])
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
         import art  # noqa: F401
 
         import gates.advisory as advisory
