@@ -113,6 +113,12 @@ def run(req: dict, candidate: Callable[[], dict] | None = None) -> dict:
         if "backdoor" in wanted and not req.get("prod_model"):
             stand_in = background.submit(_stand_in, req, sb, x_go, y_go, standin, stop=failed.is_set)
 
+        # The candidate's oracle starts now too, so that its start-up (torch) is not waited for later. It reads the
+        # candidate from a directory of its own, into which Airlock copies the trainer's two files once handed them.
+        cand_dir = work / "candidate"
+        cand_dir.mkdir(exist_ok=True)
+        cand_oracle = _oracle(sb, req, "candidate model", {"src": src, "candidate": cand_dir}, stack)
+
         # Then torch, seeded for the gates below (the stand-in's Neural Cleanse draws from its own generators), and
         # ART (`import art` runs logging.config.dictConfig) before the gates that use it.
         import numpy as np
@@ -138,9 +144,8 @@ def run(req: dict, candidate: Callable[[], dict] | None = None) -> dict:
 
         # The candidate: built, through the artifact gate, its data re-checked (the flow says when).
         model_dir = Path(candidate()["model"] if candidate is not None else req["model"])
-        meta = _meta(model_dir)
-        cand_oracle = _oracle(sb, req, "candidate model", {"src": src, "model": model_dir}, stack)
-        cand = cand_oracle.load("candidate", cand_oracle.job.path("model"), meta)
+        meta = _meta(modeldir.assemble(model_dir, cand_dir / "model"))  # judged again, as copied
+        cand = cand_oracle.load("candidate", f"{cand_oracle.job.path('candidate')}/model", meta)
         x_tr, y_tr = load_split(Path(req["train_dir"]), "train")
         x_te, y_te = load_split(Path(req["train_dir"]), "test")
 
