@@ -62,9 +62,9 @@ def hash_one(dir_fd: int, rel, max_size: int | None = None):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             h = hashlib.sha256()
             size = 0
-        # 1 MiB reads into a new buffer each (freed at once, so the allocator hands back the same memory), as
-        # model_signing reads: on AMD EPYC a reused bytearray filled by readv took ~1.5x as long in a fresh process
-        # (BENCHMARKS.md, "Data-gate hashing"); no slower elsewhere.
+        # 1 MiB reads, each into a new buffer, as model_signing reads: on AMD EPYC one reused bytearray filled by
+        # readv took ~1.5x as long in a fresh process (BENCHMARKS.md, "Data-gate hashing"); a second pass in the same
+        # process was as fast either way. Not yet re-measured on Intel, where the reused buffer was already as fast.
         while data := os.read(fd, BLOCK):
             h.update(data)
             size += len(data)

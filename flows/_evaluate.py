@@ -6,9 +6,9 @@ production's training commit, so two versions of the team's package never share 
 process, the gates judge the oracles' answers: accuracy, robustness (ART), backdoor (Neural Cleanse), golden
 regression and the advisories. Model code that patches ``gates.*`` or ``sys.modules`` patches only its oracle.
 
-The flow starts it beside the training (``"candidate": "stdin"`` in the request): it imports, starts production's
-oracle and, with nothing in production, trains the golden stand-in meanwhile, then reads one line from its standard
-input, ``{"model": DIR}``, once the candidate is built, through the artifact gate and its data re-checked. No line
+The flow starts it beside the training (``"candidate": "stdin"`` in the request): it imports, starts the candidate's
+and production's oracles and, with nothing in production, trains the golden stand-in meanwhile, then reads one line
+from its standard input, ``{"model": DIR}``, once the candidate is built, through the artifact gate and its data re-checked. No line
 (the run failed first) and it ends at once, having judged nothing.
 
 This process holds no secret either (it is started with the sandbox's allowlisted environment); it runs outside
@@ -82,8 +82,8 @@ ORDER = (
 
 def run(req: dict, candidate: Callable[[], dict] | None = None) -> dict:
     """Judge the candidate ``req["model"]``. With ``candidate`` (the flow's evaluator, started beside the training),
-    everything that needs nothing of the candidate starts first - Airlock's imports, production's oracle, and with
-    nothing in production the golden stand-in - and ``candidate()`` then blocks until the flow hands over the built
+    everything that needs nothing of the candidate starts first - Airlock's imports, the candidate's and production's
+    oracles, and with nothing in production the golden stand-in - and ``candidate()`` then blocks until the flow hands over the built
     candidate (``{"model": DIR}``, after the artifact gate and the data re-check)."""
     sb = Sandbox(**req["sandbox"])
     work = Path(req["workdir"])
