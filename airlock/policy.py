@@ -158,6 +158,12 @@ class TrainingPolicy(_Strict):
     command: list[str] = Field(default=["{python}", "-m", "training.train"], min_length=1)
     timeout_seconds: int = Field(default=1800, gt=0)
     threads: int = Field(default=1, ge=1, le=256)
+    fork: bool = Field(
+        default=True,
+        description="the golden stand-in's trainings run as forks of one sandboxed process that imported the "
+        "trainer's dependencies once (airlock/forking.py); only for a command {python} -m MODULE. false: a new "
+        "process for each, for a trainer whose imports are not safe to fork",
+    )
     lock: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",

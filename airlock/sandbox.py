@@ -416,33 +416,40 @@ class Job:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+        refusal = self.refusal(stopped, proc.returncode, list(tail))
+        if refusal is not None:
+            raise refusal
+        return time.monotonic() - start
+
+    def refusal(self, stopped: list[str], code: int, tail: list[str]) -> SandboxError | None:
+        """What ended a run of this job, as a refusal (None: it ran to a clean exit). ``stopped``: why it was
+        killed ("output", "timeout"); ``tail``: its last lines of output."""
         limit_mb = self.sandbox.output_mb
         if (
             "output" in stopped
             or self._output_bytes() > limit_mb << 20
             or any("File too large" in line for line in tail)
         ):
-            raise SandboxError(
+            return SandboxError(
                 f"the {self.what} wrote more than its {limit_mb} MB output cap and was stopped",
                 "write less, or raise sandbox.output_mb in airlock.toml",
             )
         if "timeout" in stopped:
-            raise SandboxError(
+            return SandboxError(
                 f"the {self.what} ran longer than {self.timeout:g} s and was stopped",
                 "raise training.timeout_seconds in airlock.toml or make it faster",
             )
-        if proc.returncode != 0:
+        if code != 0:
             last = next((line for line in reversed(tail) if line.strip()), "no output").strip()[:200]
             if any("MemoryError" in line or "Cannot allocate memory" in line for line in tail):
-                raise SandboxError(
+                return SandboxError(
                     f"the {self.what} ran out of its {self.sandbox.memory_mb} MB memory cap: {last}",
                     "use less memory, or raise sandbox.memory_mb in airlock.toml",
                 )
-            raise SandboxError(
-                f"the {self.what} exited with code {proc.returncode}: {last}",
-                "run it by hand from a clean checkout to debug",
+            return SandboxError(
+                f"the {self.what} exited with code {code}: {last}", "run it by hand from a clean checkout to debug"
             )
-        return time.monotonic() - start
+        return None
 
     def _output_bytes(self) -> int:
         total = 0

@@ -201,8 +201,9 @@ def _stand_in(req, sb: Sandbox, x_go, y_go, standin: Path, stop) -> dict:
     )
     src = Path(req["src"])
     # The stand-in is trained by the verified commit's own trainer, in the sandbox like any training.
-    train = backdoor.sandboxed_trainer(
-        list(req["training_command"]), src, sb, float(req["timeout"]), int(req["threads"])
+    # With a `{python} -m MODULE` command, its trainings are forks of one sandboxed process (training.fork).
+    train = backdoor.SandboxedTrainer(
+        list(req["training_command"]), src, sb, float(req["timeout"]), int(req["threads"]), fork=bool(req["fork"])
     )
 
     mine = threading.local()
@@ -210,6 +211,7 @@ def _stand_in(req, sb: Sandbox, x_go, y_go, standin: Path, stop) -> dict:
     started = 0
 
     with contextlib.ExitStack() as oracles:  # closed as soon as the stand-in is made (or abandoned)
+        oracles.enter_context(train)
 
         def load(d: Path) -> tuple[RemoteModel, dict]:
             nonlocal started

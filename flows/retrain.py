@@ -403,6 +403,7 @@ def start_model_gates(pol, box: sandbox.Sandbox, src: Path, run_dir: Path, ledge
         "seed": pol.evaluation.seed,
         "timeout": pol.training.timeout_seconds,
         "training_command": pol.training.command,
+        "fork": pol.training.fork,
         "parallel": min(2, os.cpu_count() or 1),
         "sandbox": dataclasses.asdict(box),
         "params": {name: getattr(pol, name).model_dump() for name in SECTIONS},

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -374,7 +375,7 @@ def _stand_in_jobs(
     root = _module_root(trainer_module)
     if trainer is None and root is None:
         raise RuntimeError(f"cannot find the trainer module {trainer_module}")
-    run = trainer or sandboxed_trainer(["{python}", "-m", trainer_module], Path(str(root)), timeout=timeout)
+    run = trainer or SandboxedTrainer(["{python}", "-m", trainer_module], Path(str(root)), timeout=timeout)
     data = out_dir / "data"
     data.mkdir(exist_ok=True)
     np.save(data / "train_x.npy", np.asarray(golden_x, dtype=np.float32), allow_pickle=False)
@@ -388,37 +389,72 @@ def _stand_in_jobs(
     return run, jobs
 
 
-def sandboxed_trainer(
-    command: list[str], src: Path, sandbox: Any = None, timeout: float = 600.0, threads: int = 1
-) -> Callable[[Path, Path, Path], None]:
+class SandboxedTrainer:
     """A :func:`train_reference` trainer: ``command`` (the policy's training command) run from the export ``src``
-    in the sandbox (airlock/sandbox.py), like any training: the stand-in's trainer is team code too."""
-    from airlock.sandbox import Sandbox
+    in the sandbox (airlock/sandbox.py), like any training: the stand-in's trainer is team code too.
 
-    box = sandbox or Sandbox()
+    With ``fork`` and a ``{python} -m MODULE`` command, the trainings are forks of one sandboxed process that
+    imported the trainer's dependencies once (airlock/forking.py): the same trainings, byte for byte, without a new
+    interpreter importing torch for each. Use it as a context manager (or call :meth:`close`) to end that process."""
 
-    def run(data: Path, out: Path, cfg: Path) -> None:
-        job = box.job(
+    def __init__(
+        self,
+        command: list[str],
+        src: Path,
+        sandbox: Any = None,
+        timeout: float = 600.0,
+        threads: int = 1,
+        fork: bool = False,
+    ) -> None:
+        from airlock.forking import forkable
+        from airlock.sandbox import Sandbox
+
+        self.command, self.src, self.timeout, self.threads = list(command), Path(src), timeout, threads
+        self.box = sandbox or Sandbox()
+        self.module = forkable(self.command) if fork else None
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    def _job(self, data: Path, out: Path) -> Any:
+        return self.box.job(
             "stand-in trainer",
-            ro={"src": src, "data": data},
+            ro={"src": self.src, "data": data},
             rw={"out": out},
             cwd="src",
-            timeout=timeout,
-            threads=threads,
-        )
-        job.run(
-            [
-                *command,
-                "--data",
-                job.path("data"),
-                "--out",
-                job.path("out"),
-                "--config",
-                f"{job.path('data')}/{cfg.name}",
-            ]
+            timeout=self.timeout,
+            threads=self.threads,
         )
 
-    return run
+    def __call__(self, data: Path, out: Path, cfg: Path) -> None:
+        if self.module is None:  # a new sandboxed process for each training
+            job = self._job(data, out)
+            job.run([*self.command, *self._args(job, job.path("out"), cfg)])
+            return
+        from airlock.forking import ForkTrainer
+
+        with self._lock:  # one fork server for every seed: its binds are the shared data and the seeds' parent
+            if self._server is None:
+                self._server = ForkTrainer(self._job(data, out.parent), self.module)
+                self._binds = (Path(data), Path(out).parent)
+        if (Path(data), Path(out).parent) != self._binds:
+            raise ValueError("a fork trainer trains from one data directory into one output directory")
+        job = self._server.job
+        self._server.run(self._args(job, f"{job.path('out')}/{out.name}", cfg))
+
+    @staticmethod
+    def _args(job: Any, out: str, cfg: Path) -> list[str]:
+        return ["--data", job.path("data"), "--out", out, "--config", f"{job.path('data')}/{cfg.name}"]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                self._server.close()
+
+    def __enter__(self) -> SandboxedTrainer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def load_trained(out_dir: Path):

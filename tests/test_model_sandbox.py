@@ -61,6 +61,7 @@ def request(tmp_path, src: Path, model: Path, digits: Path, gates: list[str], **
         "seed": 0,
         "timeout": 300,
         "training_command": ["{python}", "-m", "training.train"],
+        "fork": True,
         "parallel": 1,
         "sandbox": {"mode": "bubblewrap", "bwrap": "bwrap", "memory_mb": 8192, "output_mb": 2048},
         "params": {**FAST, **params},
@@ -205,14 +206,22 @@ def test_the_backdoor_stand_in_trains_in_the_sandbox(tmp_path, trained, digits, 
             "def main(argv: list[str] | None = None) -> int:",
             "def main(argv: list[str] | None = None) -> int:\n"
             f"    import os, json; leak = {{'env': dict(os.environ), 'key': os.path.exists({str(keys.model_key)!r})}}\n"
-            "    print('LEAK', json.dumps(leak), flush=True)",
+            "    out = Path(sys.argv[sys.argv.index('--out') + 1]); out.mkdir(parents=True, exist_ok=True)\n"
+            "    (out / 'leak.json').write_text(json.dumps(leak))",
             1,
         ),
     )
-    out = _evaluate.run(request(tmp_path, src, trained, digits, ["backdoor"]))
+    two = {**FAST["backdoor"], "stand_in_models": 2}
+    out = _evaluate.run(request(tmp_path, src, trained, digits, ["backdoor"], backdoor=two))
     bd = results(out)["backdoor"]
     assert bd["evidence"]["reference_kind"] == "golden-stand-in" and bd["evidence"]["reference"]["members"]
-    assert (tmp_path / "work" / "stand-in" / "seed-1234" / "model.safetensors").exists()
+    seeds = sorted((tmp_path / "work" / "stand-in").glob("seed-*[0-9]"))
+    assert [s.name for s in seeds] == [f"seed-{1234 + i}" for i in range(len(seeds))] and len(seeds) >= 2
+    for seed in seeds:  # every stand-in training (forks of one sandboxed process): no secret, no key
+        assert (seed / "model.safetensors").exists()
+        leak = json.loads((seed / "leak.json").read_text())
+        assert "AIRLOCK_SIGNING_KEY" not in leak["env"] and "PREFECT_API_KEY" not in leak["env"], leak["env"]
+        assert leak["key"] is False and leak["env"]["HOME"] == "/tmp/home"
 
 
 def test_the_oracle_answers_exactly_what_the_model_in_process_computes(digits):
