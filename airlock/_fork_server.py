@@ -132,10 +132,11 @@ def main() -> int:
     module = sys.argv[1]
     sys.path.insert(0, os.getcwd())  # as python -m puts it (this process runs with -P: not its own directory)
     os.makedirs(LOGS, exist_ok=True)
-    loaded = preload(module)
+    # The answers alone on the pipe that was stdout: whatever else writes to fd 1 here (an import printing) reaches
+    # stderr, and no child keeps that pipe.
     out = os.fdopen(os.dup(1), "w", buffering=1)
-    # The children's output never reaches this process's stdout, which carries the answers alone.
     os.dup2(2, 1)
+    loaded = preload(module)
     out.write(json.dumps({"ready": loaded}) + "\n")
     children: dict[int, tuple[int, str]] = {}
     pending = b""

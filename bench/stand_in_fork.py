@@ -50,7 +50,7 @@ def trainings(src: Path, x, y, work: Path, fork: bool) -> tuple[float, dict[str,
     seconds = time.monotonic() - start
     digests = {
         p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(out.glob("seed-*/*"))
+        for p in sorted(out.glob("trained/seed-*/*"))
         if p.is_file()
     }
     return seconds, digests

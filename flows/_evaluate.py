@@ -215,8 +215,9 @@ def _stand_in(req, sb: Sandbox, x_go, y_go, standin: Path, stop) -> dict:
 
         def load(d: Path) -> tuple[RemoteModel, dict]:
             nonlocal started
-            # Like the candidate's: a new directory with the trainer's two files alone, judged by the artifact gate.
-            model = modeldir.assemble(d, d.with_name(f"{d.name}.model"))
+            # Like the candidate's: a new directory with the trainer's two files alone, judged by the artifact gate,
+            # outside what the stand-in's trainings may write (stand-in/trained/).
+            model = modeldir.assemble(d, standin / "models" / d.name)
             m = _meta(model)
             if not hasattr(mine, "oracle"):  # each worker thread keeps one oracle (a pipe serves one thread)
                 with lock:
@@ -224,7 +225,7 @@ def _stand_in(req, sb: Sandbox, x_go, y_go, standin: Path, stop) -> dict:
                     what = f"stand-in models {started}"
                     mine.oracle = _oracle(sb, req, what, {"src": src, "standin": standin}, oracles)
             oracle: Oracle = mine.oracle
-            return oracle.load(f"stand-in-{d.name}", f"{oracle.job.path('standin')}/{model.name}", m), m
+            return oracle.load(f"stand-in-{d.name}", f"{oracle.job.path('standin')}/models/{model.name}", m), m
 
         return backdoor.stand_in_reference(
             x_go,

@@ -340,7 +340,7 @@ def train_reference(
     """Train the no-production stand-in: the project's trainer, same hyperparameters, on the known-clean golden set.
 
     Writes ``golden`` as the ``train`` split of a dataset directory and runs, for i in 0..models-1, the trainer with
-    ``--data DIR --out out_dir/seed-<s> --config CFG`` where CFG is ``config`` (default: the trainer's config.toml)
+    ``--data DIR --out out_dir/trained/seed-<s> --config CFG`` where CFG is ``config`` (default: the trainer's config.toml)
     with ``seed = config.seed + i``. ``trainer(data_dir, out, cfg)`` runs one training; by default
     ``python -m <trainer_module>`` in the sandbox (:mod:`airlock.sandbox`): the trainer is team code. Separate
     processes, because the trainer pins threads and deterministic algorithms process-wide, so ``parallel`` of them
@@ -385,7 +385,7 @@ def _stand_in_jobs(
         seed = int(hp.get("seed", 0)) + i
         cfg = data / f"config-{seed}.toml"
         cfg.write_text("".join(f"{k} = {json.dumps(seed if k == 'seed' else v)}\n" for k, v in hp.items()))
-        jobs.append((data, out_dir / f"seed-{seed}", cfg))
+        jobs.append((data, out_dir / "trained" / f"seed-{seed}", cfg))
     return run, jobs
 
 
@@ -432,7 +432,9 @@ class SandboxedTrainer:
             return
         from airlock.forking import ForkTrainer
 
-        with self._lock:  # one fork server for every seed: its binds are the shared data and the seeds' parent
+        # One fork server for every seed. Its binds: the shared data (read-only) and the seeds' parent directory, which
+        # holds the seeds' outputs alone (the data and the copies Airlock judges live beside it, out of reach).
+        with self._lock:
             if self._server is None:
                 self._server = ForkTrainer(self._job(data, out.parent), self.module)
                 self._binds = (Path(data), Path(out).parent)

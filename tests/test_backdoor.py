@@ -103,11 +103,11 @@ def test_stand_in_reference_end_to_end_matches_in_process_training(tmp_path):
     gx, gy = F.digits()["golden"]
     params = dataclasses.replace(FAST, stand_in_models=2, steps=30)
     ref = B.stand_in_reference(gx, gy, tmp_path, params, parallel=2)
-    dirs = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("seed-"))
+    dirs = sorted(p.name for p in (tmp_path / "trained").iterdir())
     assert dirs == ["seed-1234", "seed-1235"]
     expected = B.combine([B.reverse_engineer(m, mm, gx, gy, params) for m, mm in F.golden_stand_in_models(2)])
     assert ref["norms"] == expected["norms"] and ref["kind"] == "golden-stand-in"
-    model, _ = B.load_trained(tmp_path / "seed-1234")
+    model, _ = B.load_trained(tmp_path / "trained" / "seed-1234")
     inproc, _ = F.golden_stand_in_models(1)[0]
     for (k, a), (_, b) in zip(model.state_dict().items(), inproc.state_dict().items()):
         assert torch.equal(a, b), k

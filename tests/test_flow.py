@@ -110,7 +110,7 @@ def test_a_failed_training_ends_the_evaluator_started_beside_it(work, prefect_ap
     assert kinds(work)[-1] == "run.failed"
     runs = work["workdir"] / "runs"
     (run_dir,) = list(runs.iterdir())
-    assert (run_dir / "model-gates" / "stand-in" / "seed-1234").is_dir()  # the stand-in was training ...
+    assert (run_dir / "model-gates" / "stand-in" / "trained" / "seed-1234").is_dir()  # the stand-in was training ...
     assert not (run_dir / "model-gates" / "results.json").exists()  # ... and nothing was judged
     assert _processes_mentioning(str(run_dir)) == []
 

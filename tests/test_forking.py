@@ -57,13 +57,53 @@ def test_forked_trainings_are_byte_for_byte_those_of_new_processes(tmp_path):
                 assert {"numpy", "torch", "safetensors.torch"} <= set(trainer._server.preloaded)
                 assert not any(m.startswith("training") for m in trainer._server.preloaded)
         made[fork] = {
-            p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("seed-*/*")) if p.is_file()
+            p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("trained/seed-*/*")) if p.is_file()
         }
     assert sorted(made[True]) == [
-        f"seed-{1234 + i}/{f}" for i in range(2) for f in ("model.safetensors", "training.json")
+        f"trained/seed-{1234 + i}/{f}" for i in range(2) for f in ("model.safetensors", "training.json")
     ]
     assert made[True] == made[False]
-    assert made[True]["seed-1234/model.safetensors"] != made[True]["seed-1235/model.safetensors"]  # seeds differ
+    assert (
+        made[True]["trained/seed-1234/model.safetensors"] != made[True]["trained/seed-1235/model.safetensors"]
+    )  # seeds differ
+
+
+def test_a_forked_training_writes_its_seeds_alone_not_their_data_nor_what_airlock_judges(tmp_path):
+    """The fork server's one writable bind is the seeds' directory: the stand-in's data copy (and the copies of each
+    model Airlock judges, beside it) are out of reach, as they were for one process per seed."""
+    src = tmp_path / "src"
+    (src / "hostile").mkdir(parents=True)
+    (src / "hostile" / "__init__.py").write_text("")
+    (src / "hostile" / "train.py").write_text(
+        textwrap.dedent(
+            """
+            import json, os, sys
+            out = sys.argv[sys.argv.index("--out") + 1]
+            os.makedirs(out, exist_ok=True)
+            tried = {}
+            for target in ("/airlock/data/train_x.npy", "/airlock/out/../models/x", "/airlock/out/../data/x"):
+                try:
+                    open(target, "wb").write(b"tampered")
+                    tried[target] = "written"
+                except OSError as e:
+                    tried[target] = e.strerror
+            json.dump(tried, open(os.path.join(out, "tried.json"), "w"))
+            """
+        )
+    )
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("seed = 1\n")
+    x, y = _golden(20)
+    with SandboxedTrainer(["{python}", "-m", "hostile.train"], src, Sandbox(), timeout=60, fork=True) as trainer:
+        run, jobs = _stand_in_jobs(x, y, tmp_path / "stand-in", cfg, 2, "hostile.train", 60, trainer)
+        before = (tmp_path / "stand-in" / "data" / "train_x.npy").read_bytes()
+        for job in jobs:
+            run(*job)
+    for seed in ("seed-1", "seed-2"):
+        tried = json.loads((tmp_path / "stand-in" / "trained" / seed / "tried.json").read_text())
+        assert "written" not in tried.values(), tried
+    assert (tmp_path / "stand-in" / "data" / "train_x.npy").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "stand-in").iterdir()) == ["data", "trained"]
 
 
 def _hostile(tmp_path: Path, train_py: str, helper_py: str = "") -> tuple[Path, dict]:

@@ -215,7 +215,7 @@ def test_the_backdoor_stand_in_trains_in_the_sandbox(tmp_path, trained, digits, 
     out = _evaluate.run(request(tmp_path, src, trained, digits, ["backdoor"], backdoor=two))
     bd = results(out)["backdoor"]
     assert bd["evidence"]["reference_kind"] == "golden-stand-in" and bd["evidence"]["reference"]["members"]
-    seeds = sorted((tmp_path / "work" / "stand-in").glob("seed-*[0-9]"))
+    seeds = sorted((tmp_path / "work" / "stand-in" / "trained").glob("seed-*"))
     assert [s.name for s in seeds] == [f"seed-{1234 + i}" for i in range(len(seeds))] and len(seeds) >= 2
     for seed in seeds:  # every stand-in training (forks of one sandboxed process): no secret, no key
         assert (seed / "model.safetensors").exists()
