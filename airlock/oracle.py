@@ -54,6 +54,7 @@ class Oracle:
         self._buf = bytearray()
         self._log = _drain(self.proc.stderr, on_line)
         self.calls = 0
+        self._closed = False
 
     def __enter__(self) -> Oracle:
         return self
@@ -62,6 +63,9 @@ class Oracle:
         self.close()
 
     def close(self) -> None:
+        # Closed means closed: a later question is refused here, never answered from what is left in the pipe (the
+        # "quit" acknowledgement) or by a process that has not quite ended.
+        self._closed = True
         if self.proc.poll() is None:
             try:
                 _wire.write_frame(self._in, {"op": "quit"})  # type: ignore[arg-type]
@@ -101,6 +105,10 @@ class Oracle:
         """Send one request; read and validate one answer. ``expect``: the shape of each array the answer must
         hold (None in a dimension = any size up to the byte limit)."""
         self.calls += 1
+        if self._closed:
+            raise OracleError(
+                "the model's sandbox is gone: it was closed", "an Airlock bug: a model was asked after its oracle ended"
+            )
         try:
             _wire.write_frame(self._in, header, arrays)  # type: ignore[arg-type]
         except (BrokenPipeError, OSError, ValueError):

@@ -21,6 +21,30 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 
+# Two workers, one test file each at a time (pyproject: --dist loadfile). The files that take a minute or more go
+# first, longest first (measured with --durations), so that no long file starts last and the two workers end
+# together; --no-loadscope-reorder keeps this order (xdist's default puts the files with the most tests first).
+LONG_FILES = (
+    "test_flow.py",
+    "test_flow_promotion.py",
+    "test_flow_suspend.py",
+    "test_first_day.py",
+    "test_serve.py",
+    "test_demo_e2e.py",
+    "test_prefect_ui.py",
+    "test_backdoor.py",
+    "test_mlflow_mirror.py",
+    "test_forking.py",
+    "test_demo_server.py",
+    "test_robustness.py",
+    "test_model_sandbox.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep collection order
+
 
 @dataclass
 class Keys:
