@@ -91,6 +91,9 @@ def _child(module: str, argv: list[str], log: str) -> None:
     """In the forked child: output to its log, no input, then ``python -m MODULE ARGV``; never returns."""
     code = 1
     try:
+        # This process's stderr, held (not written) until the child ends: the trusted side waits for that pipe to
+        # close, so it knows when the server and every child are gone.
+        os.dup(2)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(fd, 1)
         os.dup2(fd, 2)

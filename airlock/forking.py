@@ -57,8 +57,10 @@ class ForkTrainer:
         self.preloaded: list[str] = []
         self._done = threading.Event()
         self.proc = job.spawn(["{python}", "-P", job.path("fork.py"), module])
-        for watch in (self._read_errors, self._read_answers, self._watch_output):
-            threading.Thread(target=watch, daemon=True).start()
+        self._watches = [threading.Thread(target=w, daemon=True) for w in (self._read_errors, self._read_answers)]
+        self._watches.append(threading.Thread(target=self._watch_output, daemon=True))
+        for watch in self._watches:
+            watch.start()
 
     # -- the server's output ------------------------------------------------------------------------------------
 
@@ -160,6 +162,10 @@ class ForkTrainer:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        # The server's stderr ends once it and every child holding it have gone (the PID namespace ends with the
+        # sandbox): returning later than that would leave a training running that nobody waits for.
+        for watch in self._watches[:2]:
+            watch.join(timeout=10)
 
     def __enter__(self) -> ForkTrainer:
         return self
