@@ -71,25 +71,21 @@ def test_forked_trainings_are_byte_for_byte_those_of_new_processes(tmp_path):
 def test_a_forked_training_writes_its_seeds_alone_not_their_data_nor_what_airlock_judges(tmp_path):
     """The fork server's one writable bind is the seeds' directory: the stand-in's data copy (and the copies of each
     model Airlock judges, beside it) are out of reach, as they were for one process per seed."""
-    src = tmp_path / "src"
-    (src / "hostile").mkdir(parents=True)
-    (src / "hostile" / "__init__.py").write_text("")
-    (src / "hostile" / "train.py").write_text(
-        textwrap.dedent(
-            """
-            import json, os, sys
-            out = sys.argv[sys.argv.index("--out") + 1]
-            os.makedirs(out, exist_ok=True)
-            tried = {}
-            for target in ("/airlock/data/train_x.npy", "/airlock/out/../models/x", "/airlock/out/../data/x"):
-                try:
-                    open(target, "wb").write(b"tampered")
-                    tried[target] = "written"
-                except OSError as e:
-                    tried[target] = e.strerror
-            json.dump(tried, open(os.path.join(out, "tried.json"), "w"))
-            """
-        )
+    src, _ = _hostile(
+        tmp_path,
+        """
+        import json, os, sys
+        out = sys.argv[sys.argv.index("--out") + 1]
+        os.makedirs(out, exist_ok=True)
+        tried = {}
+        for target in ("/airlock/data/train_x.npy", "/airlock/out/../models/x", "/airlock/out/../data/x"):
+            try:
+                open(target, "wb").write(b"tampered")
+                tried[target] = "written"
+            except OSError as e:
+                tried[target] = e.strerror
+        json.dump(tried, open(os.path.join(out, "tried.json"), "w"))
+        """,
     )
     cfg = tmp_path / "config.toml"
     cfg.write_text("seed = 1\n")
