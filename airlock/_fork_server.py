@@ -27,7 +27,8 @@ import select
 import sys
 import traceback
 
-LOGS = "/tmp/fork-logs"  # the sandbox's private, capped /tmp (TMPDIR outside a sandbox)
+# Each child's output: under TMPDIR, the sandbox's private capped /tmp (in environment mode the job's own home).
+LOGS = os.path.join(os.environ.get("TMPDIR") or "/tmp", "fork-logs")
 TAIL = 20
 
 

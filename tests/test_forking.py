@@ -232,3 +232,23 @@ def test_only_a_python_m_command_is_forked():
     assert forkable(["{python}", "train.py"]) is None
     assert forkable(["bash", "-m", "training.train"]) is None
     assert forkable(["{python}", "-m", "training/../x"]) is None
+
+
+def test_where_the_pod_is_the_sandbox_the_childrens_logs_stay_in_the_jobs_own_directory(tmp_path):
+    """sandbox.mode = "environment": no private /tmp, so the children's output goes under the job's own TMPDIR
+    (a new directory per job), not a /tmp shared with every other run on the host."""
+    src, dirs = _hostile(
+        tmp_path,
+        """
+        import json, os, sys
+        tmp = os.environ["TMPDIR"]
+        json.dump({"tmpdir": tmp, "logs": os.path.isdir(os.path.join(tmp, "fork-logs"))}, open(sys.argv[1], "w"))
+        print("boom", flush=True)
+        sys.exit(3)
+        """,
+    )
+    with _server(src, dirs, mode="environment") as server:
+        with pytest.raises(SandboxError, match="exited with code 3: boom"):
+            server.run([str(dirs["out"] / "seen.json")])
+    seen = json.loads((dirs["out"] / "seen.json").read_text())
+    assert seen["logs"] is True and seen["tmpdir"] != "/tmp" and not seen["tmpdir"].startswith("/tmp/fork-logs")
