@@ -2,7 +2,7 @@
 dependencies once (the golden stand-in's trainings: gates/backdoor.py).
 
 A new sandboxed interpreter per training pays for importing torch and shutting it down again (about 3 s a run on
-2 cores, against about 2 s of training for a stand-in model). :class:`ForkTrainer` starts one sandboxed process
+2 cores, against 1-2 s of training for a stand-in model). :class:`ForkTrainer` starts one sandboxed process
 (airlock/_fork_server.py) that imports the modules outside the commit's export that the trainer's file imports, then
 forks one child per training that runs the module as ``__main__``, as ``python -m`` would.
 
@@ -58,7 +58,8 @@ class ForkTrainer:
         self._done = threading.Event()
         self.proc = job.spawn(["{python}", "-P", job.path("fork.py"), module])
         self._watches = [threading.Thread(target=w, daemon=True) for w in (self._read_errors, self._read_answers)]
-        self._watches.append(threading.Thread(target=self._watch_output, daemon=True))
+        # The output cap, watched as Job.run watches it: the same check of the job's writable binds.
+        self._watches.append(threading.Thread(target=job._watch_output, args=(self._done, self._kill), daemon=True))
         for watch in self._watches:
             watch.start()
 
@@ -93,13 +94,6 @@ class ForkTrainer:
             if self._dead is None:
                 self._dead = what
             self._arrived.notify_all()
-
-    def _watch_output(self) -> None:
-        limit = self.job.sandbox.output_mb << 20
-        while not self._done.wait(0.5):
-            if self.job._output_bytes() > limit:
-                self._kill("output")
-                return
 
     def _kill(self, why: str) -> None:
         self._stopped = self._stopped or why

@@ -413,6 +413,7 @@ class SandboxedTrainer:
         self.box = sandbox or Sandbox()
         self.module = forkable(self.command) if fork else None
         self._server: Any = None
+        self._binds: tuple[Path, Path] | None = None  # the fork server's data and seeds' directory, once started
         self._lock = threading.Lock()
 
     def _job(self, data: Path, out: Path) -> Any:
